@@ -1,0 +1,73 @@
+"""Admin routes: variants and their state, building a variant, jobs and their logs.
+
+With ``QUANTGATE_ADMIN_KEY`` set, every admin route needs ``Authorization: Bearer <key>``;
+without it, admin routes answer only clients on the loopback interface.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse
+
+from gateway.errors import NotFound, Unauthorized
+from gateway.settings import GatewaySettings
+from serving.fleet import Fleet
+from serving.jobs import Job, tail
+
+
+def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
+    def require_admin(request: Request) -> None:
+        key = settings.admin_key
+        if key is None:
+            host = request.client.host if request.client else ""
+            if host not in ("127.0.0.1", "::1", "localhost"):
+                raise Unauthorized("admin routes answer loopback only unless an admin key is set")
+            return
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+            raise Unauthorized("a valid admin key is required")
+
+    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+    @router.get("/variants")
+    async def variants() -> dict[str, Any]:
+        data = [
+            fleet.describe(m, v)
+            for m, model in fleet.manifest.models.items()
+            for v in model.variants
+        ]
+        return {"object": "list", "data": data}
+
+    @router.post("/variants/{model}/{variant}/build", status_code=202)
+    async def build(model: str, variant: str) -> dict[str, Any]:
+        model_name, name = _known(fleet, model, variant)
+        job = fleet.build(model_name, name)
+        return {"variant": fleet.describe(model_name, name), "job": job.summary() if job else None}
+
+    @router.get("/jobs")
+    async def jobs() -> dict[str, Any]:
+        return {"object": "list", "data": [j.summary() for j in fleet.jobs.jobs()]}
+
+    @router.get("/jobs/{job_id}")
+    async def job(job_id: str) -> dict[str, Any]:
+        return _job(fleet, job_id).summary()
+
+    @router.get("/jobs/{job_id}/log", response_class=PlainTextResponse)
+    async def job_log(job_id: str, lines: int = 200) -> str:
+        return tail(_job(fleet, job_id).log_path, max(1, min(lines, 10_000)))
+
+    return router
+
+
+def _known(fleet: Fleet, model: str, variant: str) -> tuple[str, str]:
+    return fleet.resolve(f"{model}:{variant}")
+
+
+def _job(fleet: Fleet, job_id: str) -> Job:
+    job = fleet.jobs.get(job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    return job

@@ -1,0 +1,90 @@
+"""Errors of the HTTP surface, and the one place every error becomes an OpenAI-style body.
+
+The body is ``{"error": {"message", "type", "param", "code"}}`` as OpenAI and vLLM send it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import Response
+
+from serving.errors import (
+    BackendFailed,
+    JobFailed,
+    QuantgateError,
+    UnknownModel,
+    VariantUnavailable,
+    VariantUnsupported,
+)
+
+
+class InvalidRequest(QuantgateError):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        self.param = param
+        super().__init__(message)
+
+
+class PayloadTooLarge(QuantgateError):
+    pass
+
+
+class Unauthorized(QuantgateError):
+    pass
+
+
+class NotFound(QuantgateError):
+    pass
+
+
+class UpstreamError(QuantgateError):
+    """The backend could not be reached or broke off."""
+
+
+def error_body(message: str, type_: str, code: str | int | None, param: str | None = None) -> bytes:
+    err = {"message": message, "type": type_, "param": param, "code": code}
+    return json.dumps({"error": err}).encode()
+
+
+def error_response(exc: QuantgateError) -> Response:
+    status, type_, code, param, headers = _classify(exc)
+    message = str(exc)
+    if isinstance(exc, JobFailed | BackendFailed) and exc.log_tail:
+        message += "\n--- log tail ---\n" + exc.log_tail
+    return Response(
+        error_body(message, type_, code, param),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _classify(exc: QuantgateError) -> tuple[int, str, str, str | None, dict[str, str]]:
+    if isinstance(exc, UnknownModel):
+        return 404, "invalid_request_error", "model_not_found", "model", {}
+    if isinstance(exc, InvalidRequest):
+        return 400, "invalid_request_error", "invalid_request", exc.param, {}
+    if isinstance(exc, Unauthorized):
+        return 401, "authentication_error", "invalid_api_key", None, {}
+    if isinstance(exc, NotFound):
+        return 404, "invalid_request_error", "not_found", None, {}
+    if isinstance(exc, PayloadTooLarge):
+        return 413, "invalid_request_error", "payload_too_large", None, {}
+    if isinstance(exc, VariantUnavailable):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return 503, "service_unavailable", "variant_not_ready", "model", headers
+    if isinstance(exc, VariantUnsupported):
+        return 503, "service_unavailable", "variant_unsupported_here", "model", {}
+    if isinstance(exc, JobFailed):
+        return 503, "service_unavailable", "variant_build_failed", "model", {}
+    if isinstance(exc, BackendFailed):
+        return 502, "upstream_error", "backend_failed", None, {}
+    if isinstance(exc, UpstreamError):
+        return 502, "upstream_error", "upstream_unreachable", None, {}
+    return 500, "internal_error", "internal_error", None, {}
+
+
+def sse_error_event(message: str) -> bytes:
+    """A mid-stream error, sent in-band after the headers already went out (as vLLM does)."""
+    body = error_body(message, "upstream_error", "stream_interrupted").decode()
+    return f"data: {body}\n\ndata: [DONE]\n\n".encode()

@@ -1,0 +1,79 @@
+"""Prometheus metrics of the gateway, held in an object built on a registry passed in.
+
+Label values are bounded: ``model`` and ``variant`` come from the manifest only (a request for
+an unknown model is counted under ``model="_unknown"``), ``endpoint`` from the routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+UNKNOWN = "_unknown"
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "quantgate_requests",
+            "Requests by model, variant, endpoint and HTTP status.",
+            ["model", "variant", "endpoint", "status"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "quantgate_request_duration_seconds",
+            "Time from request received to the last byte sent.",
+            ["model", "variant", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_first_token = Histogram(
+            "quantgate_time_to_first_token_seconds",
+            "Streams: time from request received to the first content chunk.",
+            ["model", "variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inter_token_latency = Histogram(
+            "quantgate_inter_token_latency_seconds",
+            "Streams: mean time between output tokens of a request, one sample per request.",
+            ["model", "variant"],
+            buckets=TOKEN_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "quantgate_prompt_tokens",
+            "Prompt tokens, as the backend reported them.",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.completion_tokens = Counter(
+            "quantgate_completion_tokens",
+            "Completion tokens, as the backend reported them.",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "quantgate_requests_in_flight",
+            "Requests being proxied now.",
+            ["model", "variant"],
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "quantgate_upstream_errors",
+            "Backend connection failures and broken streams.",
+            ["model", "variant"],
+            registry=registry,
+        )
+
+    def watch_jobs(self, counts: Callable[[], dict[str, int]]) -> None:
+        """Export quantization jobs by state, read from the job runner at scrape time."""
+        jobs = Gauge(
+            "quantgate_jobs", "Quantization jobs by state.", ["state"], registry=self.registry
+        )
+        for state in counts():
+            jobs.labels(state).set_function(lambda s=state: counts()[s])  # type: ignore[misc]

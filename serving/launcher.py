@@ -1,0 +1,140 @@
+"""One real vLLM OpenAI server as a supervised child process.
+
+Start it on a free port, wait for ``/health``, notice an early exit and report it with the
+tail of its log, stop it with terminate → wait → kill (the whole process group: vLLM forks
+an engine core process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from serving.errors import BackendFailed
+from serving.jobs import tail
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    model_dir: Path
+    served_names: tuple[str, ...]
+    port: int
+    log_path: Path
+    host: str = "127.0.0.1"
+    max_model_len: int = 512
+    dtype: str = "bfloat16"
+    quantization: str | None = None
+    enforce_eager: bool = False
+    extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+    def argv(self, python: Path) -> list[str]:
+        args = [
+            str(python), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.model_dir),
+            "--served-model-name", *self.served_names,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--max-model-len", str(self.max_model_len),
+            "--dtype", self.dtype,
+            "--disable-uvicorn-access-log",
+        ]  # fmt: skip
+        if self.quantization:
+            args += ["--quantization", self.quantization]
+        if self.enforce_eager:
+            args.append("--enforce-eager")
+        return [*args, *self.extra_args]
+
+
+class VllmServer:
+    def __init__(self, spec: LaunchSpec, python: Path) -> None:
+        self.spec = spec
+        self._python = python
+        self._proc: asyncio.subprocess.Process | None = None
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.spec.host}:{self.spec.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def start(self, timeout_s: float) -> None:
+        """Spawn vLLM and return once /health answers 200; raise BackendFailed otherwise."""
+        self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.spec.env}
+        with self.spec.log_path.open("ab") as log:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.spec.argv(self._python),
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self.started_at = time.time()
+        try:
+            await self._wait_healthy(timeout_s)
+        except BaseException:
+            await self.stop()
+            raise
+        self.ready_at = time.time()
+
+    async def _wait_healthy(self, timeout_s: float) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self._proc.returncode is not None:
+                    raise BackendFailed(
+                        f"vLLM for {self.spec.served_names[0]} exited with code "
+                        f"{self._proc.returncode} while starting",
+                        log_tail=tail(self.spec.log_path),
+                    )
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(self.url + "/health")).status_code == 200:
+                        return
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._proc.wait(), 0.5)
+        raise BackendFailed(
+            f"vLLM for {self.spec.served_names[0]} was not healthy within {timeout_s:.0f} s",
+            log_tail=tail(self.spec.log_path),
+        )
+
+    async def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the process group, wait up to ``grace_s``, then SIGKILL it."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace_s)
+        except TimeoutError:
+            _signal_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        _signal_group(proc.pid, signal.SIGKILL)  # stragglers of the group, if any
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

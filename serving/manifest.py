@@ -1,0 +1,226 @@
+"""The model manifest: models, their variants and how to serve them.
+
+Loaded from YAML, validated by pydantic models with ``extra="forbid"``; every error names the
+file, the line and the field. Relative paths are relative to the manifest's own folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from serving.errors import ManifestError, ManifestIssue
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
+    base = (info.context or {}).get("base_dir")
+    if value is None or value.is_absolute() or base is None:
+        return value
+    return (Path(base) / value).resolve()
+
+
+class Method(StrEnum):
+    NONE = "none"
+    GPTQ = "gptq"
+    AWQ = "awq"
+
+
+class Calibration(Strict):
+    """Calibration text: a local .txt/.jsonl file or folder, or the built-in corpus when unset."""
+
+    dataset: Path | None = None
+    samples: int = Field(64, ge=1, le=100_000)
+    max_seq_length: int = Field(256, ge=16, le=32_768)
+    seed: int = 0
+
+    _dataset = field_validator("dataset")(_resolve)
+
+
+class Variant(Strict):
+    """One way of serving a model: the base weights, or a quantization recipe."""
+
+    method: Method
+    bits: Literal[4, 8] | None = None
+    activation_bits: Literal[8, 16] = Field(
+        16, description="16: weight-only (W4A16); 8: int8 dynamic per-token activations (W4A8)"
+    )
+    group_size: int | None = Field(
+        None, description="Weights per quantization group; -1: per channel."
+    )
+    symmetric: bool | None = None
+    ignore: tuple[str, ...] = ("lm_head",)
+    calibration: Calibration = Calibration()
+
+    @model_validator(mode="after")
+    def _check_recipe(self) -> Self:
+        if self.method is Method.NONE:
+            extra = [f for f in ("bits", "group_size", "symmetric") if getattr(self, f) is not None]
+            extra += ["activation_bits"] if self.activation_bits != 16 else []
+            if extra:
+                raise ValueError(f"method 'none' takes no {', '.join(extra)}")
+            return self
+        if self.bits != 4 and self.bits is not None:
+            raise ValueError(f"method {self.method.value!r} supports bits 4, not {self.bits}")
+        if self.group_size is not None and self.group_size != -1 and self.group_size < 16:
+            raise ValueError("group_size must be -1 (per channel) or at least 16")
+        if self.activation_bits == 8 and self.method is not Method.GPTQ:
+            raise ValueError(f"activation_bits 8 needs method 'gptq', not {self.method.value!r}")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        """``W4A16``-style name of the weight and activation precision."""
+        return "BF16" if not self.quantized else f"W{self.bits or 4}A{self.activation_bits}"
+
+    @property
+    def quantized(self) -> bool:
+        return self.method is not Method.NONE
+
+    def recipe(self) -> dict[str, Any]:
+        """The recipe with defaults filled in: what the worker is told and what is hashed."""
+        if not self.quantized:
+            return {"method": "none"}
+        return {
+            "method": self.method.value,
+            "bits": self.bits or 4,
+            "group_size": self.group_size or 128,
+            "activation_bits": self.activation_bits,
+            "symmetric": self.symmetric
+            if self.symmetric is not None
+            else self.method is Method.GPTQ,
+            "ignore": list(self.ignore),
+            "calibration": {
+                "dataset": str(self.calibration.dataset) if self.calibration.dataset else None,
+                "samples": self.calibration.samples,
+                "max_seq_length": self.calibration.max_seq_length,
+                "seed": self.calibration.seed,
+            },
+        }
+
+    def recipe_hash(self) -> str:
+        blob = json.dumps(self.recipe(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+class OnMissing(Strict):
+    """What a request for a variant that is not built (or not running) yet gets."""
+
+    action: Literal["wait", "reject"] = "wait"
+    max_wait_s: float = Field(900.0, gt=0, description="wait: longest a request waits")
+    retry_after_s: int = Field(30, ge=1, description="reject: the Retry-After header (seconds)")
+
+
+class ServeOptions(Strict):
+    """vLLM settings for every variant of a model."""
+
+    max_model_len: int = Field(512, ge=16)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    cpu_kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU builds")
+    enforce_eager: bool = False
+    startup_timeout_s: float = Field(600.0, gt=0)
+    extra_args: tuple[str, ...] = ()
+
+
+class Model(Strict):
+    source: Path = Field(description="Local folder of the base checkpoint (Hugging Face layout).")
+    default_variant: Name
+    variants: dict[Name, Variant]
+    on_missing: OnMissing = OnMissing()
+    serve: ServeOptions = ServeOptions()
+
+    _source = field_validator("source")(_resolve)
+
+    @model_validator(mode="after")
+    def _check_default(self) -> Self:
+        if self.default_variant not in self.variants:
+            known = ", ".join(sorted(self.variants))
+            raise ValueError(f"default_variant {self.default_variant!r} is not a variant ({known})")
+        return self
+
+
+class Manifest(Strict):
+    version: Literal[1] = 1
+    cache_dir: Path = Field(description="Where built variants, job logs and vLLM logs live.")
+    models: dict[Name, Model] = Field(min_length=1)
+
+    _cache_dir = field_validator("cache_dir")(_resolve)
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate a manifest; raise ManifestError naming file, line and field."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(
+            [ManifestIssue(str(path), None, None, exc.strerror or str(exc))]
+        ) from exc
+    return parse_manifest(text, path)
+
+
+def parse_manifest(text: str, path: Path) -> Manifest:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ManifestError([ManifestIssue(str(path), line, None, str(exc.problem))]) from exc
+    if not isinstance(data, dict):
+        raise ManifestError([ManifestIssue(str(path), 1, None, "the manifest must be a mapping")])
+    lines = _line_index(node) if node is not None else {}
+    try:
+        return Manifest.model_validate(data, context={"base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        issues = [_issue(path, lines, err["loc"], err["msg"]) for err in exc.errors()]
+        raise ManifestError(issues) from exc
+
+
+def _issue(
+    path: Path, lines: dict[tuple[str, ...], int], loc: tuple[Any, ...], msg: str
+) -> ManifestIssue:
+    keys = tuple(str(part) for part in loc)
+    for n in range(len(keys), -1, -1):
+        if keys[:n] in lines:
+            return ManifestIssue(str(path), lines[keys[:n]], ".".join(keys) or None, msg)
+    return ManifestIssue(str(path), None, ".".join(keys) or None, msg)
+
+
+def _line_index(node: yaml.Node, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """Map each key path in the YAML document to the 1-based line where it is written."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*path, str(key.value))
+            lines.update(_line_index(value, child))
+            lines[child] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.update(_line_index(item, (*path, str(i))))
+    return lines
+
+
+def split_model_name(name: str) -> tuple[str, str | None]:
+    """``tiny`` -> (tiny, None); ``tiny:gptq-w4a16`` -> (tiny, gptq-w4a16)."""
+    model, sep, variant = name.partition(":")
+    return model, (variant if sep else None)

@@ -1,0 +1,23 @@
+"""Process settings for the serving side: which interpreters run vLLM and the quantizer.
+
+vLLM and llm-compressor pin different ``compressed-tensors`` releases, so each lives in its own
+environment and runs as its own process. By default the environments are the ones
+``make install`` creates beside the source tree (``.venv-vllm``, ``.venv-quant``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QUANTGATE_", extra="ignore")
+
+    vllm_python: Path = SOURCE_ROOT / ".venv-vllm" / "bin" / "python"
+    quantizer_python: Path = SOURCE_ROOT / ".venv-quant" / "bin" / "python"
+    max_concurrent_jobs: int = 1
+    vllm_host: str = "127.0.0.1"

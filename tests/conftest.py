@@ -1,0 +1,129 @@
+"""Shared fixtures: a model folder, a fake vLLM interpreter, a running gateway on a real socket."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from serving.fleet import Fleet
+from serving.hardware import Hardware
+from serving.jobs import JobRunner
+from serving.manifest import Manifest, parse_manifest
+from serving.store import VariantStore
+
+FAKES = Path(__file__).parent / "fakes"
+AVX512 = Hardware("cpu", frozenset({"avx2", "avx512f"}))
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """A folder that looks like a checkpoint to the gateway (the fakes need nothing more)."""
+    path = tmp_path / "models" / "tiny"
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return path
+
+
+@pytest.fixture
+def fake_vllm_python(tmp_path: Path) -> Path:
+    """An interpreter whose ``-m vllm.entrypoints.openai.api_server`` is the fake server."""
+    script = tmp_path / "fake-vllm-python"
+    script.write_text(f'#!/bin/sh\nPYTHONPATH="{FAKES}" exec "{sys.executable}" "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def fake_worker(spec: Path) -> list[str]:
+    return [sys.executable, str(FAKES / "fake_quantizer.py"), str(spec)]
+
+
+def write_manifest(tmp_path: Path, model_dir: Path, on_missing: str = "wait: {}") -> Manifest:
+    text = f"""
+version: 1
+cache_dir: {tmp_path / "cache"}
+models:
+  tiny:
+    source: {model_dir}
+    default_variant: base
+    on_missing: {{action: {on_missing}}}
+    serve: {{startup_timeout_s: 30}}
+    variants:
+      base: {{method: none}}
+      gptq: {{method: gptq, bits: 4}}
+      awq: {{method: awq, bits: 4}}
+"""
+    path = tmp_path / "manifest.yaml"
+    path.write_text(text)
+    return parse_manifest(text, path)
+
+
+def make_fleet(manifest: Manifest, vllm_python: Path, hardware: Hardware = AVX512) -> Fleet:
+    store = VariantStore(manifest.cache_dir)
+    return Fleet(manifest, store, JobRunner(store, fake_worker), vllm_python, hardware)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class LiveServer:
+    """A real uvicorn serving ``app`` in a thread, for tests with real sockets."""
+
+    def __init__(self, app: FastAPI, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture
+def gateway(
+    tmp_path: Path, model_dir: Path, fake_vllm_python: Path
+) -> Iterator[Callable[..., LiveServer]]:
+    """Start a gateway on a manifest of the fake model; returns the live server."""
+    servers: list[LiveServer] = []
+
+    def start(
+        on_missing: str = "wait", hardware: Hardware = AVX512, **settings: object
+    ) -> LiveServer:
+        manifest = write_manifest(tmp_path, model_dir, on_missing)
+        fleet = make_fleet(manifest, fake_vllm_python, hardware)
+        registry = CollectorRegistry()
+        app = create_app(fleet, GatewaySettings.model_validate(settings), registry)
+        server = LiveServer(app, registry).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__()

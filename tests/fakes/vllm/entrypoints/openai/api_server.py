@@ -1,0 +1,137 @@
+"""A fake vLLM OpenAI server for gateway tests: same command line, same wire format, knobs.
+
+Never proof that serving works (the slow tests use real vLLM); it lets gateway tests run
+real sockets through the real launcher in a second. Knobs (environment variables):
+FAKE_TTFT_S, FAKE_ITL_S (stream pacing), FAKE_EXIT_AT_START=1 (die while starting),
+FAKE_BREAK_AFTER=N (end a stream after N chunks, no [DONE]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+WORDS = ["alpha", " beta", " gamma", " delta", " epsilon", " zeta", " eta", " theta"]
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def make_app(names: list[str]) -> Starlette:
+    ttft = float(os.environ.get("FAKE_TTFT_S", "0"))
+    itl = float(os.environ.get("FAKE_ITL_S", "0"))
+    break_after = int(os.environ.get("FAKE_BREAK_AFTER", "-1"))
+
+    async def health(request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def models(request: Request) -> Response:
+        return JSONResponse(
+            {"object": "list", "data": [{"id": n, "object": "model"} for n in names]}
+        )
+
+    async def generate(request: Request) -> Response:
+        body = await request.json()
+        if body.get("model") not in names:
+            err = {
+                "message": f"The model `{body.get('model')}` does not exist.",
+                "type": "NotFoundError",
+                "param": "model",
+                "code": 404,
+            }
+            return JSONResponse({"error": err}, status_code=404)
+        chat = request.url.path.endswith("chat/completions")
+        prompt = json.dumps(body.get("messages") if chat else body.get("prompt"))
+        n_prompt, n_out = len(prompt.split()), int(body.get("max_tokens") or 8)
+        words = [WORDS[i % len(WORDS)] for i in range(n_out)]
+        if not body.get("stream"):
+            await asyncio.sleep(ttft + itl * n_out)
+            choice = {"index": 0, "finish_reason": "length"}
+            choice |= (
+                {"message": {"role": "assistant", "content": "".join(words)}}
+                if chat
+                else {"text": "".join(words)}
+            )
+            return JSONResponse(
+                {
+                    "id": "fake-1",
+                    "object": "chat.completion" if chat else "text_completion",
+                    "created": int(time.time()),
+                    "model": body["model"],
+                    "choices": [choice],
+                    "usage": _usage(n_prompt, n_out),
+                }
+            )
+        include = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def events() -> AsyncIterator[bytes]:
+            await asyncio.sleep(ttft)
+            for i, word in enumerate(words):
+                if i == break_after:
+                    return
+                delta = {"delta": {"content": word}} if chat else {"text": word}
+                chunk = {
+                    "id": "fake-1",
+                    "object": "chat.completion.chunk" if chat else "text_completion",
+                    "model": body["model"],
+                    "choices": [{"index": 0, **delta, "finish_reason": None}],
+                }
+                yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+                if itl:
+                    await asyncio.sleep(itl)
+            if include:
+                last = {
+                    "id": "fake-1",
+                    "object": "chat.completion.chunk",
+                    "model": body["model"],
+                    "choices": [],
+                    "usage": _usage(n_prompt, n_out),
+                }
+                yield f"data: {json.dumps(last, separators=(',', ':'))}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    routes = [
+        Route("/health", health),
+        Route("/v1/models", models),
+        Route("/v1/chat/completions", generate, methods=["POST"]),
+        Route("/v1/completions", generate, methods=["POST"]),
+    ]
+    return Starlette(routes=routes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model")
+    parser.add_argument("--served-model-name", nargs="+")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int)
+    args, _ = parser.parse_known_args()
+    print(f"fake vLLM for {args.model} on {args.port}", flush=True)
+    if os.environ.get("FAKE_EXIT_AT_START"):
+        print("ValueError: fake start-up failure (bad argument)", file=sys.stderr, flush=True)
+        sys.exit(3)
+    uvicorn.run(
+        make_app(args.served_model_name), host=args.host, port=args.port, log_level="warning"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The demo path for real: manifest, llm-compressor job, vLLM on the CPU, gateway, openai SDK.
+
+Slow (minutes): needs ``make install`` and ``make model`` (``make test`` does both).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from conftest import free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / ".quantgate" / "models" / "tiny"
+VARIANT = "tiny:gptq-w4a8"
+MESSAGES = [{"role": "user", "content": "What does the json module do?"}]
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Gateway:
+    url: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="x", timeout=900, max_retries=0)
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = httpx.get(self.url + "/metrics").text
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    if not (MODEL / "config.json").is_file():
+        pytest.fail(f"no model at {MODEL}: run `make model` first (make test does)")
+    tmp = tmp_path_factory.mktemp("e2e")
+    manifest = tmp / "manifest.yaml"
+    manifest.write_text(
+        f"""
+version: 1
+cache_dir: {tmp / "cache"}
+models:
+  tiny:
+    source: {MODEL}
+    default_variant: gptq-w4a8
+    on_missing: {{action: wait, max_wait_s: 900}}
+    serve: {{max_model_len: 512, startup_timeout_s: 600}}
+    variants:
+      base: {{method: none}}
+      gptq-w4a8:
+        method: gptq
+        bits: 4
+        activation_bits: 8
+        calibration: {{samples: 32, max_seq_length: 256}}
+  broken:
+    source: {tmp / "does-not-exist"}
+    default_variant: gptq
+    variants:
+      gptq: {{method: gptq, bits: 4, activation_bits: 8}}
+"""
+    )
+    port = free_port()
+    log = tmp / "gateway.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", str(manifest), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    gw = Gateway(f"http://127.0.0.1:{port}", log, process)
+    try:
+        _wait_healthy(gw)
+        yield gw
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(90)
+
+
+def _wait_healthy(gw: Gateway) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert gw.process.poll() is None, gw.log.read_text()
+        try:
+            if httpx.get(gw.url + "/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("gateway did not come up")
+
+
+def test_first_requests_build_once_then_serve(gateway: Gateway) -> None:
+    client = gateway.client()
+
+    def ask(_: int) -> openai.types.chat.ChatCompletion:
+        return client.chat.completions.create(model=VARIANT, messages=MESSAGES, max_tokens=16)  # type: ignore[arg-type]
+
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(ask, range(4)))
+    for reply in replies:
+        assert reply.object == "chat.completion"
+        assert reply.choices[0].message.role == "assistant"
+        assert isinstance(reply.choices[0].message.content, str)
+        assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 16
+        assert reply.usage.prompt_tokens > 5
+    jobs = httpx.get(gateway.url + "/admin/jobs").json()["data"]
+    assert [(j["model"], j["variant"], j["state"]) for j in jobs] == [
+        ("tiny", "gptq-w4a8", "succeeded")
+    ]
+    variant = next(
+        v for v in httpx.get(gateway.url + "/admin/variants").json()["data"]
+        if v["variant"] == "gptq-w4a8"
+    )  # fmt: skip
+    assert variant["state"] == "ready"
+    report = variant["report"]
+    assert report["recipe"]["activation_bits"] == 8
+    assert report["quantizer"]["libraries"]["llmcompressor"]
+    assert Path(report["path"], "config.json").is_file()
+    # the default name reaches the same variant
+    plain = client.completions.create(model="tiny", prompt="The module", max_tokens=4)
+    assert plain.object == "text_completion" and plain.usage is not None
+    completion_tokens = sum(r.usage.completion_tokens for r in replies if r.usage)
+    completion_tokens += plain.usage.completion_tokens
+    labels = {"model": "tiny", "variant": "gptq-w4a8"}
+    assert gateway.metric("quantgate_completion_tokens_total", **labels) == completion_tokens
+    assert gateway.metric("quantgate_requests_total", status="200", **labels) == 5
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_streaming_is_metered_exactly(gateway: Gateway, include_usage: bool) -> None:
+    labels = {"model": "tiny", "variant": "gptq-w4a8"}
+    before = gateway.metric("quantgate_completion_tokens_total", **labels)
+    before_prompt = gateway.metric("quantgate_prompt_tokens_total", **labels)
+    options = {"stream_options": {"include_usage": True}} if include_usage else {}
+    stream = gateway.client().chat.completions.create(
+        model=VARIANT,
+        messages=MESSAGES,
+        max_tokens=12,
+        stream=True,
+        **options,  # type: ignore[arg-type, call-overload]
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    after = gateway.metric("quantgate_completion_tokens_total", **labels)
+    if include_usage:
+        assert len(usage_chunks) == 1 and usage_chunks[0].choices == []
+        usage = usage_chunks[0].usage
+        assert usage is not None
+        assert after - before == usage.completion_tokens
+        prompt = gateway.metric("quantgate_prompt_tokens_total", **labels) - before_prompt
+        assert prompt == usage.prompt_tokens
+    else:
+        assert usage_chunks == []  # the gateway asked vLLM for usage and kept it to itself
+        assert 0 < after - before <= 12
+    assert gateway.metric("quantgate_time_to_first_token_seconds_count", **labels) >= 1
+
+
+def test_bad_input_gets_clear_errors_and_serving_goes_on(gateway: Gateway) -> None:
+    client = gateway.client()
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="nope", messages=MESSAGES)  # type: ignore[arg-type]
+    r = httpx.post(gateway.url + "/v1/chat/completions", json={"messages": MESSAGES})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    r = httpx.post(
+        gateway.url + "/v1/chat/completions", json={"model": "broken", "messages": MESSAGES}
+    )
+    assert r.status_code == 503
+    error = r.json()["error"]
+    assert error["code"] == "variant_build_failed"
+    assert "does-not-exist is not a model folder" in error["message"]
+    reply = client.chat.completions.create(model=VARIANT, messages=MESSAGES, max_tokens=4)  # type: ignore[arg-type]
+    assert reply.choices[0].message.content is not None
