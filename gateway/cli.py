@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from serving.errors import ManifestError
@@ -119,14 +121,15 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _make_model(args: argparse.Namespace) -> int:
-    from serving.jobs import WORKER_PACKAGE
+    from serving.jobs import worker_pythonpath
 
     python = ServingSettings().quantizer_python
     _require_python(python, "QUANTGATE_QUANTIZER_PYTHON", "the quantizer")
     command = [str(python), "-m", "serving.worker.make_model", str(args.out)]
     command += ["--train-steps", str(args.train_steps)]
-    env = {"PYTHONPATH": str(WORKER_PACKAGE.parent), "PATH": "/usr/bin:/bin"}
-    return subprocess.call(command, env=env)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PYTHONPATH": str(worker_pythonpath(Path(tmp)))}
+        return subprocess.call(command, env=env)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from gateway.errors import InvalidRequest
 
 DONE = b"data: [DONE]"
+EMPTY = b'"content":""'  # vLLM's first chat chunk carries only the role
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class StreamWatcher:
             self.usage = Usage.from_json(payload.get("usage")) or self.usage
             if not payload.get("choices"):
                 return not self.drop_usage_event
-        if b'"choices":[{' in event or b'"choices": [{' in event:
+        if (b'"choices":[{' in event or b'"choices": [{' in event) and EMPTY not in event:
             now = time.perf_counter()
             if self.first_token_at is None:
                 self.first_token_at = now

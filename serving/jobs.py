@@ -95,14 +95,22 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
 
 
-def worker_command(python: Path, store: VariantStore) -> WorkerCommand:
-    """The real worker: the quantizer interpreter with only ``serving`` on its path."""
-    path_dir = store.root / ".runtime" / "pythonpath"
+def worker_pythonpath(path_dir: Path) -> Path:
+    """A folder holding only a link to ``serving``: the quantizer environment's PYTHONPATH.
+
+    Nothing else of the gateway's environment (pydantic, ...) leaks into the worker's.
+    """
     path_dir.mkdir(parents=True, exist_ok=True)
     link = path_dir / "serving"
     if not link.exists():
         with contextlib.suppress(FileExistsError):
             link.symlink_to(WORKER_PACKAGE, target_is_directory=True)
+    return path_dir
+
+
+def worker_command(python: Path, store: VariantStore) -> WorkerCommand:
+    """The real worker: the quantizer interpreter with only ``serving`` on its path."""
+    path_dir = worker_pythonpath(store.root / ".runtime" / "pythonpath")
 
     def command(spec: Path) -> Sequence[str]:
         return [

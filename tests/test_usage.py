@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.errors import InvalidRequest
+from gateway.usage import StreamWatcher, Usage, route_fields, usage_from_body
+
+CONTENT = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+def test_route_fields_forwards_bytes_unchanged_when_nothing_to_add() -> None:
+    raw = b'{"model": "tiny", "messages": [], "top_k": 3}'
+    routed = route_fields(raw)
+    assert (routed.model, routed.stream, routed.body) == ("tiny", False, raw)
+
+
+def test_route_fields_asks_streams_for_usage() -> None:
+    routed = route_fields(b'{"model": "m", "stream": true, "stream_options": {"x": 1}}')
+    assert routed.stream and not routed.client_wants_usage
+    assert json.loads(routed.body)["stream_options"] == {"x": 1, "include_usage": True}
+    raw = b'{"model": "m", "stream": true, "stream_options": {"include_usage": true}}'
+    assert route_fields(raw).body == raw
+
+
+@pytest.mark.parametrize("raw", [b"{", b"[]", b'{"model": 3}', b'{"model": "m", "stream": "yes"}'])
+def test_route_fields_rejects(raw: bytes) -> None:
+    with pytest.raises(InvalidRequest):
+        route_fields(raw)
+
+
+def test_watcher_handles_events_split_across_chunks_and_drops_usage() -> None:
+    stream = ROLE + CONTENT + USAGE + DONE
+    watcher = StreamWatcher(0.0, drop_usage_event=True)
+    out = b"".join(watcher.feed(stream[i : i + 7]) for i in range(0, len(stream), 7))
+    out += watcher.flush()
+    assert out == ROLE + CONTENT + DONE
+    assert watcher.usage == Usage(3, 2) and watcher.done
+    assert watcher.first_token_at is not None
+
+
+def test_watcher_keeps_usage_when_asked_and_ignores_role_chunk_for_ttft() -> None:
+    watcher = StreamWatcher(0.0, drop_usage_event=False)
+    assert watcher.feed(ROLE) == ROLE
+    assert watcher.first_token_at is None
+    assert watcher.feed(USAGE + DONE) == USAGE + DONE
+
+
+def test_usage_from_body() -> None:
+    assert usage_from_body(b'{"usage": {"prompt_tokens": 4, "completion_tokens": 9}}') == Usage(
+        4, 9
+    )
+    assert usage_from_body(b"not json") is None
