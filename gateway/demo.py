@@ -103,16 +103,23 @@ def _pick(base: str, model: str) -> str:
 def _print_job(base: str, model: str) -> None:
     variants = httpx.get(base + "/admin/variants").json()["data"]
     for v in variants:
-        if f"{v['model']}:{v['variant']}" == model and v["job"]:
+        if f"{v['model']}:{v['variant']}" != model:
+            continue
+        if v["job"]:
             job = v["job"]
             print(f"    quantization job {job['id']}: {job['state']} in {job['duration_s']} s")
+        if v["backend"]:
+            b = v["backend"]
+            print(f"    vLLM (pid {b['pid']}) ready in {b['ready_at'] - b['started_at']:.1f} s")
 
 
 def _print_metrics(base: str, model: str) -> None:
     name, _, variant = model.partition(":")
     text = httpx.get(base + "/metrics").text
-    wanted = f'model="{name}",variant="{variant}"'
+    wanted = (f'model="{name}"', f'variant="{variant}"')
     print("\n--- gateway metrics for this variant ---")
     for line in text.splitlines():
-        if wanted in line and not line.startswith("#") and "_bucket" not in line:
+        if line.startswith("#") or "_bucket" in line or "_created" in line:
+            continue
+        if all(label in line for label in wanted):
             print(line)
