@@ -90,6 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # health polls, one line each
     uvicorn.run(
         app,
         host=args.host or gateway.host,
