@@ -55,6 +55,13 @@ def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
     async def job(job_id: str) -> dict[str, Any]:
         return _job(fleet, job_id).summary()
 
+    @router.post("/jobs/{job_id}/cancel")
+    async def cancel(job_id: str) -> dict[str, Any]:
+        job = await fleet.jobs.cancel(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job.summary()
+
     @router.get("/jobs/{job_id}/log", response_class=PlainTextResponse)
     async def job_log(job_id: str, lines: int = 200) -> str:
         return tail(_job(fleet, job_id).log_path, max(1, min(lines, 10_000)))

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gateway.admin import admin_router
 from gateway.errors import error_response
+from gateway.job_metrics import JobCollector
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.settings import GatewaySettings
@@ -27,7 +28,7 @@ def create_app(
     fleet: Fleet, settings: GatewaySettings, registry: CollectorRegistry | None = None
 ) -> FastAPI:
     metrics = GatewayMetrics(registry or CollectorRegistry())
-    metrics.watch_jobs(fleet.job_counts)
+    metrics.registry.register(JobCollector(fleet.jobs))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

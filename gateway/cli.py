@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gateway import quantize_cli
 from serving.errors import ManifestError
 from serving.manifest import Manifest, load_manifest
 from serving.settings import ServingSettings
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--train-steps", type=int, default=300)
     make.set_defaults(func=_make_model)
 
+    quantize_cli.register(sub)
+
     demo = sub.add_parser(
         "demo", help="start the gateway on a manifest, send one chat completion, print the result"
     )
@@ -71,9 +74,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from gateway.settings import GatewaySettings
+    from serving.build import worker_command
     from serving.fleet import Fleet
     from serving.hardware import Hardware
-    from serving.jobs import JobRunner, worker_command
+    from serving.jobs import JobRunner
     from serving.store import VariantStore
 
     manifest = load_manifest(args.manifest)
@@ -82,9 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
     _require_python(serving.vllm_python, "QUANTGATE_VLLM_PYTHON", "vLLM")
     _require_python(serving.quantizer_python, "QUANTGATE_QUANTIZER_PYTHON", "the quantizer")
     store = VariantStore(manifest.cache_dir)
-    jobs = JobRunner(
-        store, worker_command(serving.quantizer_python, store), serving.max_concurrent_jobs
-    )
+    command = worker_command(serving.quantizer_python, store.root / ".runtime")
+    jobs = JobRunner(store, command, serving.max_concurrent_jobs)
     fleet = Fleet(manifest, store, jobs, serving.vllm_python, Hardware.detect(), serving.vllm_host)
     app = create_app(fleet, gateway)
     logging.basicConfig(
@@ -105,13 +108,25 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from serving.errors import InvalidRecipe
+    from serving.precheck import check_build
+
     manifest = load_manifest(args.manifest)
+    problems = 0
     for name, model in manifest.models.items():
         variants = ", ".join(
             f"{v} ({spec.method.value})" + (" [default]" if v == model.default_variant else "")
             for v, spec in model.variants.items()
         )
         print(f"{name}: {variants}")
+        for v, spec in model.variants.items():
+            try:
+                check_build(model.source, spec)
+            except InvalidRecipe as exc:
+                problems += 1
+                print(f"  {name}:{v}: cannot be built: {exc}", file=sys.stderr)
+    if problems:
+        return 2
     print(f"{args.manifest}: ok")
     return 0
 
@@ -122,7 +137,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _make_model(args: argparse.Namespace) -> int:
-    from serving.jobs import worker_pythonpath
+    from serving.build import worker_pythonpath
 
     python = ServingSettings().quantizer_python
     _require_python(python, "QUANTGATE_QUANTIZER_PYTHON", "the quantizer")

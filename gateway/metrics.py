@@ -6,8 +6,6 @@ an unknown model is counted under ``model="_unknown"``), ``endpoint`` from the r
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -69,11 +67,3 @@ class GatewayMetrics:
             ["model", "variant"],
             registry=registry,
         )
-
-    def watch_jobs(self, counts: Callable[[], dict[str, int]]) -> None:
-        """Export quantization jobs by state, read from the job runner at scrape time."""
-        jobs = Gauge(
-            "quantgate_jobs", "Quantization jobs by state.", ["state"], registry=self.registry
-        )
-        for state in counts():
-            jobs.labels(state).set_function(lambda s=state: counts()[s])  # type: ignore[misc]

@@ -6,6 +6,9 @@ QuantgateError
 ├── VariantUnavailable       not servable now: being built, starting, or the wait ran out
 │                            (carries retry_after_s)
 ├── VariantUnsupported       this machine cannot serve the variant (e.g. no kernel for it)
+├── VariantOverBudget        the variant's perplexity increase is over its manifest budget
+├── InvalidRecipe            a variant cannot be built as asked (group size, dataset, source),
+│                            found before any work starts
 ├── JobFailed                the quantization job for the variant failed (cause, log tail)
 └── BackendFailed            vLLM exited or never became healthy (cause, log tail)
 
@@ -56,6 +59,14 @@ class VariantUnavailable(QuantgateError):
 
 
 class VariantUnsupported(QuantgateError):
+    pass
+
+
+class VariantOverBudget(QuantgateError):
+    pass
+
+
+class InvalidRecipe(QuantgateError):
     pass
 
 

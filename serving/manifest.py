@@ -44,83 +44,208 @@ class Method(StrEnum):
     NONE = "none"
     GPTQ = "gptq"
     AWQ = "awq"
+    W8A8 = "w8a8"  # SmoothQuant + GPTQ, int8 weights and int8 dynamic activations
+    FP8 = "fp8"  # no build: vLLM quantizes the base weights at load
+    RTN = "rtn"  # plain round-to-nearest, no calibration data
+
+
+class Backend(StrEnum):
+    """The library that builds a variant (the quantizer environment must have it)."""
+
+    LLMCOMPRESSOR = "llmcompressor"
+    AUTOAWQ = "autoawq"  # legacy: deprecated upstream, last tested with torch 2.6
+    AUTOGPTQ = "autogptq"  # legacy: archived upstream
+    GPTQMODEL = "gptqmodel"
+
+
+# What each method accepts. Weight bits 2 and 3 exist for quality studies: vLLM has no
+# kernels for them, so such variants are built and measured but not served.
+METHOD_BITS: dict[Method, tuple[int, ...]] = {
+    Method.GPTQ: (2, 3, 4, 8),
+    Method.AWQ: (2, 3, 4),
+    Method.RTN: (2, 3, 4, 8),
+    Method.W8A8: (8,),
+    Method.FP8: (8,),
+}
+BACKEND_METHODS: dict[Backend, tuple[Method, ...]] = {
+    Backend.LLMCOMPRESSOR: (Method.GPTQ, Method.AWQ, Method.W8A8, Method.RTN),
+    Backend.AUTOAWQ: (Method.AWQ,),
+    Backend.AUTOGPTQ: (Method.GPTQ,),
+    Backend.GPTQMODEL: (Method.GPTQ,),
+}
+CALIBRATED = (Method.GPTQ, Method.AWQ, Method.W8A8)
+BUILD_FIELDS = (
+    "backend", "activation_bits", "group_size", "symmetric", "calibration", "max_ppl_increase"
+)  # fmt: skip
 
 
 class Calibration(Strict):
-    """Calibration text: a local .txt/.jsonl file or folder, or the built-in corpus when unset."""
+    """Calibration text: a local .txt/.jsonl file, a folder of them, a ``datasets``
+    ``save_to_disk`` folder, or (unset) the built-in corpus's train split."""
 
     dataset: Path | None = None
+    split: str | None = Field(
+        None, description="datasets folders with splits: which one (default train)"
+    )
+    text_field: str = Field("text", description="the text column of .jsonl files and datasets")
     samples: int = Field(64, ge=1, le=100_000)
     max_seq_length: int = Field(256, ge=16, le=32_768)
     seed: int = 0
 
     _dataset = field_validator("dataset")(_resolve)
 
+    @model_validator(mode="after")
+    def _check_split(self) -> Self:
+        if self.dataset is None and self.split not in (None, "train"):
+            raise ValueError(
+                "the built-in corpus calibrates on its 'train' split only "
+                "(its held-out split is kept for perplexity)"
+            )
+        return self
+
+    def recipe(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["dataset"] = str(self.dataset) if self.dataset else None
+        return data
+
 
 class Variant(Strict):
     """One way of serving a model: the base weights, or a quantization recipe."""
 
     method: Method
-    bits: Literal[4, 8] | None = None
-    activation_bits: Literal[8, 16] = Field(
-        16, description="16: weight-only (W4A16); 8: int8 dynamic per-token activations (W4A8)"
+    backend: Backend | None = Field(None, description="default: llmcompressor")
+    bits: int | None = Field(None, description="weight bits; default 4 (w8a8, fp8: 8)")
+    activation_bits: Literal[8, 16] | None = Field(
+        None, description="16: weight-only; 8: int8 dynamic per-token activations"
     )
     group_size: int | None = Field(
-        None, description="Weights per quantization group; -1: per channel."
+        None, description="Weights per quantization group (default 128); -1: per channel."
     )
-    symmetric: bool | None = None
+    symmetric: bool | None = Field(None, description="default: yes, except AWQ")
     ignore: tuple[str, ...] = ("lm_head",)
-    calibration: Calibration = Calibration()
+    calibration: Calibration | None = None
+    max_ppl_increase: float | None = Field(
+        None,
+        description="Quality gate: refuse to serve the variant when its held-out perplexity "
+        "exceeds the base's by more than this fraction (0.05 or '5%').",
+    )
+
+    @field_validator("max_ppl_increase", mode="before")
+    @classmethod
+    def _percent(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            return float(value.strip()[:-1]) / 100
+        return value
 
     @model_validator(mode="after")
     def _check_recipe(self) -> Self:
-        if self.method is Method.NONE:
-            extra = [f for f in ("bits", "group_size", "symmetric") if getattr(self, f) is not None]
-            extra += ["activation_bits"] if self.activation_bits != 16 else []
-            if extra:
-                raise ValueError(f"method 'none' takes no {', '.join(extra)}")
-            return self
-        if self.bits != 4 and self.bits is not None:
-            raise ValueError(f"method {self.method.value!r} supports bits 4, not {self.bits}")
-        if self.group_size is not None and self.group_size != -1 and self.group_size < 16:
-            raise ValueError("group_size must be -1 (per channel) or at least 16")
-        if self.activation_bits == 8 and self.method is not Method.GPTQ:
-            raise ValueError(f"activation_bits 8 needs method 'gptq', not {self.method.value!r}")
+        problems = _recipe_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
-
-    @property
-    def scheme(self) -> str:
-        """``W4A16``-style name of the weight and activation precision."""
-        return "BF16" if not self.quantized else f"W{self.bits or 4}A{self.activation_bits}"
 
     @property
     def quantized(self) -> bool:
         return self.method is not Method.NONE
 
+    @property
+    def needs_build(self) -> bool:
+        """Whether a quantization job makes it (FP8 is quantized by vLLM at load)."""
+        return self.method not in (Method.NONE, Method.FP8)
+
+    @property
+    def serve_quantization(self) -> str | None:
+        """vLLM's ``--quantization`` for variants quantized at load rather than built."""
+        return "fp8" if self.method is Method.FP8 else None
+
+    @property
+    def weight_bits(self) -> int:
+        if self.method is Method.NONE:
+            return 16
+        return self.bits or (8 if self.method in (Method.W8A8, Method.FP8) else 4)
+
+    @property
+    def act_bits(self) -> int:
+        if self.method in (Method.W8A8, Method.FP8):
+            return 8
+        return self.activation_bits or 16
+
+    @property
+    def scheme(self) -> str:
+        """``W4A16``-style name of the weight and activation precision."""
+        if self.method is Method.NONE:
+            return "BF16"
+        return "FP8" if self.method is Method.FP8 else f"W{self.weight_bits}A{self.act_bits}"
+
     def recipe(self) -> dict[str, Any]:
         """The recipe with defaults filled in: what the worker is told and what is hashed."""
-        if not self.quantized:
-            return {"method": "none"}
-        return {
+        if not self.needs_build:
+            return {"method": self.method.value}
+        recipe: dict[str, Any] = {
             "method": self.method.value,
-            "bits": self.bits or 4,
-            "group_size": self.group_size or 128,
-            "activation_bits": self.activation_bits,
+            "backend": (self.backend or Backend.LLMCOMPRESSOR).value,
+            "bits": self.weight_bits,
+            "activation_bits": self.act_bits,
+            "group_size": self.group_size or (-1 if self.method is Method.W8A8 else 128),
             "symmetric": self.symmetric
             if self.symmetric is not None
-            else self.method is Method.GPTQ,
+            else self.method is not Method.AWQ,
             "ignore": list(self.ignore),
-            "calibration": {
-                "dataset": str(self.calibration.dataset) if self.calibration.dataset else None,
-                "samples": self.calibration.samples,
-                "max_seq_length": self.calibration.max_seq_length,
-                "seed": self.calibration.seed,
-            },
         }
+        if self.method in CALIBRATED:
+            recipe["calibration"] = (self.calibration or Calibration()).recipe()
+        return recipe
 
     def recipe_hash(self) -> str:
-        blob = json.dumps(self.recipe(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return recipe_hash(self.recipe())
+
+
+def recipe_hash(recipe: dict[str, Any]) -> str:
+    blob = json.dumps(recipe, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _recipe_problems(v: Variant) -> list[str]:
+    """Every way the variant's fields contradict its method (empty: a valid recipe)."""
+    m = v.method.value
+    if not v.needs_build:
+        given = [f for f in BUILD_FIELDS if getattr(v, f) is not None]
+        given += ["bits"] if v.bits not in (None, 8 if v.method is Method.FP8 else None) else []
+        given += ["ignore"] if v.ignore != ("lm_head",) else []
+        why = "is quantized by vLLM at load" if v.method is Method.FP8 else "is the base weights"
+        return [f"method {m!r} {why}: it takes no {', '.join(given)}"] if given else []
+    problems = []
+    if v.bits is not None and v.bits not in METHOD_BITS[v.method]:
+        allowed = ", ".join(map(str, METHOD_BITS[v.method]))
+        problems.append(f"method {m!r} supports bits {allowed}, not {v.bits}")
+    backend = v.backend or Backend.LLMCOMPRESSOR
+    if v.method not in BACKEND_METHODS[backend]:
+        known = ", ".join(b.value for b, ms in BACKEND_METHODS.items() if v.method in ms)
+        problems.append(f"backend {backend.value!r} has no method {m!r} (use {known})")
+    if v.group_size is not None and v.group_size != -1 and v.group_size < 16:
+        problems.append("group_size must be -1 (per channel) or at least 16")
+    problems += _activation_problems(v)
+    if v.calibration is not None and v.method not in CALIBRATED:
+        problems.append(f"method {m!r} is data-free: it takes no calibration")
+    if v.max_ppl_increase is not None and not 0 < v.max_ppl_increase <= 10:
+        problems.append("max_ppl_increase must be a fraction above 0 (0.05 or '5%')")
+    return problems
+
+
+def _activation_problems(v: Variant) -> list[str]:
+    if v.method is Method.W8A8:
+        fixed = {"activation_bits": (None, 8), "group_size": (None, -1), "symmetric": (None, True)}
+        wrong = [f for f, ok in fixed.items() if getattr(v, f) not in ok]
+        if wrong:
+            return [f"method 'w8a8' is int8 per-channel symmetric: drop {', '.join(wrong)}"]
+        return []
+    if v.activation_bits != 8:
+        return []
+    if v.method not in (Method.GPTQ, Method.RTN) or v.weight_bits != 4:
+        return ["activation_bits 8 is W4A8: method 'gptq' or 'rtn' with bits 4 (or use 'w8a8')"]
+    if v.symmetric is False:
+        return ["W4A8 (activation_bits 8) needs symmetric weights: vLLM's kernel takes int4 only"]
+    return []
 
 
 class OnMissing(Strict):

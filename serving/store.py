@@ -1,12 +1,15 @@
 """Where variants live on disk, and how a finished build is put in place atomically.
 
-    <cache>/<model>/<variant>-<recipe hash>/     a built variant: weights, tokenizer, report.json
+    <cache>/<model>/<method>-<recipe hash>/      a built variant: weights, tokenizer, report.json
     <cache>/<model>/.staging/<...>-<job id>/     a build in progress (removed if it fails)
     <cache>/.jobs/<job id>/                      spec.json, job.log, state.json of each job
+    <cache>/.perplexity/                         base models' held-out perplexity, measured once
     <cache>/.logs/                               vLLM logs, one per replica
 
-A variant counts as built only when its folder holds ``report.json``; the report is written
-inside the staging folder, which is then renamed into place in one step.
+A variant's folder is named by its recipe, not by its name in the manifest: the same recipe is
+built once, and changing the recipe makes a new build. A variant counts as built only when its
+folder holds ``report.json``; the report is written inside the staging folder, which is then
+renamed into place in one step.
 """
 
 from __future__ import annotations
@@ -25,45 +28,58 @@ class VariantStore:
     def __init__(self, cache_dir: Path) -> None:
         self.root = cache_dir
 
-    def variant_dir(self, model: str, name: str, variant: Variant) -> Path:
-        return self.root / model / f"{name}-{variant.recipe_hash()}"
+    def variant_dir(self, model: str, variant: Variant) -> Path:
+        return self.root / model / f"{variant.method.value}-{variant.recipe_hash()}"
 
-    def is_built(self, model: str, name: str, variant: Variant) -> bool:
-        return (self.variant_dir(model, name, variant) / REPORT).is_file()
+    def is_built(self, model: str, variant: Variant) -> bool:
+        return (self.variant_dir(model, variant) / REPORT).is_file()
 
-    def report(self, model: str, name: str, variant: Variant) -> dict[str, Any] | None:
-        path = self.variant_dir(model, name, variant) / REPORT
-        try:
-            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data
+    def report(self, model: str, variant: Variant) -> dict[str, Any] | None:
+        return read_report(self.variant_dir(model, variant))
 
-    def staging_dir(self, model: str, name: str, variant: Variant, job_id: str) -> Path:
-        path = self.root / model / ".staging" / f"{name}-{variant.recipe_hash()}-{job_id}"
+    def staging_dir(self, model: str, variant: Variant, job_id: str) -> Path:
+        path = self.root / model / ".staging" / f"{variant.recipe_hash()}-{job_id}"
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def staging_dirs(self) -> list[Path]:
+        return sorted(self.root.glob("*/.staging/*"))
 
     def job_dir(self, job_id: str) -> Path:
         path = self.root / ".jobs" / job_id
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def job_dirs(self) -> list[Path]:
+        return sorted(p for p in (self.root / ".jobs").glob("*") if p.is_dir())
+
     def log_dir(self) -> Path:
         path = self.root / ".logs"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def commit(self, staging: Path, final: Path, report: dict[str, Any]) -> None:
-        """Write the report into the staging folder, then rename it into place."""
-        (staging / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        if final.exists():  # a stale, report-less leftover of an older crash
-            shutil.rmtree(final)
-        staging.rename(final)
+    def perplexity_dir(self) -> Path:
+        return self.root / ".perplexity"
 
-    @staticmethod
-    def discard(staging: Path) -> None:
-        shutil.rmtree(staging, ignore_errors=True)
+
+def read_report(variant_dir: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads((variant_dir / REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def commit(staging: Path, final: Path, report: dict[str, Any]) -> None:
+    """Write the report into the staging folder, then rename it into place."""
+    (staging / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if final.exists():  # a stale, report-less leftover of an older crash
+        shutil.rmtree(final)
+    staging.rename(final)
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def dir_size(path: Path) -> int:

@@ -25,6 +25,13 @@ from serving.store import VariantStore
 
 FAKES = Path(__file__).parent / "fakes"
 AVX512 = Hardware("cpu", frozenset({"avx2", "avx512f"}))
+LLAMA_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_attention_heads": 4,
+    "head_dim": 64,
+}
 
 
 @pytest.fixture
@@ -32,7 +39,7 @@ def model_dir(tmp_path: Path) -> Path:
     """A folder that looks like a checkpoint to the gateway (the fakes need nothing more)."""
     path = tmp_path / "models" / "tiny"
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (path / "config.json").write_text(json.dumps(LLAMA_CONFIG))
     return path
 
 
@@ -49,7 +56,9 @@ def fake_worker(spec: Path) -> list[str]:
     return [sys.executable, str(FAKES / "fake_quantizer.py"), str(spec)]
 
 
-def write_manifest(tmp_path: Path, model_dir: Path, on_missing: str = "wait: {}") -> Manifest:
+def write_manifest(
+    tmp_path: Path, model_dir: Path, on_missing: str = "wait: {}", more_variants: str = ""
+) -> Manifest:
     text = f"""
 version: 1
 cache_dir: {tmp_path / "cache"}
@@ -63,7 +72,7 @@ models:
       base: {{method: none}}
       gptq: {{method: gptq, bits: 4}}
       awq: {{method: awq, bits: 4}}
-"""
+{more_variants}"""
     path = tmp_path / "manifest.yaml"
     path.write_text(text)
     return parse_manifest(text, path)
@@ -114,9 +123,12 @@ def gateway(
     servers: list[LiveServer] = []
 
     def start(
-        on_missing: str = "wait", hardware: Hardware = AVX512, **settings: object
+        on_missing: str = "wait",
+        hardware: Hardware = AVX512,
+        more_variants: str = "",
+        **settings: object,
     ) -> LiveServer:
-        manifest = write_manifest(tmp_path, model_dir, on_missing)
+        manifest = write_manifest(tmp_path, model_dir, on_missing, more_variants)
         fleet = make_fleet(manifest, fake_vllm_python, hardware)
         registry = CollectorRegistry()
         app = create_app(fleet, GatewaySettings.model_validate(settings), registry)

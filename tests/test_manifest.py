@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from serving.errors import ManifestError
-from serving.manifest import Manifest, Method, load_manifest, parse_manifest
+from serving.manifest import Manifest, Method, Variant, load_manifest, parse_manifest
 
 DEMO = Path(__file__).parent.parent / "manifests" / "demo.yaml"
 
@@ -49,7 +51,7 @@ def test_unknown_field_names_file_line_and_field() -> None:
 
 
 def test_bad_value_names_its_line() -> None:
-    errors = _errors(GOOD.replace("bits: 4", "bits: 3"))
+    errors = _errors(GOOD.replace("bits: 4", "bits: four"))
     assert errors[0].startswith("/m/bad.yaml:11: models.tiny.variants.gptq.bits:")
 
 
@@ -84,15 +86,69 @@ def test_recipe_hash_changes_with_recipe_only() -> None:
     assert gptq.recipe()["symmetric"] is True  # GPTQ defaults to symmetric, AWQ to asymmetric
 
 
-def test_method_none_takes_no_bits_and_w4a8_needs_gptq() -> None:
+def test_method_none_takes_no_bits_and_w4a8_needs_gptq_or_rtn() -> None:
     assert (
-        "method 'none' takes no bits"
+        "method 'none' is the base weights: it takes no bits"
         in _errors(GOOD.replace("{method: none}", "{method: none, bits: 4}"))[0]
     )
     text = GOOD.replace("method: gptq", "method: awq").replace(
         "bits: 4", "bits: 4\n        activation_bits: 8"
     )
-    assert "activation_bits 8 needs method 'gptq'" in _errors(text)[0]
+    assert "activation_bits 8 is W4A8: method 'gptq' or 'rtn' with bits 4" in _errors(text)[0]
+
+
+def _variant(**fields: object) -> Variant:
+    return Variant.model_validate(fields)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"method": "int3"}, "Input should be 'none', 'gptq', 'awq', 'w8a8', 'fp8' or 'rtn'"),
+        ({"method": "awq", "bits": 8}, "method 'awq' supports bits 2, 3, 4, not 8"),
+        ({"method": "w8a8", "bits": 4}, "method 'w8a8' supports bits 8, not 4"),
+        ({"method": "gptq", "bits": 5}, "method 'gptq' supports bits 2, 3, 4, 8, not 5"),
+        ({"method": "w8a8", "group_size": 128}, "int8 per-channel symmetric: drop group_size"),
+        ({"method": "fp8", "group_size": 128}, "method 'fp8' is quantized by vLLM at load"),
+        ({"method": "fp8", "bits": 4}, "it takes no bits"),
+        ({"method": "rtn", "calibration": {"samples": 8}}, "'rtn' is data-free"),
+        ({"method": "awq", "backend": "autogptq"}, "backend 'autogptq' has no method 'awq'"),
+        ({"method": "gptq", "group_size": 8}, "group_size must be -1 (per channel) or at least"),
+        ({"method": "gptq", "activation_bits": 8, "symmetric": False}, "needs symmetric"),
+        ({"method": "gptq", "calibration": {"split": "heldout"}}, "its 'train' split only"),
+        ({"method": "none", "max_ppl_increase": 0.05}, "it takes no max_ppl_increase"),
+        ({"method": "rtn", "max_ppl_increase": "-5%"}, "max_ppl_increase must be a fraction"),
+    ],
+)
+def test_bad_recipes_are_refused_with_the_reason(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        _variant(**fields)
+
+
+def test_defaults_per_method_fill_the_recipe() -> None:
+    assert _variant(method="gptq").recipe()["symmetric"] is True
+    assert _variant(method="awq").recipe()["symmetric"] is False
+    w8a8 = _variant(method="w8a8").recipe()
+    assert (w8a8["bits"], w8a8["activation_bits"], w8a8["group_size"]) == (8, 8, -1)
+    assert "calibration" in w8a8 and "calibration" not in _variant(method="rtn").recipe()
+    assert _variant(method="gptq", bits=3).scheme == "W3A16"
+    assert _variant(method="rtn", bits=4, activation_bits=8).scheme == "W4A8"
+
+
+def test_fp8_is_not_built_and_is_quantized_by_vllm_at_load() -> None:
+    fp8 = _variant(method="fp8")
+    assert fp8.quantized and not fp8.needs_build
+    assert fp8.serve_quantization == "fp8" and fp8.scheme == "FP8"
+    assert fp8.recipe() == {"method": "fp8"}
+    assert _variant(method="rtn").needs_build and _variant(method="rtn").serve_quantization is None
+
+
+def test_budget_is_not_part_of_the_recipe_and_takes_percent() -> None:
+    plain = _variant(method="rtn", bits=2)
+    gated = _variant(method="rtn", bits=2, max_ppl_increase="5%")
+    assert gated.max_ppl_increase == pytest.approx(0.05)
+    assert plain.recipe_hash() == gated.recipe_hash()
+    assert plain.recipe_hash() != _variant(method="rtn", bits=3).recipe_hash()
 
 
 def test_json_schema_exports() -> None:

@@ -1,7 +1,9 @@
-"""A fake quantization worker for job-queue tests: same protocol as serving.worker.quantize.
+"""A fake quantization worker for job-logic tests: same protocol as serving.worker.quantize.
 
-Copies the source's config.json into the output after FAKE_QUANT_S seconds; FAKE_QUANT_FAIL=1
-makes it fail like a real worker would. Real quantization is tested in tests/test_demo_path.py.
+Reports progress over FAKE_LAYERS layers in FAKE_QUANT_S seconds, then copies the source's
+config.json into the output and reports perplexities (base 100, variant 100 * (1 +
+FAKE_PPL_INCREASE)). FAKE_QUANT_FAIL=1 makes it fail like a real worker would. It quantizes
+nothing: real quantization is tested in tests/test_quantization.py and tests/test_demo_path.py.
 """
 
 import json
@@ -11,12 +13,18 @@ import sys
 import time
 from pathlib import Path
 
-spec = json.loads(Path(sys.argv[1]).read_text())
-print('QUANTGATE_PROGRESS {"stage": "calibrate"}', flush=True)
-time.sleep(float(os.environ.get("FAKE_QUANT_S", "0.2")))
+spec = json.loads(Path(sys.argv[-1]).read_text())
+layers = int(os.environ.get("FAKE_LAYERS", "4"))
+for done in range(layers + 1):
+    progress = {"stage": "quantize", "layers_done": done, "layers_total": layers}
+    print("QUANTGATE_PROGRESS " + json.dumps(progress), flush=True)
+    time.sleep(float(os.environ.get("FAKE_QUANT_S", "0.2")) / (layers + 1))
 if os.environ.get("FAKE_QUANT_FAIL"):
     print("RuntimeError: fake calibration failure", file=sys.stderr, flush=True)
     sys.exit(1)
 Path(spec["output"]).mkdir(parents=True, exist_ok=True)
 shutil.copy(Path(spec["source"]) / "config.json", Path(spec["output"]) / "config.json")
-print('QUANTGATE_RESULT {"quantize_s": 0.2}', flush=True)
+increase = float(os.environ.get("FAKE_PPL_INCREASE", "0.01"))
+base = {"perplexity": 100.0, "tokens": 1000} if spec["evaluate"]["base"] else None
+ppl = {"variant": {"perplexity": 100.0 * (1 + increase), "tokens": 1000}, "base": base}
+print("QUANTGATE_RESULT " + json.dumps({"quantize_s": 0.2, "perplexity": ppl}), flush=True)

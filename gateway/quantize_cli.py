@@ -1,0 +1,128 @@
+"""``quantgate quantize``: build one variant into a folder, with a progress bar.
+
+The same worker and the same report as the gateway's jobs: the folder it writes is what a job
+puts in the cache (weights, tokenizer, ``report.json`` with perplexity of base and variant).
+Every check that can run before work starts does (method, bits, group size against the model's
+layers, dataset): bad input exits with code 2 and one line per problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.progress_bar import ProgressBar
+from serving.build import folder_spec, run_build, tail, worker_command
+from serving.errors import InvalidRecipe
+from serving.manifest import Backend, Method, Variant
+from serving.settings import ServingSettings
+
+CALIBRATION_FLAGS = {
+    "dataset": "dataset",
+    "split": "split",
+    "text_field": "text_field",
+    "calibration_samples": "samples",
+    "max_seq_length": "max_seq_length",
+    "seed": "seed",
+}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="quantize a local checkpoint into a folder: what the gateway's jobs build",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    p.add_argument("--model-path", type=Path, required=True, help="local checkpoint folder")
+    p.add_argument("--output-dir", type=Path, required=True, help="new folder for the variant")
+    p.add_argument(
+        "--method", required=True, choices=[m.value for m in Method if m.value != "none"]
+    )
+    p.add_argument("--backend", choices=[b.value for b in Backend], help="default: llmcompressor")
+    p.add_argument("--bits", type=int, help="weight bits (gptq/rtn: 2,3,4,8; awq: 2,3,4; w8a8: 8)")
+    p.add_argument("--activation-bits", type=int, choices=[8, 16], help="8: W4A8 (gptq, rtn)")
+    p.add_argument(
+        "--group-size", type=int, help="default 128 (w8a8: per channel); -1: per channel"
+    )
+    p.add_argument(
+        "--symmetric", action=argparse.BooleanOptionalAction, help="default: yes, AWQ no"
+    )
+    p.add_argument("--ignore", nargs="+", help="layers left unquantized (default: lm_head)")
+    cal = p.add_argument_group("calibration (gptq, awq, w8a8)")
+    cal.add_argument(
+        "--dataset",
+        type=Path,
+        help=".txt/.jsonl file, folder, or save_to_disk folder; default: built-in text",
+    )
+    cal.add_argument("--split", help="split of a datasets folder (default train)")
+    cal.add_argument("--text-field", help="text column of .jsonl and datasets (default text)")
+    cal.add_argument("--calibration-samples", type=int, help="windows of text (default 64)")
+    cal.add_argument("--max-seq-length", type=int, help="tokens per window (default 256)")
+    cal.add_argument("--seed", type=int, help="offsets of the windows (default 0)")
+    p.set_defaults(func=quantize)
+
+
+def variant_from_args(args: argparse.Namespace) -> Variant:
+    """The recipe the flags describe, validated like a manifest's variant (ValidationError)."""
+    fields = ("method", "backend", "bits", "activation_bits", "group_size", "symmetric")
+    data: dict[str, Any] = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    if args.ignore is not None:
+        data["ignore"] = args.ignore
+    calibration = {key: getattr(args, flag) for flag, key in CALIBRATION_FLAGS.items()}
+    calibration = {k: v for k, v in calibration.items() if v is not None}
+    if calibration:
+        data["calibration"] = calibration
+    return Variant.model_validate(data, context={"base_dir": Path.cwd()})
+
+
+def quantize(args: argparse.Namespace) -> int:
+    try:
+        variant = variant_from_args(args)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            print(
+                f"quantgate: invalid recipe: {where + ': ' if where else ''}{err['msg']}",
+                file=sys.stderr,
+            )
+        return 2
+    settings = ServingSettings()
+    with tempfile.TemporaryDirectory(prefix="quantgate-") as tmp:
+        try:
+            spec = folder_spec(args.model_path, variant, args.output_dir, Path(tmp) / "job.log")
+        except InvalidRecipe as exc:
+            print(f"quantgate: {exc}", file=sys.stderr)
+            return 2
+        command = worker_command(settings.quantizer_python, Path(tmp))
+        bar = ProgressBar()
+        try:
+            report = asyncio.run(run_build(spec, command, bar.update))
+        except RuntimeError as exc:
+            bar.close()
+            print(f"quantgate: {exc}\n--- log tail ---\n{tail(spec.log_path)}", file=sys.stderr)
+            return 1
+        bar.close()
+    print(summary(report))
+    return 0
+
+
+def summary(report: dict[str, Any]) -> str:
+    ppl = report["perplexity"]
+    lines = [
+        f"wrote {report['path']} ({report['size_bytes'] / 2**20:.1f} MiB; "
+        f"source {report['source_size_bytes'] / 2**20:.1f} MiB) in {report['build_s']:.0f} s",
+    ]
+    if ppl["variant"]:
+        base = f"{ppl['base']['perplexity']:.3f}" if ppl["base"] else "?"
+        change = f" ({ppl['increase']:+.2%})" if ppl["increase"] is not None else ""
+        lines.append(
+            f"held-out perplexity: base {base}, variant {ppl['variant']['perplexity']:.3f}{change}"
+        )
+    lines.append(f"report: {Path(report['path']) / 'report.json'}")
+    return "\n".join(lines)

@@ -1,0 +1,220 @@
+"""One build: the worker process that quantizes and measures a variant, and its report.
+
+``run_build`` writes the spec, runs ``python -m serving.worker.quantize`` with only
+``serving`` on its path, copies its output into the log while reading progress from it, and on
+a clean exit writes ``report.json`` into the staging folder and renames that into place. The
+gateway's jobs and ``quantgate quantize`` both build through here, so both produce the same
+folder and the same report. Cancelling the awaiting task kills the worker's process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from serving.errors import InvalidRecipe
+from serving.manifest import Variant
+from serving.precheck import check_build
+from serving.store import commit, dir_size, discard
+from serving.worker import protocol
+
+WORKER_PACKAGE = Path(__file__).resolve().parent
+EVAL_CONTEXT, EVAL_STRIDE = 256, 128  # held-out perplexity: window and stride, in tokens
+
+WorkerCommand = Callable[[Path], Sequence[str]]
+OnProgress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    source: Path
+    recipe: dict[str, Any]
+    recipe_hash: str
+    staging: Path
+    final: Path
+    log_path: Path
+    base_perplexity: dict[str, Any] | None = None  # known already: the worker skips the base
+    labels: dict[str, str | None] | None = None  # model, variant, job_id for the report
+
+    def worker_spec(self) -> dict[str, Any]:
+        evaluate = {"context": EVAL_CONTEXT, "stride": EVAL_STRIDE}
+        return {
+            "source": str(self.source),
+            "output": str(self.staging),
+            "recipe": self.recipe,
+            "evaluate": {**evaluate, "base": self.base_perplexity is None},
+        }
+
+
+def worker_pythonpath(path_dir: Path) -> Path:
+    """A folder holding only a link to ``serving``: the quantizer environment's PYTHONPATH.
+
+    Nothing else of the gateway's environment (pydantic, ...) leaks into the worker's.
+    """
+    path_dir.mkdir(parents=True, exist_ok=True)
+    link = path_dir / "serving"
+    if not link.exists():
+        with contextlib.suppress(FileExistsError):
+            link.symlink_to(WORKER_PACKAGE, target_is_directory=True)
+    return path_dir
+
+
+def worker_command(python: Path, runtime_dir: Path) -> WorkerCommand:
+    """The real worker: the quantizer interpreter with only ``serving`` on its path."""
+    path_dir = worker_pythonpath(runtime_dir / "pythonpath")
+
+    def command(spec: Path) -> Sequence[str]:
+        return [
+            "env",
+            f"PYTHONPATH={path_dir}",
+            str(python),
+            "-m",
+            "serving.worker.quantize",
+            str(spec),
+        ]
+
+    return command
+
+
+async def run_build(
+    spec: BuildSpec,
+    command: WorkerCommand,
+    on_progress: OnProgress,
+    on_start: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Build the variant; return its report. Raises RuntimeError with the cause on failure."""
+    started = time.time()
+    try:
+        result = await _run_worker(spec, command, on_progress, on_start)
+        report = make_report(spec, result, started)
+        commit(spec.staging, spec.final, report)
+    except BaseException:
+        discard(spec.staging)
+        raise
+    return report
+
+
+async def _run_worker(
+    spec: BuildSpec,
+    command: WorkerCommand,
+    on_progress: OnProgress,
+    on_start: Callable[[int], None] | None,
+) -> dict[str, Any]:
+    spec_path = spec.log_path.parent / "spec.json"
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(spec.worker_spec(), indent=2), encoding="utf-8")
+    with spec.log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            *command(spec_path), stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True
+        )
+        if on_start:
+            on_start(proc.pid)
+        try:
+            result = await _follow(proc, log, on_progress)
+            code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                kill_group(proc.pid)
+                await proc.wait()
+    if code != 0:
+        raise RuntimeError(_exit_reason(code, spec.log_path))
+    if result is None or not (spec.staging / "config.json").is_file():
+        raise RuntimeError("quantizer exited cleanly but wrote no model")
+    return result
+
+
+async def _follow(
+    proc: asyncio.subprocess.Process, log: IO[bytes], on_progress: OnProgress
+) -> dict[str, Any] | None:
+    """Copy the worker's stdout into the log, reading progress and the result on the way."""
+    assert proc.stdout is not None
+    result: dict[str, Any] | None = None
+    async for raw in proc.stdout:
+        log.write(raw)
+        log.flush()
+        message = protocol.parse(raw.decode("utf-8", "replace").strip())
+        if message and message[0] == "progress":
+            on_progress(message[1])
+        elif message:
+            result = message[1]
+    return result
+
+
+def _exit_reason(code: int, log_path: Path) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"quantizer was killed by signal {name}; no variant was written"
+    lines = [line for line in tail(log_path, 50).splitlines() if line.strip()]
+    reasons = [line for line in lines if line.startswith(protocol.FAILURE)]
+    last = (
+        reasons[-1][len(protocol.FAILURE) :] if reasons else (lines[-1] if lines else "no output")
+    )
+    return f"quantizer exited with code {code}: {last}"
+
+
+def make_report(spec: BuildSpec, result: dict[str, Any], started: float) -> dict[str, Any]:
+    ppl = result.pop("perplexity", None) or {}
+    base = ppl.get("base") or spec.base_perplexity
+    variant = ppl.get("variant")
+    increase = None
+    if base and variant:
+        increase = round(variant["perplexity"] / base["perplexity"] - 1, 6)
+    return {
+        **(spec.labels or {}),
+        "source": str(spec.source),
+        "recipe": spec.recipe,
+        "recipe_hash": spec.recipe_hash,
+        "started_at": started,
+        "built_at": time.time(),
+        "build_s": round(time.time() - started, 2),
+        "path": str(spec.final),
+        "size_bytes": dir_size(spec.staging),
+        "source_size_bytes": dir_size(spec.source),
+        "perplexity": {"base": base, "variant": variant, "increase": increase},
+        "quantizer": result,
+    }
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+def kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def folder_spec(source: Path, variant: Variant, output: Path, log_path: Path) -> BuildSpec:
+    """``quantgate quantize``: the same build as a job's, into ``output`` instead of the cache.
+
+    Raises InvalidRecipe before any work when the recipe cannot be built from ``source``."""
+    if output.exists():
+        raise InvalidRecipe(f"output {output} exists; remove it or pick another folder")
+    if not variant.needs_build:
+        raise InvalidRecipe(f"method {variant.method.value!r} has nothing to build")
+    check_build(source, variant)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return BuildSpec(
+        source=source.resolve(),
+        recipe=variant.recipe(),
+        recipe_hash=variant.recipe_hash(),
+        staging=output.parent / f".{output.name}.staging",
+        final=output.resolve(),
+        log_path=log_path,
+        labels={"model": source.name, "variant": None, "job_id": None},
+    )

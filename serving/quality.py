@@ -1,0 +1,68 @@
+"""The quality gate: held-out perplexity of base and variant, and the manifest's budget.
+
+A build measures the variant's perplexity and, once per source checkpoint, the base's; the base
+value is kept under ``<cache>/.perplexity/`` keyed by a fingerprint of the source's files and
+the evaluation settings, so later builds of the same model skip it. ``over_budget`` reads a
+variant's report against its ``max_ppl_increase``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from serving.manifest import Variant
+
+
+def fingerprint(source: Path, context: int, stride: int) -> str:
+    """Changes when any file of the checkpoint changes (name, size or mtime), or the settings."""
+    h = hashlib.sha256(f"{source.resolve()}|{context}|{stride}".encode())
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        stat = path.stat()
+        h.update(f"{path.relative_to(source)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+class PerplexityCache:
+    """Base perplexities by source fingerprint, one small JSON file each."""
+
+    def __init__(self, root: Path, context: int, stride: int) -> None:
+        self.root = root
+        self._settings = (context, stride)
+
+    def _path(self, source: Path) -> Path:
+        return self.root / f"{fingerprint(source, *self._settings)}.json"
+
+    def get(self, source: Path) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self._path(source).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data
+
+    def put(self, source: Path, measured: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self._path(source)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**measured, "source": str(source)}, indent=2), encoding="utf-8")
+        tmp.replace(path)
+
+
+def over_budget(variant: Variant, report: dict[str, Any] | None) -> str | None:
+    """Why the gate refuses the built variant, or None when it may be served."""
+    budget = variant.max_ppl_increase
+    if budget is None or report is None:
+        return None
+    ppl = report.get("perplexity") or {}
+    increase = ppl.get("increase")
+    if increase is None:
+        return f"no perplexity was measured for it, and its budget is +{budget:.1%}"
+    if increase > budget:
+        base, found = ppl["base"]["perplexity"], ppl["variant"]["perplexity"]
+        return (
+            f"held-out perplexity {found:.2f} is {increase:+.1%} over the base's {base:.2f}, "
+            f"beyond its budget of +{budget:.1%} (max_ppl_increase)"
+        )
+    return None
