@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gateway import quantize_cli
+from gateway import bench_cli, quantize_cli
 from serving.errors import ManifestError
 from serving.manifest import Manifest, load_manifest
 from serving.settings import ServingSettings
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     make.set_defaults(func=_make_model)
 
     quantize_cli.register(sub)
+    bench_cli.register(sub)
 
     demo = sub.add_parser(
         "demo", help="start the gateway on a manifest, send one chat completion, print the result"

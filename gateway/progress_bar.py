@@ -8,10 +8,10 @@ from typing import Any, TextIO
 
 
 class ProgressBar:
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
-        self._stream = stream
+    def __init__(self, stream: TextIO | None = None, width: int = 30) -> None:
+        self._stream = stream or sys.stderr
         self._width = width
-        self._tty = stream.isatty()
+        self._tty = self._stream.isatty()
         self._started = time.monotonic()
         self._last = ""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.progress_bar import ProgressBar
-from serving.build import folder_spec, run_build, tail, worker_command
+from serving.build import BuildSpec, WorkerCommand, folder_spec, run_build, tail, worker_command
 from serving.errors import InvalidRecipe
 from serving.manifest import Backend, Method, Variant
 from serving.settings import ServingSettings
@@ -102,14 +103,26 @@ def quantize(args: argparse.Namespace) -> int:
         command = worker_command(settings.quantizer_python, Path(tmp))
         bar = ProgressBar()
         try:
-            report = asyncio.run(run_build(spec, command, bar.update))
+            report = asyncio.run(_build(spec, command, bar))
         except RuntimeError as exc:
             bar.close()
             print(f"quantgate: {exc}\n--- log tail ---\n{tail(spec.log_path)}", file=sys.stderr)
             return 1
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            bar.close()
+            print("quantgate: stopped; the worker was killed and nothing written", file=sys.stderr)
+            return 130
         bar.close()
     print(summary(report))
     return 0
+
+
+async def _build(spec: BuildSpec, command: WorkerCommand, bar: ProgressBar) -> dict[str, Any]:
+    """Run the build; SIGTERM cancels it like Ctrl-C does (worker killed, staging removed)."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run_build(spec, command, bar.update)
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -209,11 +209,13 @@ def folder_spec(source: Path, variant: Variant, output: Path, log_path: Path) ->
         raise InvalidRecipe(f"method {variant.method.value!r} has nothing to build")
     check_build(source, variant)
     output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.staging"
+    discard(staging)  # a leftover of a build that was killed
     return BuildSpec(
         source=source.resolve(),
         recipe=variant.recipe(),
         recipe_hash=variant.recipe_hash(),
-        staging=output.parent / f".{output.name}.staging",
+        staging=staging,
         final=output.resolve(),
         log_path=log_path,
         labels={"model": source.name, "variant": None, "job_id": None},

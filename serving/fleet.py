@@ -250,6 +250,13 @@ class Fleet:
         slot.backend = Backend(model_name, name, slot.server.url, served)
         return slot.backend
 
+    async def stop(self, model_name: str, name: str) -> None:
+        """Stop the variant's vLLM server, if one runs (it starts again on the next request)."""
+        slot = self._slots[(model_name, name)]
+        slot.backend = None
+        if slot.server is not None:
+            await slot.server.stop()
+
     async def aclose(self) -> None:
         for slot in self._slots.values():
             if slot.bring_up is not None:

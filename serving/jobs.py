@@ -171,6 +171,10 @@ class JobRunner:
         matching = [j for j in self._jobs.values() if j.key == key]
         return max(matching, key=lambda j: j.created_at) if matching else None
 
+    def base_perplexity(self, source: Path) -> dict[str, Any] | None:
+        """The held-out perplexity of a source checkpoint, if a build measured it."""
+        return self._perplexity.get(source)
+
     # -- submitting and cancelling ---------------------------------------------------------
     def submit(self, model_name: str, model: Model, name: str) -> Job:
         """Start building a variant, or return the job already building its recipe."""

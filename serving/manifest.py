@@ -55,7 +55,6 @@ class Backend(StrEnum):
     LLMCOMPRESSOR = "llmcompressor"
     AUTOAWQ = "autoawq"  # legacy: deprecated upstream, last tested with torch 2.6
     AUTOGPTQ = "autogptq"  # legacy: archived upstream
-    GPTQMODEL = "gptqmodel"
 
 
 # What each method accepts. Weight bits 2 and 3 exist for quality studies: vLLM has no
@@ -71,7 +70,6 @@ BACKEND_METHODS: dict[Backend, tuple[Method, ...]] = {
     Backend.LLMCOMPRESSOR: (Method.GPTQ, Method.AWQ, Method.W8A8, Method.RTN),
     Backend.AUTOAWQ: (Method.AWQ,),
     Backend.AUTOGPTQ: (Method.GPTQ,),
-    Backend.GPTQMODEL: (Method.GPTQ,),
 }
 CALIBRATED = (Method.GPTQ, Method.AWQ, Method.W8A8)
 BUILD_FIELDS = (

@@ -1,0 +1,155 @@
+"""``quantgate bench``: per variant, size on disk, peak memory, tokens/s and perplexity.
+
+Each variant goes through the fleet as a request would: built if missing (its report gives
+the perplexity of variant and base), started on real vLLM, then measured with completions
+that ignore EOS (so every request generates ``max_tokens``): once one request at a time, once
+``concurrency`` at a time. Peak memory is the sum of each process's peak resident set
+(``VmHWM``) over the vLLM server's process group, KV cache space included. The server is
+stopped before the next variant starts. Variants this machine cannot serve are built and
+measured for perplexity only, with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from serving.errors import QuantgateError
+from serving.fleet import Fleet
+from serving.store import dir_size
+
+PROMPT = "The json module can encode and decode data. It"
+
+
+@dataclass
+class BenchRow:
+    model: str
+    variant: str
+    method: str
+    scheme: str
+    size_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    tokens_per_s_1: float | None = None
+    tokens_per_s_n: float | None = None
+    ready_s: float | None = None
+    perplexity: float | None = None
+    ppl_increase: float | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Load:
+    requests: int = 16
+    concurrency: int = 8
+    max_tokens: int = 64
+
+
+async def bench_variant(fleet: Fleet, model: str, name: str, load: Load) -> BenchRow:
+    info = fleet.describe(model, name)
+    row = BenchRow(model, name, info["method"], info["scheme"])
+    try:
+        await _build(fleet, model, name)
+    except QuantgateError as exc:
+        row.note = f"build failed: {str(exc).splitlines()[0]}"
+        return row
+    _read_report(fleet, model, name, row)
+    reason = fleet.hardware.unsupported(fleet.manifest.models[model].variants[name])
+    if reason:
+        row.note = f"not served here: {reason}"
+        return row
+    try:
+        await _serve_and_measure(fleet, model, name, load, row)
+    except QuantgateError as exc:
+        row.note = f"not served: {str(exc).splitlines()[0]}"
+    finally:
+        await fleet.stop(model, name)
+    return row
+
+
+async def _build(fleet: Fleet, model: str, name: str) -> None:
+    job = fleet.build(model, name)
+    if job is not None:
+        await job.wait()
+
+
+def _read_report(fleet: Fleet, model: str, name: str, row: BenchRow) -> None:
+    info = fleet.describe(model, name)
+    report = info["report"]
+    if report is None:  # the base weights, or FP8 (quantized by vLLM at load)
+        source = fleet.manifest.models[model].source
+        row.size_bytes = dir_size(source)
+        base = fleet.jobs.base_perplexity(source) if info["method"] == "none" else None
+        row.perplexity, row.ppl_increase = (base["perplexity"], 0.0) if base else (None, None)
+        return
+    row.size_bytes = report["size_bytes"]
+    ppl = report.get("perplexity") or {}
+    row.perplexity = (ppl.get("variant") or {}).get("perplexity")
+    row.ppl_increase = ppl.get("increase")
+
+
+async def _serve_and_measure(
+    fleet: Fleet, model: str, name: str, load: Load, row: BenchRow
+) -> None:
+    t0 = time.monotonic()
+    backend = await fleet.backend(model, name)
+    row.ready_s = round(time.monotonic() - t0, 1)
+    async with httpx.AsyncClient(base_url=backend.url, timeout=300) as client:
+        body = {"model": backend.served_name, "prompt": PROMPT, "max_tokens": load.max_tokens}
+        body["ignore_eos"] = True
+        await _generate(client, body, 1, 1)  # warm-up
+        row.tokens_per_s_1 = await _generate(client, body, max(2, load.requests // 4), 1)
+        row.tokens_per_s_n = await _generate(client, body, load.requests, load.concurrency)
+    pid = fleet.describe(model, name)["backend"]["pid"]
+    row.peak_rss_bytes = group_peak_rss(pid)
+
+
+async def _generate(
+    client: httpx.AsyncClient, body: dict[str, Any], requests: int, concurrency: int
+) -> float:
+    """Generated tokens per second over ``requests`` completions, ``concurrency`` at a time."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one() -> int:
+        async with slots:
+            r = await client.post("/v1/completions", json=body)
+            r.raise_for_status()
+            tokens: int = r.json()["usage"]["completion_tokens"]
+            return tokens
+
+    t0 = time.monotonic()
+    tokens = await asyncio.gather(*(one() for _ in range(requests)))
+    return round(sum(tokens) / (time.monotonic() - t0), 1)
+
+
+def group_peak_rss(pgid: int) -> int | None:
+    """Sum of VmHWM (peak resident set) over the live processes of a process group."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:  # fields after "(comm)": state, ppid, pgrp, ...
+                continue
+            for line in (stat.parent / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, IndexError, ValueError):
+            continue
+    return total or None
+
+
+async def run_bench(fleet: Fleet, names: list[tuple[str, str]], load: Load) -> list[BenchRow]:
+    """Build every variant first (the first build measures the base's perplexity too), then
+    serve and measure them one at a time."""
+    for model, name in names:
+        with contextlib.suppress(QuantgateError):  # bench_variant reports it
+            await _build(fleet, model, name)
+    return [await bench_variant(fleet, model, name, load) for model, name in names]
