@@ -1,4 +1,4 @@
-"""Admin routes: variants and their state, building a variant, jobs and their logs.
+"""Admin routes: variants and their replicas, build/start/stop/scale, jobs and their logs.
 
 With ``QUANTGATE_ADMIN_KEY`` set, every admin route needs ``Authorization: Bearer <key>``;
 without it, admin routes answer only clients on the loopback interface.
@@ -11,11 +11,16 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
 
 from gateway.errors import NotFound, Unauthorized
 from gateway.settings import GatewaySettings
 from serving.fleet import Fleet
 from serving.jobs import Job, tail
+
+
+class ScaleRequest(BaseModel):
+    replicas: int = Field(ge=0, le=64)
 
 
 def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
@@ -34,18 +39,42 @@ def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
 
     @router.get("/variants")
     async def variants() -> dict[str, Any]:
-        data = [
-            fleet.describe(m, v)
-            for m, model in fleet.manifest.models.items()
-            for v in model.variants
-        ]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": fleet.backends()}
+
+    @router.get("/backends")
+    async def backends() -> dict[str, Any]:
+        """Every replica of every variant: state, port, pid, kernel, uptime, restarts."""
+        rows = []
+        for v in fleet.backends():
+            for r in v["replicas"]:
+                rows.append({"model": v["model"], "variant": v["variant"],
+                             "kernel": v["kernel"]["kernel"], **r})  # fmt: skip
+        return {"object": "list", "data": rows, "placement": fleet.placement.claims()}
 
     @router.post("/variants/{model}/{variant}/build", status_code=202)
     async def build(model: str, variant: str) -> dict[str, Any]:
-        model_name, name = _known(fleet, model, variant)
+        model_name, name = fleet.resolve(f"{model}:{variant}")
         job = fleet.build(model_name, name)
         return {"variant": fleet.describe(model_name, name), "job": job.summary() if job else None}
+
+    @router.post("/variants/{model}/{variant}/start")
+    async def start(model: str, variant: str) -> dict[str, Any]:
+        model_name, name = fleet.resolve(f"{model}:{variant}")
+        replicas = fleet.manifest.models[model_name].serve.replicas
+        await fleet.scale(model_name, name, replicas)
+        return fleet.describe(model_name, name)
+
+    @router.post("/variants/{model}/{variant}/stop")
+    async def stop(model: str, variant: str) -> dict[str, Any]:
+        model_name, name = fleet.resolve(f"{model}:{variant}")
+        await fleet.stop(model_name, name)
+        return fleet.describe(model_name, name)
+
+    @router.post("/variants/{model}/{variant}/scale")
+    async def scale(model: str, variant: str, body: ScaleRequest) -> dict[str, Any]:
+        model_name, name = fleet.resolve(f"{model}:{variant}")
+        await fleet.scale(model_name, name, body.replicas)
+        return fleet.describe(model_name, name)
 
     @router.get("/jobs")
     async def jobs() -> dict[str, Any]:
@@ -60,10 +89,6 @@ def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
         return tail(_job(fleet, job_id).log_path, max(1, min(lines, 10_000)))
 
     return router
-
-
-def _known(fleet: Fleet, model: str, variant: str) -> tuple[str, str]:
-    return fleet.resolve(f"{model}:{variant}")
 
 
 def _job(fleet: Fleet, job_id: str) -> Job:

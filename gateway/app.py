@@ -40,6 +40,7 @@ def create_app(
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
             app.state.proxy = Proxy(fleet, client, metrics, settings.max_body_bytes)
+            fleet.start()
             try:
                 yield
             finally:
@@ -106,6 +107,8 @@ def model_cards(fleet: Fleet) -> list[dict[str, Any]]:
                         "state": info["state"],
                         "method": info["method"],
                         "default": info["default"],
+                        "kernel": info["kernel"]["kernel"],
+                        "quantization": info["kernel"]["quantization"],
                         "error": info["error"],
                     },
                 }

@@ -17,6 +17,7 @@ from serving.errors import (
     VariantUnavailable,
     VariantUnsupported,
 )
+from serving.placement import PlacementError
 
 
 class InvalidRequest(QuantgateError):
@@ -75,6 +76,8 @@ def _classify(exc: QuantgateError) -> tuple[int, str, str, str | None, dict[str,
         return 503, "service_unavailable", "variant_not_ready", "model", headers
     if isinstance(exc, VariantUnsupported):
         return 503, "service_unavailable", "variant_unsupported_here", "model", {}
+    if isinstance(exc, PlacementError):
+        return 503, "service_unavailable", "insufficient_resources", "model", {}
     if isinstance(exc, JobFailed):
         return 503, "service_unavailable", "variant_build_failed", "model", {}
     if isinstance(exc, BackendFailed):

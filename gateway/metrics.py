@@ -70,6 +70,13 @@ class GatewayMetrics:
             registry=registry,
         )
 
+        self.retries = Counter(
+            "quantgate_upstream_retries",
+            "Requests sent again to another replica after a failure before the first byte.",
+            ["model", "variant"],
+            registry=registry,
+        )
+
     def watch_jobs(self, counts: Callable[[], dict[str, int]]) -> None:
         """Export quantization jobs by state, read from the job runner at scrape time."""
         jobs = Gauge(

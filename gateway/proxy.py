@@ -19,11 +19,14 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.errors import PayloadTooLarge, UpstreamError, error_response, sse_error_event
 from gateway.metrics import UNKNOWN, GatewayMetrics
-from gateway.usage import StreamWatcher, Usage, route_fields, usage_from_body
+from gateway.usage import RoutedRequest, StreamWatcher, Usage, route_fields, usage_from_body
 from serving.errors import QuantgateError
-from serving.fleet import Fleet
+from serving.fleet import Fleet, Lease
 
 FORWARDED_RESPONSE_HEADERS = ("content-type",)
+JSON = {"content-type": "application/json"}
+RETRY_STATUS = frozenset({502, 503})
+MAX_ATTEMPTS = 3
 
 
 @dataclass
@@ -33,6 +36,10 @@ class _Call:
     model: str = UNKNOWN
     variant: str = UNKNOWN
     in_flight: bool = False
+
+
+class _Retry(Exception):
+    """The replica answered 502/503 before any byte reached the client: try another."""
 
 
 class Proxy:
@@ -50,29 +57,20 @@ class Proxy:
             raw = await self._read_body(request)
             routed = route_fields(raw)
             call.model, call.variant = self._fleet.resolve(routed.model)
-            backend = await self._fleet.backend(call.model, call.variant)
-            upstream = await self._send(backend.url + path, routed.body, call)
+            lease, upstream, body = await self._exchange(path, routed, call)
         except QuantgateError as exc:
             response = error_response(exc)
             self._finish(call, response.status_code, None)
             return response
-        if routed.stream and upstream.status_code == 200:
+        if body is None:
             watcher = StreamWatcher(call.started, drop_usage_event=not routed.client_wants_usage)
             return StreamingResponse(
-                self._relay(upstream, watcher, call),
+                self._relay(upstream, watcher, call, lease),
                 status_code=200,
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache"},
             )
-        try:
-            body = await upstream.aread()
-        except httpx.HTTPError:
-            self._metrics.upstream_errors.labels(call.model, call.variant).inc()
-            response = error_response(UpstreamError("the backend broke off the response"))
-            self._finish(call, response.status_code, None)
-            return response
-        finally:
-            await upstream.aclose()
+        lease.release()
         self._finish(call, upstream.status_code, usage_from_body(body))
         headers = {k: v for k, v in upstream.headers.items() if k in FORWARDED_RESPONSE_HEADERS}
         return Response(body, status_code=upstream.status_code, headers=headers)
@@ -89,22 +87,49 @@ class Proxy:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _send(self, url: str, body: bytes, call: _Call) -> httpx.Response:
-        request = self._client.build_request(
-            "POST", url, content=body, headers={"content-type": "application/json"}
-        )
+    async def _exchange(
+        self, path: str, routed: RoutedRequest, call: _Call
+    ) -> tuple[Lease, httpx.Response, bytes | None]:
+        """Send to a replica; on a connection failure or a 502/503 before any byte reached the
+        client, send again to another replica. Streams return at their headers (body None);
+        other answers are read whole, so a replica dying mid-answer is retried too."""
+        tried: set[int] = set()
+        m, labels = self._metrics, (call.model, call.variant)
+        self._enter(call)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            lease = await self._fleet.acquire(call.model, call.variant, frozenset(tried))
+            request = self._client.build_request(
+                "POST", lease.url + path, content=routed.body, headers=JSON
+            )
+            try:
+                upstream = await self._client.send(request, stream=True)
+                if upstream.status_code in RETRY_STATUS and attempt < MAX_ATTEMPTS:
+                    await upstream.aclose()
+                    raise _Retry
+                if routed.stream and upstream.status_code == 200:
+                    return lease, upstream, None
+                try:
+                    body = await upstream.aread()
+                finally:
+                    await upstream.aclose()
+                return lease, upstream, body
+            except (httpx.TransportError, _Retry) as exc:
+                lease.release()
+                tried.add(lease.replica.index)
+                m.upstream_errors.labels(*labels).inc()
+                if attempt == MAX_ATTEMPTS:
+                    raise UpstreamError(
+                        f"backend for {call.model}:{call.variant} failed {attempt} times: {exc!r}"
+                    ) from exc
+                m.retries.labels(*labels).inc()
+        raise AssertionError("unreachable")
+
+    def _enter(self, call: _Call) -> None:
         self._metrics.in_flight.labels(call.model, call.variant).inc()
         call.in_flight = True
-        try:
-            return await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            self._metrics.upstream_errors.labels(call.model, call.variant).inc()
-            raise UpstreamError(
-                f"backend for {call.model}:{call.variant} unreachable: {exc!r}"
-            ) from exc
 
     async def _relay(
-        self, upstream: httpx.Response, watcher: StreamWatcher, call: _Call
+        self, upstream: httpx.Response, watcher: StreamWatcher, call: _Call, lease: Lease
     ) -> AsyncIterator[bytes]:
         status = 200
         try:
@@ -125,6 +150,7 @@ class Proxy:
             yield sse_error_event(f"the backend broke off the stream: {exc!r}")
         finally:
             await upstream.aclose()
+            lease.release()
             self._finish(call, status, watcher.usage, watcher)
 
     def _finish(

@@ -1,21 +1,26 @@
-"""The fleet: from a model name to a ready vLLM backend, building and starting on demand.
+"""The fleet: from a model name to a ready vLLM replica, building and starting on demand.
 
 For each (model, variant) one bring-up at a time: build the variant if it is missing (one job,
-however many requests wait), then start vLLM on it. A request waits for that within the
+however many requests wait), then start its replicas. A request waits for that within the
 manifest's bound (``on_missing``) or is told to come back (``VariantUnavailable`` with
-Retry-After). A failed build or start stays failed, with its cause, until an admin retries.
+Retry-After). A failed build or first start stays failed, with its cause, until an admin
+retries; a replica that crashes later is restarted by its supervisor (``serving.replica``).
+Variants idle longer than ``idle_stop_s`` are stopped and start again on the next request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from serving import kernels
 from serving.errors import (
     BackendFailed,
     QuantgateError,
@@ -25,15 +30,18 @@ from serving.errors import (
 )
 from serving.hardware import Hardware
 from serving.jobs import Job, JobRunner, JobState
-from serving.launcher import LaunchSpec, VllmServer, free_port
+from serving.launcher import LaunchSpec, VllmServer, free_port, port_in_use
 from serving.manifest import Manifest, Model, split_model_name
+from serving.placement import Placement
+from serving.pool import VariantPool
+from serving.replica import Replica, RestartPolicy
 from serving.store import VariantStore
 
 
 class VariantState(StrEnum):
     MISSING = "missing"  # quantized variant not built yet
     BUILDING = "building"
-    BUILT = "built"  # on disk, no server running
+    BUILT = "built"  # on disk, no replica running
     STARTING = "starting"
     READY = "ready"
     FAILED = "failed"
@@ -41,21 +49,26 @@ class VariantState(StrEnum):
 
 
 @dataclass(frozen=True)
-class Backend:
+class Lease:
+    """One request's hold on a replica: release it when the response is done."""
+
     model: str
     variant: str
     url: str
-    served_name: str
+    replica: Replica
+
+    def release(self) -> None:
+        self.replica.release()
 
 
 class _Slot:
     """Runtime state of one variant."""
 
-    def __init__(self) -> None:
-        self.server: VllmServer | None = None
-        self.bring_up: asyncio.Task[Backend] | None = None
+    def __init__(self, pool: VariantPool) -> None:
+        self.pool = pool
+        self.bring_up: asyncio.Task[None] | None = None
         self.failure: QuantgateError | None = None
-        self.backend: Backend | None = None
+        self.kernel: kernels.KernelChoice | None = None
 
 
 class Fleet:
@@ -67,16 +80,21 @@ class Fleet:
         vllm_python: Path,
         hardware: Hardware,
         host: str = "127.0.0.1",
+        launch: Callable[[LaunchSpec], VllmServer] | None = None,
     ) -> None:
         self.manifest = manifest
         self.hardware = hardware
-        self._store = store
         self.jobs = jobs
-        self._python = vllm_python
+        self._store = store
         self._host = host
+        self._launch = launch or (lambda spec: VllmServer(spec, vllm_python))
+        self.placement = Placement(hardware)
         self._slots = {
-            (m, v): _Slot() for m, model in manifest.models.items() for v in model.variants
+            (m, v): _Slot(self._pool(m, model, v))
+            for m, model in manifest.models.items()
+            for v in model.variants
         }
+        self._reaper: asyncio.Task[None] | None = None
 
     # -- names -----------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -94,15 +112,27 @@ class Fleet:
         return model_name, variant or model.default_variant
 
     # -- state -----------------------------------------------------------------------------
+    def kernel(self, model_name: str, name: str) -> kernels.KernelChoice:
+        """The kernel the variant gets here: from its checkpoint once built, else its recipe."""
+        slot = self._slots[(model_name, name)]
+        if slot.kernel is None:
+            return kernels.choose(
+                kernels.planned_scheme(self.manifest.models[model_name].variants[name]),
+                self.hardware,
+            )
+        return slot.kernel
+
     def state(self, model_name: str, name: str) -> VariantState:
         slot = self._slots[(model_name, name)]
         model = self.manifest.models[model_name]
-        if self.hardware.unsupported(model.variants[name]):
+        if not self.kernel(model_name, name).supported:
             return VariantState.UNSUPPORTED
-        if slot.failure is not None:
+        if slot.failure is not None or slot.pool.failed():
             return VariantState.FAILED
-        if slot.server is not None and slot.server.alive():
-            return VariantState.READY if slot.backend else VariantState.STARTING
+        if slot.pool.ready():
+            return VariantState.READY
+        if slot.pool.running:
+            return VariantState.STARTING
         if self.jobs.active(model_name, name, model.variants[name]):
             return VariantState.BUILDING
         return VariantState.BUILT if self._built(model_name, model, name) else VariantState.MISSING
@@ -112,121 +142,217 @@ class Fleet:
         variant = model.variants[name]
         slot = self._slots[(model_name, name)]
         last = self.jobs.last(model_name, name, variant)
-        server = slot.server
+        kernel = self.kernel(model_name, name)
+        error = None if kernel.supported else kernel.reason
         return {
             "model": model_name,
             "variant": name,
             "default": name == model.default_variant,
             "state": self.state(model_name, name).value,
             "method": variant.method.value,
-            "recipe_hash": variant.recipe_hash() if variant.quantized else None,
             "scheme": variant.scheme,
-            "error": self.hardware.unsupported(variant)
-            or (str(slot.failure) if slot.failure else None),
+            "recipe_hash": variant.recipe_hash() if variant.quantized else None,
+            "kernel": {"quantization": kernel.quantization, "kernel": kernel.kernel,
+                       "alternatives": list(kernel.alternatives), "reason": kernel.reason},
+            "error": error or (str(slot.failure) if slot.failure else None),
             "job": last.summary() if last else None,
-            "backend": {
-                "url": server.url,
-                "pid": server.pid,
-                "started_at": server.started_at,
-                "ready_at": server.ready_at,
-            }
-            if server and server.alive()
-            else None,
+            "replicas": slot.pool.describe(),
             "report": self._store.report(model_name, name, variant) if variant.quantized else None,
-        }
+        }  # fmt: skip
 
     def _built(self, model_name: str, model: Model, name: str) -> bool:
         variant = model.variants[name]
         return not variant.quantized or self._store.is_built(model_name, name, variant)
 
-    # -- acquiring a backend ---------------------------------------------------------------
-    async def backend(self, model_name: str, name: str) -> Backend:
-        """A ready backend for the variant, bringing it up if needed (see module docstring)."""
+    # -- acquiring a replica ---------------------------------------------------------------
+    async def acquire(
+        self, model_name: str, name: str, exclude: frozenset[int] = frozenset()
+    ) -> Lease:
+        """A lease on a ready replica, bringing the variant up if needed (module docstring)."""
         slot = self._slots[(model_name, name)]
-        if slot.backend is not None and slot.server is not None and slot.server.alive():
-            return slot.backend
-        reason = self.hardware.unsupported(self.manifest.models[model_name].variants[name])
-        if reason:
-            raise VariantUnsupported(f"{model_name}:{name} cannot be served here: {reason}")
+        replica = slot.pool.pick(exclude)
+        if replica is None:
+            replica = await self._wait_for_replica(model_name, name, exclude)
+        replica.acquire()
+        assert replica.server is not None
+        return Lease(model_name, name, replica.server.url, replica)
+
+    async def _wait_for_replica(
+        self, model_name: str, name: str, exclude: frozenset[int]
+    ) -> Replica:
+        slot = self._slots[(model_name, name)]
+        kernel = self.kernel(model_name, name)
+        if not kernel.supported:
+            raise VariantUnsupported(f"{model_name}:{name} cannot be served here: {kernel.reason}")
         if slot.failure is not None:
             raise slot.failure
-        task = self._ensure_bring_up(model_name, name)
         policy = self.manifest.models[model_name].on_missing
+        if not slot.pool.running:
+            self._ensure_bring_up(model_name, name)
         if policy.action == "reject":
-            raise VariantUnavailable(
-                f"{model_name}:{name} is {self.state(model_name, name).value}; try again later",
-                retry_after_s=policy.retry_after_s,
-            )
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), policy.max_wait_s)
-        except TimeoutError:
-            raise VariantUnavailable(
-                f"{model_name}:{name} is still {self.state(model_name, name).value} after "
-                f"{policy.max_wait_s:.0f} s; try again later",
-                retry_after_s=policy.retry_after_s,
-            ) from None
+            raise self._unavailable(model_name, name, "try again later")
+        deadline = time.monotonic() + policy.max_wait_s
+        while time.monotonic() < deadline:
+            replica = slot.pool.pick(exclude) or slot.pool.pick()
+            if replica is not None:
+                return replica
+            if slot.failure is not None:
+                raise slot.failure
+            if slot.pool.failed():
+                raise BackendFailed(f"every replica of {model_name}:{name} has failed")
+            if not slot.pool.running and (slot.bring_up is None or slot.bring_up.done()):
+                self._ensure_bring_up(model_name, name)
+            await asyncio.sleep(0.1)
+        raise self._unavailable(model_name, name, f"waited {policy.max_wait_s:.0f} s")
 
-    def build(self, model_name: str, name: str) -> Job | None:
-        """Admin: (re)build a variant; clears an earlier failure. None when nothing to build."""
-        model = self.manifest.models[model_name]
-        slot = self._slots[(model_name, name)]
-        slot.failure = None
-        if self._built(model_name, model, name):
-            return None
-        self._ensure_bring_up(model_name, name)
-        return self.jobs.active(model_name, name, model.variants[name]) or self.jobs.last(
-            model_name, name, model.variants[name]
-        )
+    def _unavailable(self, model_name: str, name: str, detail: str) -> VariantUnavailable:
+        retry = self.manifest.models[model_name].on_missing.retry_after_s
+        state = self.state(model_name, name).value
+        return VariantUnavailable(f"{model_name}:{name} is {state}; {detail}", retry)
 
-    def _ensure_bring_up(self, model_name: str, name: str) -> asyncio.Task[Backend]:
+    def _ensure_bring_up(self, model_name: str, name: str) -> asyncio.Task[None]:
         slot = self._slots[(model_name, name)]
         if slot.bring_up is None or slot.bring_up.done():
             slot.bring_up = asyncio.create_task(self._bring_up(model_name, name))
             slot.bring_up.add_done_callback(_consume_exception)
         return slot.bring_up
 
-    async def _bring_up(self, model_name: str, name: str) -> Backend:
+    async def _bring_up(self, model_name: str, name: str, replicas: int | None = None) -> None:
         slot = self._slots[(model_name, name)]
         model = self.manifest.models[model_name]
         try:
             if not self._built(model_name, model, name):
-                job = self.jobs.submit(model_name, model, name)
-                await job.wait()
-            return await self._start(model_name, model, name)
+                await self.jobs.submit(model_name, model, name).wait()
+            slot.kernel = kernels.choose(
+                kernels.checkpoint_scheme(self._model_dir(model_name, name)), self.hardware
+            )
+            if not slot.kernel.supported:
+                raise VariantUnsupported(f"{model_name}:{name}: {slot.kernel.reason}")
+            await slot.pool.scale(replicas or model.serve.replicas)
         except QuantgateError as exc:
             slot.failure = exc
             raise
 
-    async def _start(self, model_name: str, model: Model, name: str) -> Backend:
-        slot = self._slots[(model_name, name)]
-        slot.backend = None
-        if slot.server is not None:
-            await slot.server.stop()
+    def _model_dir(self, model_name: str, name: str) -> Path:
+        model = self.manifest.models[model_name]
         variant = model.variants[name]
-        model_dir = (
-            self._store.variant_dir(model_name, name, variant)
-            if variant.quantized
-            else model.source
+        if variant.quantized:
+            return self._store.variant_dir(model_name, name, variant)
+        return model.source
+
+    def _pool(self, model_name: str, model: Model, name: str) -> VariantPool:
+        opts = model.serve
+        policy = RestartPolicy(
+            max_restarts=opts.max_restarts,
+            restart_window_s=opts.restart_window_s,
+            startup_timeout_s=opts.startup_timeout_s,
         )
-        served = f"{model_name}:{name}"
-        names = (served, model_name) if name == model.default_variant else (served,)
-        spec = LaunchSpec(
-            model_dir=model_dir,
+        return VariantPool(
+            f"{model_name}:{name}",
+            lambda index: self._launch_spec(model_name, name, index),
+            self._launch,
+            policy,
+        )
+
+    def _launch_spec(self, model_name: str, name: str, index: int) -> LaunchSpec:
+        model = self.manifest.models[model_name]
+        opts = model.serve
+        owner = f"{model_name}:{name}#{index}"
+        gpus = self.placement.place(owner, opts.tensor_parallel_size, opts.gpu_memory_utilization)
+        port = self._port(opts.base_port, index, owner)
+        kernel = self.kernel(model_name, name)
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(opts.cpu_kv_cache_gib), **kernel.env}
+        if self.hardware.device == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+            env["NCCL_NVLS_ENABLE"] = "0"  # keep NVLink multicast off
+        elif opts.replicas > 1:
+            # vllm-cpu binds its compute threads to core 0 by default: spread the replicas.
+            env["VLLM_CPU_OMP_THREADS_BIND"] = str(index % (os.cpu_count() or 1))
+        names: tuple[str, ...] = (f"{model_name}:{name}",)
+        if name == model.default_variant:
+            names += (model_name,)
+        args = list(opts.extra_args)
+        if self.hardware.device == "cuda":
+            args += ["--tensor-parallel-size", str(opts.tensor_parallel_size)]
+            args += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
+        return LaunchSpec(
+            model_dir=self._model_dir(model_name, name),
             served_names=names,
-            port=free_port(self._host),
+            port=port,
             host=self._host,
-            log_path=self._store.log_dir() / f"{model_name}-{name}-{int(time.time())}.log",
-            max_model_len=model.serve.max_model_len,
-            dtype=model.serve.dtype,
-            quantization=checkpoint_quantization(model_dir),
-            enforce_eager=model.serve.enforce_eager,
-            extra_args=model.serve.extra_args,
-            env={"VLLM_CPU_KVCACHE_SPACE": str(model.serve.cpu_kv_cache_gib)},
+            log_path=self._store.log_dir() / f"{model_name}-{name}-r{index}-{int(time.time())}.log",
+            max_model_len=opts.max_model_len,
+            dtype=opts.dtype,
+            quantization=kernel.quantization,
+            enforce_eager=opts.enforce_eager,
+            extra_args=tuple(args),
+            env=env,
         )
-        slot.server = VllmServer(spec, self._python)
-        await slot.server.start(model.serve.startup_timeout_s)
-        slot.backend = Backend(model_name, name, slot.server.url, served)
-        return slot.backend
+
+    def _port(self, base: int | None, index: int, owner: str) -> int:
+        if base is None:
+            return free_port(self._host)
+        port = base + index
+        if port_in_use(self._host, port):
+            raise BackendFailed(f"{owner}: port {port} (base_port + {index}) is already in use")
+        return port
+
+    # -- admin operations ------------------------------------------------------------------
+    def build(self, model_name: str, name: str) -> Job | None:
+        """(Re)build a variant and start it; clears an earlier failure. None: nothing to build."""
+        model = self.manifest.models[model_name]
+        slot = self._slots[(model_name, name)]
+        slot.failure = None
+        if self._built(model_name, model, name):
+            return None
+        self._ensure_bring_up(model_name, name)
+        variant = model.variants[name]
+        return self.jobs.active(model_name, name, variant) or self.jobs.last(
+            model_name, name, variant
+        )
+
+    async def scale(self, model_name: str, name: str, replicas: int) -> None:
+        """Start (build first if needed), scale, or (``replicas=0``) drain and stop a variant."""
+        slot = self._slots[(model_name, name)]
+        slot.failure = None
+        if replicas == 0:
+            await self.stop(model_name, name)
+            return
+        if slot.bring_up is not None and not slot.bring_up.done():
+            await asyncio.shield(slot.bring_up)
+        if not slot.pool.running:
+            await self._bring_up(model_name, name, replicas)
+        else:
+            await slot.pool.scale(replicas)
+        live = {f"{model_name}:{name}#{r.index}" for r in slot.pool.replicas}
+        for owner in self.placement.claims():
+            if owner.startswith(f"{model_name}:{name}#") and owner not in live:
+                self.placement.release(owner)
+
+    async def stop(self, model_name: str, name: str) -> None:
+        slot = self._slots[(model_name, name)]
+        drain = self.manifest.models[model_name].serve.drain_s
+        await slot.pool.stop(drain)
+        for owner in list(self.placement.claims()):
+            if owner.startswith(f"{model_name}:{name}#"):
+                self.placement.release(owner)
+
+    def backends(self) -> list[dict[str, Any]]:
+        return [self.describe(m, v) for (m, v) in self._slots]
+
+    # -- background work -------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the idle reaper (call from inside the running event loop)."""
+        if any(m.serve.idle_stop_s for m in self.manifest.models.values()):
+            self._reaper = asyncio.create_task(self._reap_idle(), name="idle-reaper")
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for (m, v), slot in self._slots.items():
+                idle_stop = self.manifest.models[m].serve.idle_stop_s
+                if idle_stop and slot.pool.running and slot.pool.idle_for() >= idle_stop:
+                    await self.stop(m, v)
 
     def job_counts(self) -> dict[str, int]:
         counts = {state.value: 0 for state in JobState}
@@ -235,25 +361,17 @@ class Fleet:
         return counts
 
     async def aclose(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
         for slot in self._slots.values():
             if slot.bring_up is not None:
                 slot.bring_up.cancel()
         await self.jobs.aclose()
-        await asyncio.gather(
-            *(s.server.stop() for s in self._slots.values() if s.server is not None)
-        )
+        await asyncio.gather(*(s.pool.stop(drain_s=5.0) for s in self._slots.values()))
 
 
-def checkpoint_quantization(model_dir: Path) -> str | None:
-    """The ``--quantization`` vLLM should use: the checkpoint's own ``quant_method``."""
-    try:
-        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BackendFailed(f"cannot read {model_dir}/config.json: {exc}") from exc
-    method = (config.get("quantization_config") or {}).get("quant_method")
-    return str(method) if method else None
-
-
-def _consume_exception(task: asyncio.Task[Backend]) -> None:
+def _consume_exception(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         task.exception()

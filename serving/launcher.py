@@ -29,6 +29,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     model_dir: Path
@@ -120,6 +129,11 @@ class VllmServer:
             f"vLLM for {self.spec.served_names[0]} was not healthy within {timeout_s:.0f} s",
             log_tail=tail(self.spec.log_path),
         )
+
+    async def wait(self) -> int:
+        """Wait for the process to exit; its exit code."""
+        assert self._proc is not None
+        return await self._proc.wait()
 
     async def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the process group, wait up to ``grace_s``, then SIGKILL it."""

@@ -132,13 +132,28 @@ class OnMissing(Strict):
 
 
 class ServeOptions(Strict):
-    """vLLM settings for every variant of a model."""
+    """vLLM settings and supervision for every variant of a model."""
 
     max_model_len: int = Field(512, ge=16)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    replicas: int = Field(1, ge=1, le=64, description="vLLM processes per variant")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per replica")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=0.95, description="of each GPU")
     cpu_kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU builds")
     enforce_eager: bool = False
+    base_port: int | None = Field(
+        None,
+        ge=1024,
+        le=65535,
+        description="replica i listens on base_port + i; unset: any free port",
+    )
     startup_timeout_s: float = Field(600.0, gt=0)
+    idle_stop_s: float | None = Field(
+        None, gt=0, description="stop a variant's replicas after this long without requests"
+    )
+    max_restarts: int = Field(5, ge=0, description="crash restarts allowed within restart_window_s")
+    restart_window_s: float = Field(600.0, gt=0)
+    drain_s: float = Field(30.0, ge=0, description="on stop: wait this long for in-flight requests")
     extra_args: tuple[str, ...] = ()
 
 

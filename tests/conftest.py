@@ -49,7 +49,9 @@ def fake_worker(spec: Path) -> list[str]:
     return [sys.executable, str(FAKES / "fake_quantizer.py"), str(spec)]
 
 
-def write_manifest(tmp_path: Path, model_dir: Path, on_missing: str = "wait: {}") -> Manifest:
+def write_manifest(
+    tmp_path: Path, model_dir: Path, on_missing: str = "wait", serve: str = ""
+) -> Manifest:
     text = f"""
 version: 1
 cache_dir: {tmp_path / "cache"}
@@ -58,7 +60,7 @@ models:
     source: {model_dir}
     default_variant: base
     on_missing: {{action: {on_missing}}}
-    serve: {{startup_timeout_s: 30}}
+    serve: {{startup_timeout_s: 30, max_restarts: 3{serve}}}
     variants:
       base: {{method: none}}
       gptq: {{method: gptq, bits: 4}}
@@ -114,9 +116,9 @@ def gateway(
     servers: list[LiveServer] = []
 
     def start(
-        on_missing: str = "wait", hardware: Hardware = AVX512, **settings: object
+        on_missing: str = "wait", hardware: Hardware = AVX512, serve: str = "", **settings: object
     ) -> LiveServer:
-        manifest = write_manifest(tmp_path, model_dir, on_missing)
+        manifest = write_manifest(tmp_path, model_dir, on_missing, serve)
         fleet = make_fleet(manifest, fake_vllm_python, hardware)
         registry = CollectorRegistry()
         app = create_app(fleet, GatewaySettings.model_validate(settings), registry)

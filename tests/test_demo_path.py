@@ -18,8 +18,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / ".quantgate" / "models" / "tiny"

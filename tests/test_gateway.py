@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from conftest import LiveServer
 
+from conftest import LiveServer
 from serving.hardware import Hardware
 
 Start = Callable[..., LiveServer]

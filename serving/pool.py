@@ -1,0 +1,88 @@
+"""The replicas of one variant: scaling, choosing one for a request, draining, idleness."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from serving.errors import BackendFailed, QuantgateError
+from serving.launcher import LaunchSpec, VllmServer
+from serving.replica import Replica, ReplicaState, RestartPolicy
+
+SpecFactory = Callable[[int], LaunchSpec]
+
+
+class VariantPool:
+    def __init__(
+        self,
+        name: str,
+        spec: SpecFactory,
+        launch: Callable[[LaunchSpec], VllmServer],
+        policy: RestartPolicy,
+    ) -> None:
+        self.name = name
+        self._spec = spec
+        self._launch = launch
+        self._policy = policy
+        self.replicas: list[Replica] = []
+        self._turn = 0
+
+    @property
+    def running(self) -> bool:
+        return any(
+            r.state not in (ReplicaState.STOPPED, ReplicaState.FAILED) for r in self.replicas
+        )
+
+    def ready(self) -> list[Replica]:
+        return [r for r in self.replicas if r.routable]
+
+    def failed(self) -> bool:
+        return bool(self.replicas) and all(r.state is ReplicaState.FAILED for r in self.replicas)
+
+    async def scale(self, count: int) -> None:
+        """Start replicas up to ``count`` (all at once) or drain and stop those above it.
+
+        Returns when every new replica is ready; raises BackendFailed if none of them is.
+        """
+        live = [r for r in self.replicas if r.state is not ReplicaState.STOPPED]
+        if count < len(live):
+            await asyncio.gather(*(r.stop() for r in live[count:]))
+            self.replicas = [r for r in self.replicas if r.state is not ReplicaState.STOPPED]
+            return
+        used = {r.index for r in self.replicas}
+        fresh = [i for i in range(count + len(used)) if i not in used][: count - len(live)]
+        new = [self._replica(i) for i in fresh]
+        self.replicas = sorted(
+            [r for r in self.replicas if r.state is not ReplicaState.STOPPED] + new,
+            key=lambda r: r.index,
+        )
+        results = await asyncio.gather(*(r.start() for r in new), return_exceptions=True)
+        errors = [e for e in results if isinstance(e, BaseException)]
+        if new and len(errors) == len(new):
+            first = errors[0]
+            raise first if isinstance(first, QuantgateError) else BackendFailed(str(first))
+
+    def _replica(self, index: int) -> Replica:
+        return Replica(index, lambda: self._spec(index), self._launch, self._policy)
+
+    def pick(self, exclude: frozenset[int] = frozenset()) -> Replica | None:
+        """Least outstanding requests among ready replicas; ties go round-robin."""
+        ready = [r for r in self.ready() if r.index not in exclude]
+        if not ready:
+            return None
+        self._turn += 1
+        return min(ready, key=lambda r: (r.in_flight, (r.index - self._turn) % len(ready)))
+
+    def idle_for(self) -> float:
+        if not self.replicas or any(r.in_flight for r in self.replicas):
+            return 0.0
+        return time.monotonic() - max(r.last_used for r in self.replicas)
+
+    async def stop(self, drain_s: float = 30.0) -> None:
+        await asyncio.gather(*(r.stop(drain_s) for r in self.replicas))
+        self.replicas = []
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [r.describe() for r in self.replicas]
