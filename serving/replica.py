@@ -94,6 +94,7 @@ class Replica:
             if self.state in (ReplicaState.DRAINING, ReplicaState.STOPPED):
                 return
             log.warning("replica %s exited with code %s; restarting", self.index, code)
+            await self.server.stop(grace_s=0)  # reap what is left of its process group
             if not await self._restart():
                 return
 
