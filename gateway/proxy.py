@@ -24,7 +24,6 @@ from serving.errors import QuantgateError
 from serving.fleet import Fleet, Lease
 
 FORWARDED_RESPONSE_HEADERS = ("content-type",)
-JSON = {"content-type": "application/json"}
 RETRY_STATUS = frozenset({502, 503})
 MAX_ATTEMPTS = 3
 
@@ -98,8 +97,13 @@ class Proxy:
         self._enter(call)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             lease = await self._fleet.acquire(call.model, call.variant, frozenset(tried))
+            body = (
+                routed.body
+                if lease.upstream_model is None
+                else routed.renamed(lease.upstream_model)
+            )
             request = self._client.build_request(
-                "POST", lease.url + path, content=routed.body, headers=JSON
+                "POST", lease.url + path, content=body, headers=lease.headers
             )
             try:
                 upstream = await self._client.send(request, stream=True)

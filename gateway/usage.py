@@ -38,6 +38,12 @@ class RoutedRequest:
     body: bytes  # what goes to the backend
     client_wants_usage: bool
 
+    def renamed(self, model: str) -> bytes:
+        """The body with another model name, for upstreams that serve it under that name."""
+        data = json.loads(self.body)
+        data["model"] = model
+        return json.dumps(data).encode()
+
 
 def route_fields(raw: bytes) -> RoutedRequest:
     """Validate the little the gateway needs; make streams report usage to the gateway."""

@@ -37,6 +37,8 @@ from serving.pool import VariantPool
 from serving.replica import Replica, RestartPolicy
 from serving.store import VariantStore
 
+JSON_HEADERS = {"content-type": "application/json"}
+
 
 class VariantState(StrEnum):
     MISSING = "missing"  # quantized variant not built yet
@@ -56,6 +58,8 @@ class Lease:
     variant: str
     url: str
     replica: Replica
+    headers: dict[str, str]
+    upstream_model: str | None = None  # rename the body's model to this, for static upstreams
 
     def release(self) -> None:
         self.replica.release()
@@ -115,6 +119,8 @@ class Fleet:
     def kernel(self, model_name: str, name: str) -> kernels.KernelChoice:
         """The kernel the variant gets here: from its checkpoint once built, else its recipe."""
         slot = self._slots[(model_name, name)]
+        if self.manifest.models[model_name].variants[name].upstream is not None:
+            return kernels.KernelChoice(None, "external", reason="an already-running upstream")
         if slot.kernel is None:
             return kernels.choose(
                 kernels.planned_scheme(self.manifest.models[model_name].variants[name]),
@@ -162,7 +168,9 @@ class Fleet:
 
     def _built(self, model_name: str, model: Model, name: str) -> bool:
         variant = model.variants[name]
-        return not variant.quantized or self._store.is_built(model_name, name, variant)
+        if variant.upstream is not None or not variant.quantized:
+            return True
+        return self._store.is_built(model_name, name, variant)
 
     # -- acquiring a replica ---------------------------------------------------------------
     async def acquire(
@@ -174,8 +182,13 @@ class Fleet:
         if replica is None:
             replica = await self._wait_for_replica(model_name, name, exclude)
         replica.acquire()
-        assert replica.server is not None
-        return Lease(model_name, name, replica.server.url, replica)
+        upstream = self.manifest.models[model_name].variants[name].upstream
+        if upstream is None:
+            return Lease(model_name, name, replica.url, replica, JSON_HEADERS)
+        headers = dict(JSON_HEADERS)
+        if upstream.api_key_env:
+            headers["authorization"] = f"Bearer {os.environ.get(upstream.api_key_env, '')}"
+        return Lease(model_name, name, replica.url, replica, headers, upstream.model)
 
     async def _wait_for_replica(
         self, model_name: str, name: str, exclude: frozenset[int]
@@ -238,9 +251,12 @@ class Fleet:
         variant = model.variants[name]
         if variant.quantized:
             return self._store.variant_dir(model_name, name, variant)
-        return model.source
+        return model.source_path
 
     def _pool(self, model_name: str, model: Model, name: str) -> VariantPool:
+        upstream = model.variants[name].upstream
+        if upstream is not None:
+            return VariantPool.static(f"{model_name}:{name}", upstream.url)
         opts = model.serve
         policy = RestartPolicy(
             max_restarts=opts.max_restarts,

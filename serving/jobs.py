@@ -192,9 +192,9 @@ class JobRunner:
             job.done.set()
 
     async def _execute(self, job: Job, model: Model, staging: Path) -> dict[str, Any]:
-        if not (model.source / "config.json").is_file():
+        if not (model.source_path / "config.json").is_file():
             raise RuntimeError(f"source {model.source} is not a model folder (no config.json)")
-        spec = {"source": str(model.source), "output": str(staging), "recipe": job.recipe}
+        spec = {"source": str(model.source_path), "output": str(staging), "recipe": job.recipe}
         spec_path = job.log_path.parent / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
         with job.log_path.open("wb") as log:
@@ -243,14 +243,14 @@ class JobRunner:
         return {
             "model": job.model,
             "variant": job.variant,
-            "source": str(model.source),
+            "source": str(model.source_path),
             "recipe": job.recipe,
             "recipe_hash": job.recipe_hash,
             "job_id": job.id,
             "built_at": time.time(),
             "path": str(final),
             "size_bytes": dir_size(staging),
-            "source_size_bytes": dir_size(model.source),
+            "source_size_bytes": dir_size(model.source_path),
             "quantizer": result,
         }
 

@@ -57,6 +57,15 @@ class Calibration(Strict):
     _dataset = field_validator("dataset")(_resolve)
 
 
+class Upstream(Strict):
+    """An OpenAI-compatible server that is already running: Quantgate routes to it, meters it,
+    limits it, but neither builds nor launches it."""
+
+    url: str = Field(pattern=r"^https?://", description="Base URL, without /v1")
+    api_key_env: str | None = Field(None, description="Environment variable holding its key")
+    model: str | None = Field(None, description="Model name it serves; default: the request's")
+
+
 class Variant(Strict):
     """One way of serving a model: the base weights, or a quantization recipe."""
 
@@ -71,9 +80,12 @@ class Variant(Strict):
     symmetric: bool | None = None
     ignore: tuple[str, ...] = ("lm_head",)
     calibration: Calibration = Calibration()
+    upstream: Upstream | None = None
 
     @model_validator(mode="after")
     def _check_recipe(self) -> Self:
+        if self.upstream is not None and self.method is not Method.NONE:
+            raise ValueError("a variant with an upstream is served as is: use method 'none'")
         if self.method is Method.NONE:
             extra = [f for f in ("bits", "group_size", "symmetric") if getattr(self, f) is not None]
             extra += ["activation_bits"] if self.activation_bits != 16 else []
@@ -158,7 +170,9 @@ class ServeOptions(Strict):
 
 
 class Model(Strict):
-    source: Path = Field(description="Local folder of the base checkpoint (Hugging Face layout).")
+    source: Path | None = Field(
+        None, description="Local folder of the base checkpoint (Hugging Face layout)."
+    )
     default_variant: Name
     variants: dict[Name, Variant]
     on_missing: OnMissing = OnMissing()
@@ -166,8 +180,18 @@ class Model(Strict):
 
     _source = field_validator("source")(_resolve)
 
+    @property
+    def source_path(self) -> Path:
+        """The checkpoint folder; only variants with an upstream may do without one."""
+        if self.source is None:
+            raise ValueError("this model has no source: its variants are upstreams")
+        return self.source
+
     @model_validator(mode="after")
     def _check_default(self) -> Self:
+        local = [name for name, v in self.variants.items() if v.upstream is None]
+        if self.source is None and local:
+            raise ValueError(f"source is required: variants {', '.join(local)} are served locally")
         if self.default_variant not in self.variants:
             known = ", ".join(sorted(self.variants))
             raise ValueError(f"default_variant {self.default_variant!r} is not a variant ({known})")

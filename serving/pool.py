@@ -9,7 +9,7 @@ from typing import Any
 
 from serving.errors import BackendFailed, QuantgateError
 from serving.launcher import LaunchSpec, VllmServer
-from serving.replica import Replica, ReplicaState, RestartPolicy
+from serving.replica import Replica, ReplicaState, RestartPolicy, StaticReplica, unlaunchable
 
 SpecFactory = Callable[[int], LaunchSpec]
 
@@ -29,6 +29,17 @@ class VariantPool:
         self.replicas: list[Replica] = []
         self._turn = 0
 
+    @classmethod
+    def static(cls, name: str, url: str) -> VariantPool:
+        """A pool of one already-running upstream."""
+        pool = cls(name, unlaunchable, unlaunchable, RestartPolicy())
+        pool.replicas = [StaticReplica(url)]
+        return pool
+
+    @property
+    def static_upstream(self) -> bool:
+        return any(isinstance(r, StaticReplica) for r in self.replicas)
+
     @property
     def running(self) -> bool:
         return any(
@@ -46,6 +57,8 @@ class VariantPool:
 
         Returns when every new replica is ready; raises BackendFailed if none of them is.
         """
+        if self.static_upstream:
+            return
         live = [r for r in self.replicas if r.state is not ReplicaState.STOPPED]
         if count < len(live):
             await asyncio.gather(*(r.stop() for r in live[count:]))
@@ -81,6 +94,8 @@ class VariantPool:
         return time.monotonic() - max(r.last_used for r in self.replicas)
 
     async def stop(self, drain_s: float = 30.0) -> None:
+        if self.static_upstream:
+            return
         await asyncio.gather(*(r.stop(drain_s) for r in self.replicas))
         self.replicas = []
 

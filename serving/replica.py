@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NoReturn
 
 from serving.errors import BackendFailed
 from serving.launcher import LaunchSpec, VllmServer
@@ -68,6 +68,11 @@ class Replica:
     @property
     def routable(self) -> bool:
         return self.state is ReplicaState.READY
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -171,3 +176,29 @@ class Replica:
             "log": str(server.spec.log_path) if server else None,
             "error": self.error,
         }
+
+
+class StaticReplica(Replica):
+    """An upstream that is already running: always routable, never started or stopped."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(0, unlaunchable, unlaunchable, RestartPolicy())
+        self._url = url.rstrip("/")
+        self.state = ReplicaState.READY
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def start(self) -> None:
+        self.state = ReplicaState.READY
+
+    async def stop(self, drain_s: float = 30.0) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "url": self._url, "state": self.state.value}
+
+
+def unlaunchable(*_: object) -> NoReturn:
+    raise AssertionError("a static upstream is never launched")

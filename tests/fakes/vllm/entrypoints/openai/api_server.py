@@ -3,7 +3,7 @@
 Never proof that serving works (the slow tests use real vLLM); it lets gateway tests run
 real sockets through the real launcher in a second. Knobs (environment variables):
 FAKE_TTFT_S, FAKE_ITL_S (stream pacing), FAKE_EXIT_AT_START=1 (die while starting),
-FAKE_BREAK_AFTER=N (end a stream after N chunks, no [DONE]).
+FAKE_BREAK_AFTER=N (end a stream after N chunks, no [DONE]), FAKE_API_KEY (required key).
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ def make_app(names: list[str]) -> Starlette:
         )
 
     async def generate(request: Request) -> Response:
+        key = os.environ.get("FAKE_API_KEY")
+        if key and request.headers.get("authorization") != f"Bearer {key}":
+            err = {"message": "bad key", "type": "AuthenticationError", "code": 401}
+            return JSONResponse({"error": err}, status_code=401)
         body = await request.json()
         if body.get("model") not in names:
             err = {
