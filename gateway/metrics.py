@@ -7,6 +7,7 @@ an unknown model is counted under ``model="_unknown"``), ``endpoint`` from the r
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -77,6 +78,15 @@ class GatewayMetrics:
             registry=registry,
         )
 
+        self._children: dict[tuple[str, str], VariantMetrics] = {}
+
+    def children(self, model: str, variant: str) -> VariantMetrics:
+        """The labelled series of one variant, looked up once (``labels()`` costs a lock)."""
+        found = self._children.get((model, variant))
+        if found is None:
+            found = self._children[(model, variant)] = VariantMetrics(self, model, variant)
+        return found
+
     def watch_jobs(self, counts: Callable[[], dict[str, int]]) -> None:
         """Export quantization jobs by state, read from the job runner at scrape time."""
         jobs = Gauge(
@@ -84,3 +94,24 @@ class GatewayMetrics:
         )
         for state in counts():
             jobs.labels(state).set_function(lambda s=state: counts()[s])  # type: ignore[misc]
+
+
+class VariantMetrics:
+    def __init__(self, m: GatewayMetrics, model: str, variant: str) -> None:
+        self._m, self._labels = m, (model, variant)
+        self.in_flight = m.in_flight.labels(model, variant)
+        self.upstream_errors = m.upstream_errors.labels(model, variant)
+        self.retries = m.retries.labels(model, variant)
+        self.prompt_tokens = m.prompt_tokens.labels(model, variant)
+        self.completion_tokens = m.completion_tokens.labels(model, variant)
+        self.time_to_first_token = m.time_to_first_token.labels(model, variant)
+        self.inter_token_latency = m.inter_token_latency.labels(model, variant)
+        self._duration: dict[str, Any] = {}
+
+    def duration(self, endpoint: str) -> Any:
+        child = self._duration.get(endpoint)
+        if child is None:
+            child = self._duration[endpoint] = self._m.request_duration.labels(
+                *self._labels, endpoint
+            )
+        return child

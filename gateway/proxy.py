@@ -1,31 +1,51 @@
-"""The proxy: forward an OpenAI request to the variant's backend and relay the answer.
+"""The proxy: forward an OpenAI request to a replica of its variant and relay the answer.
 
-Only ``model``/``stream`` are read from the request; the body goes on as received (streams
-that did not ask for usage get ``stream_options.include_usage`` added, and the usage event
-is taken out again on the way back). Streams are relayed as bytes as they arrive; the
-upstream response is always closed in a ``finally``; an error after the headers went out
-is sent in-band as an SSE error event.
+A raw ASGI app on the hot path (``QuantgateApp`` sends the proxied routes here before any
+framework code runs). Only ``model``/``stream`` are read from the request; the body goes on as
+received (streams that did not ask for usage get ``stream_options.include_usage`` added, and
+the usage event is taken out again on the way back). Streams are relayed as they arrive; a
+client that goes away closes the backend connection, which cancels the request in vLLM; an
+error after the headers went out is sent in-band as an SSE error event.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-
-import httpx
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from typing import Any
 
 from gateway.errors import PayloadTooLarge, UpstreamError, error_response, sse_error_event
 from gateway.metrics import UNKNOWN, GatewayMetrics
+from gateway.settings import GatewaySettings
+from gateway.upstream import (
+    UpstreamConnectError,
+    UpstreamPool,
+    UpstreamResponse,
+    parse_address,
+)
+from gateway.upstream import UpstreamError as ClientError
 from gateway.usage import RoutedRequest, StreamWatcher, Usage, route_fields, usage_from_body
 from serving.errors import QuantgateError
 from serving.fleet import Fleet, Lease
 
-FORWARDED_RESPONSE_HEADERS = ("content-type",)
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+# path -> (metrics endpoint label, whether streams get include_usage added)
+ENDPOINTS = {
+    "/v1/chat/completions": ("chat", True),
+    "/v1/completions": ("completions", True),
+    "/v1/embeddings": ("embeddings", False),
+    "/v1/responses": ("responses", False),
+    "/tokenize": ("tokenize", False),
+    "/detokenize": ("detokenize", False),
+}
 RETRY_STATUS = frozenset({502, 503})
 MAX_ATTEMPTS = 3
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 @dataclass
@@ -43,58 +63,59 @@ class _Retry(Exception):
 
 class Proxy:
     def __init__(
-        self, fleet: Fleet, client: httpx.AsyncClient, metrics: GatewayMetrics, max_body_bytes: int
+        self, fleet: Fleet, pool: UpstreamPool, metrics: GatewayMetrics, settings: GatewaySettings
     ) -> None:
         self._fleet = fleet
-        self._client = client
+        self._pool = pool
         self._metrics = metrics
-        self._max_body = max_body_bytes
+        self._settings = settings
 
-    async def handle(self, request: Request, path: str, endpoint: str) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        endpoint, add_usage = ENDPOINTS[path]
         call = _Call(endpoint, time.perf_counter())
         try:
-            raw = await self._read_body(request)
-            routed = route_fields(raw)
+            raw = await self._read_body(scope, receive)
+            routed = route_fields(raw, add_usage)
             call.model, call.variant = self._fleet.resolve(routed.model)
-            lease, upstream, body = await self._exchange(path, routed, call)
+            lease, upstream = await self._exchange(path, routed, call)
         except QuantgateError as exc:
             response = error_response(exc)
             self._finish(call, response.status_code, None)
-            return response
-        if body is None:
+            await response(scope, receive, send)
+            return
+        if routed.stream and upstream.status == 200:
             watcher = StreamWatcher(call.started, drop_usage_event=not routed.client_wants_usage)
-            return StreamingResponse(
-                self._relay(upstream, watcher, call, lease),
-                status_code=200,
-                media_type="text/event-stream",
-                headers={"cache-control": "no-cache"},
-            )
-        lease.release()
-        self._finish(call, upstream.status_code, usage_from_body(body))
-        headers = {k: v for k, v in upstream.headers.items() if k in FORWARDED_RESPONSE_HEADERS}
-        return Response(body, status_code=upstream.status_code, headers=headers)
+            await self._relay(upstream, watcher, call, lease, receive, send)
+            return
+        await self._forward_whole(upstream, call, lease, send)
 
-    async def _read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
-            raise PayloadTooLarge(f"request body exceeds {self._max_body} bytes")
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self._settings.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self._max_body:
-                raise PayloadTooLarge(f"request body exceeds {self._max_body} bytes")
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     async def _exchange(
         self, path: str, routed: RoutedRequest, call: _Call
-    ) -> tuple[Lease, httpx.Response, bytes | None]:
-        """Send to a replica; on a connection failure or a 502/503 before any byte reached the
-        client, send again to another replica. Streams return at their headers (body None);
-        other answers are read whole, so a replica dying mid-answer is retried too."""
+    ) -> tuple[Lease, UpstreamResponse]:
+        """Send to a replica; on a connection failure, or a 502/503, before any byte reached the
+        client, send again to another replica. Non-streamed answers are read whole here, so a
+        replica dying mid-answer is retried too."""
         tried: set[int] = set()
-        m, labels = self._metrics, (call.model, call.variant)
+        m = self._metrics.children(call.model, call.variant)
         self._enter(call)
+        s = self._settings
         for attempt in range(1, MAX_ATTEMPTS + 1):
             lease = await self._fleet.acquire(call.model, call.variant, frozenset(tried))
             body = (
@@ -102,78 +123,110 @@ class Proxy:
                 if lease.upstream_model is None
                 else routed.renamed(lease.upstream_model)
             )
-            request = self._client.build_request(
-                "POST", lease.url + path, content=body, headers=lease.headers
-            )
+            address, prefix = parse_address(lease.url)
             try:
-                upstream = await self._client.send(request, stream=True)
-                if upstream.status_code in RETRY_STATUS and attempt < MAX_ATTEMPTS:
-                    await upstream.aclose()
+                upstream = await self._pool.post(
+                    address, prefix + path, body, lease.headers, s.first_byte_timeout_s
+                )
+                if upstream.status in RETRY_STATUS and attempt < MAX_ATTEMPTS:
+                    upstream.release()
                     raise _Retry
-                if routed.stream and upstream.status_code == 200:
-                    return lease, upstream, None
-                try:
-                    body = await upstream.aread()
-                finally:
-                    await upstream.aclose()
-                return lease, upstream, body
-            except (httpx.TransportError, _Retry) as exc:
+                if not (routed.stream and upstream.status == 200):
+                    upstream.body = await upstream.read(s.idle_timeout_s)
+                    upstream.release()
+                return lease, upstream
+            except (ClientError, _Retry) as exc:
                 lease.release()
                 tried.add(lease.replica.index)
-                m.upstream_errors.labels(*labels).inc()
-                if attempt == MAX_ATTEMPTS:
+                m.upstream_errors.inc()
+                retryable = isinstance(exc, UpstreamConnectError | _Retry) or not routed.stream
+                if attempt == MAX_ATTEMPTS or not retryable:
                     raise UpstreamError(
-                        f"backend for {call.model}:{call.variant} failed {attempt} times: {exc!r}"
+                        f"backend for {call.model}:{call.variant} failed: {exc}"
                     ) from exc
-                m.retries.labels(*labels).inc()
+                m.retries.inc()
         raise AssertionError("unreachable")
 
     def _enter(self, call: _Call) -> None:
-        self._metrics.in_flight.labels(call.model, call.variant).inc()
+        self._metrics.children(call.model, call.variant).in_flight.inc()
         call.in_flight = True
 
+    async def _forward_whole(
+        self, upstream: UpstreamResponse, call: _Call, lease: Lease, send: Send
+    ) -> None:
+        lease.release()
+        body = upstream.body
+        ctype = upstream.header(b"content-type") or b"application/json"
+        headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self._finish(call, upstream.status, usage_from_body(body))
+
     async def _relay(
-        self, upstream: httpx.Response, watcher: StreamWatcher, call: _Call, lease: Lease
-    ) -> AsyncIterator[bytes]:
+        self,
+        upstream: UpstreamResponse,
+        watcher: StreamWatcher,
+        call: _Call,
+        lease: Lease,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        gone = asyncio.Event()
+        listener = asyncio.ensure_future(_watch_disconnect(receive, gone, upstream))
         status = 200
         try:
-            async for chunk in upstream.aiter_raw():
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            idle = self._settings.idle_timeout_s
+            while (chunk := await upstream.next_chunk(idle)) is not None:
                 out = watcher.feed(chunk)
                 if out:
-                    yield out
-            rest = watcher.flush()
-            if rest:
-                yield rest
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            tail = watcher.flush()
             if not watcher.done:
                 status = 502
-                self._metrics.upstream_errors.labels(call.model, call.variant).inc()
-                yield sse_error_event("the backend ended the stream before [DONE]")
-        except httpx.HTTPError as exc:
-            status = 502
-            self._metrics.upstream_errors.labels(call.model, call.variant).inc()
-            yield sse_error_event(f"the backend broke off the stream: {exc!r}")
+                self._metrics.children(call.model, call.variant).upstream_errors.inc()
+                tail += sse_error_event("the backend ended the stream before [DONE]")
+            await send({"type": "http.response.body", "body": tail})
+        except ClientError as exc:
+            if gone.is_set():
+                status = 499  # the client went away; closing the backend connection cancelled it
+            else:
+                status = 502
+                self._metrics.children(call.model, call.variant).upstream_errors.inc()
+                event = sse_error_event(f"the backend broke off the stream: {exc}")
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": event})
         finally:
-            await upstream.aclose()
+            listener.cancel()
+            upstream.release()
             lease.release()
             self._finish(call, status, watcher.usage, watcher)
 
     def _finish(
         self, call: _Call, status: int, usage: Usage | None, watcher: StreamWatcher | None = None
     ) -> None:
-        m, labels = self._metrics, (call.model, call.variant)
+        m = self._metrics.children(call.model, call.variant)
         if call.in_flight:
-            m.in_flight.labels(*labels).dec()
+            m.in_flight.dec()
             call.in_flight = False
-        m.requests.labels(*labels, call.endpoint, str(status)).inc()
-        m.request_duration.labels(*labels, call.endpoint).observe(
-            time.perf_counter() - call.started
-        )
+        self._metrics.requests.labels(call.model, call.variant, call.endpoint, str(status)).inc()
+        m.duration(call.endpoint).observe(time.perf_counter() - call.started)
         if usage is not None:
-            m.prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
-            m.completion_tokens.labels(*labels).inc(usage.completion_tokens)
+            m.prompt_tokens.inc(usage.prompt_tokens)
+            m.completion_tokens.inc(usage.completion_tokens)
         if watcher is not None and watcher.first_token_at is not None:
-            m.time_to_first_token.labels(*labels).observe(watcher.first_token_at - call.started)
+            m.time_to_first_token.observe(watcher.first_token_at - call.started)
             tokens = usage.completion_tokens if usage else 0
             if tokens > 1 and watcher.last_token_at is not None:
                 itl = (watcher.last_token_at - watcher.first_token_at) / (tokens - 1)
-                m.inter_token_latency.labels(*labels).observe(itl)
+                m.inter_token_latency.observe(itl)
+
+
+async def _watch_disconnect(
+    receive: Receive, gone: asyncio.Event, upstream: UpstreamResponse
+) -> None:
+    """When the client disconnects, close the backend connection: vLLM then aborts the request."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+    upstream.abort()

@@ -12,9 +12,11 @@ class GatewaySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    connect_timeout_s: float = 5.0
-    # LLM answers take long: the read timeout bounds the silence between two chunks.
-    read_timeout_s: float = 600.0
+    connect_timeout_s: float = Field(5.0, gt=0, description="to a backend")
+    first_byte_timeout_s: float = Field(
+        600.0, gt=0, description="request sent -> response headers (prefill, queueing)"
+    )
+    idle_timeout_s: float = Field(120.0, gt=0, description="longest silence between two chunks")
     admin_key: SecretStr | None = Field(
         None, description="Bearer key for /admin/*; unset: admin routes answer loopback only."
     )

@@ -28,7 +28,9 @@ class Usage:
     def from_json(cls, data: Any) -> Usage | None:
         if not isinstance(data, dict):
             return None
-        return cls(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
+        prompt = data.get("prompt_tokens") or data.get("input_tokens") or 0  # /v1/responses
+        completion = data.get("completion_tokens") or data.get("output_tokens") or 0
+        return cls(int(prompt), int(completion))
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,9 @@ class RoutedRequest:
         return json.dumps(data).encode()
 
 
-def route_fields(raw: bytes) -> RoutedRequest:
-    """Validate the little the gateway needs; make streams report usage to the gateway."""
+def route_fields(raw: bytes, add_usage: bool = True) -> RoutedRequest:
+    """Validate the little the gateway needs; make streams report usage to the gateway
+    (``add_usage``: the endpoint takes ``stream_options``)."""
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -59,8 +62,8 @@ def route_fields(raw: bytes) -> RoutedRequest:
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest("stream must be a boolean", param="stream")
-    if not stream:
-        return RoutedRequest(model, False, raw, False)
+    if not stream or not add_usage:
+        return RoutedRequest(model, stream, raw, not add_usage)
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("stream_options must be an object", param="stream_options")
