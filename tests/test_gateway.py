@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -192,3 +194,25 @@ def test_metrics_and_health(gateway: Start) -> None:
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     text = httpx.get(server.url + "/metrics").text
     assert "quantgate_jobs" in text
+
+
+def test_client_disconnect_cancels_the_backend_stream(
+    gateway: Start, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    marker = tmp_path / "cancelled"
+    monkeypatch.setenv("FAKE_CANCEL_FILE", str(marker))
+    monkeypatch.setenv("FAKE_ITL_S", "0.1")
+    server = gateway()
+    body = {**CHAT, "stream": True, "max_tokens": 100}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")  # a token arrived; now hang up
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the backend kept generating for a gone client"
+        time.sleep(0.05)
+    labels = {"model": "tiny", "variant": "base", "endpoint": "chat", "status": "499"}
+    deadline = time.monotonic() + 5
+    while sample(server, "quantgate_requests_total", **labels) != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

@@ -3,7 +3,8 @@
 Never proof that serving works (the slow tests use real vLLM); it lets gateway tests run
 real sockets through the real launcher in a second. Knobs (environment variables):
 FAKE_TTFT_S, FAKE_ITL_S (stream pacing), FAKE_EXIT_AT_START=1 (die while starting),
-FAKE_BREAK_AFTER=N (end a stream after N chunks, no [DONE]), FAKE_API_KEY (required key).
+FAKE_BREAK_AFTER=N (end a stream after N chunks, no [DONE]), FAKE_API_KEY (required key),
+FAKE_CANCEL_FILE (written when a stream is cancelled by the client going away).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -85,6 +87,15 @@ def make_app(names: list[str]) -> Starlette:
         include = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def events() -> AsyncIterator[bytes]:
+            try:
+                async for event in _events():
+                    yield event
+            except BaseException:
+                if os.environ.get("FAKE_CANCEL_FILE"):  # the gateway closed the connection
+                    Path(os.environ["FAKE_CANCEL_FILE"]).write_text("cancelled")  # noqa: ASYNC240
+                raise
+
+        async def _events() -> AsyncIterator[bytes]:
             await asyncio.sleep(ttft)
             for i, word in enumerate(words):
                 if i == break_after:
