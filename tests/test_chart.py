@@ -143,6 +143,17 @@ def test_dynamic_gateway_mounts_the_manifest_and_reads_the_admin_key_from_the_se
     assert not find(objects, "Secret"), "existingSecret: the chart makes no Secret of its own"
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_no_pod_gets_service_link_env_vars(path: Path) -> None:
+    """A Service named quantgate would set QUANTGATE_PORT=tcp://...: the gateway's port setting."""
+    pods = [o["spec"] for o in render(path) if o["kind"] == "Pod"]
+    pods += [
+        o["spec"]["template"]["spec"] for o in render(path) if o["kind"] in ("Deployment", "Job")
+    ]
+    assert pods
+    assert all(pod["enableServiceLinks"] is False for pod in pods)
+
+
 def test_a_chart_made_secret_holds_the_admin_key_the_gateway_reads() -> None:
     objects = render(example("cpu-demo"))
     ref = env_of(container(one(objects, "Deployment", "gateway"), "gateway"))["QUANTGATE_ADMIN_KEY"]
