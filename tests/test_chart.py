@@ -196,6 +196,33 @@ def test_dynamic_role_grants_exactly_what_the_launcher_needs() -> None:
     ]
 
 
+def test_service_monitor_scrapes_the_gateway_service() -> None:
+    objects = render(example("single-gpu"))
+    monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service", "gateway")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels(service).items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert labels(monitor)["release"] == "kube-prometheus-stack"
+
+
+def test_network_policy_lets_only_the_gateway_reach_vllm() -> None:
+    objects = render(example("multi-gpu-tp"))
+    policies = {p["metadata"]["name"]: p["spec"] for p in find(objects, "NetworkPolicy")}
+    backends = policies["qg-quantgate-backends"]
+    gateway_pod = one(objects, "Deployment", "gateway")["spec"]["template"]["metadata"]
+    (peer,) = backends["ingress"][0]["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= gateway_pod["labels"].items()
+    for deployment in find(objects, "Deployment", "vllm"):
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert backends["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    dynamic = {
+        p["metadata"]["name"]: p["spec"] for p in find(render(example("dynamic")), "NetworkPolicy")
+    }
+    assert dynamic["qg-quantgate-backends"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/managed-by": "quantgate"
+    }
+
+
 def test_static_role_only_reads() -> None:
     verbs = set().union(*rules(one(render(example("single-gpu")), "Role")).values())
     assert verbs == {"get", "list", "watch"}
