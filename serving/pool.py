@@ -89,7 +89,9 @@ class VariantPool:
         return min(ready, key=lambda r: (r.in_flight, (r.index - self._turn) % len(ready)))
 
     def idle_for(self) -> float:
-        if not self.replicas or any(r.in_flight for r in self.replicas):
+        """Seconds since the last request ended; 0 while one is in flight or a replica starts."""
+        busy = (ReplicaState.STARTING, ReplicaState.RESTARTING)
+        if not self.replicas or any(r.in_flight or r.state in busy for r in self.replicas):
             return 0.0
         return time.monotonic() - max(r.last_used for r in self.replicas)
 

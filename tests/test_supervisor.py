@@ -134,3 +134,10 @@ def test_more_gpus_than_exist_is_a_clear_error(gateway: Start) -> None:
     assert "tensor_parallel_size 2 needs 2 GPUs; this machine has 1" in error["message"]
     [row] = backends(server)  # nothing was started, nothing retries
     assert (row["state"], row["pid"], row["restarts"]) == ("failed", None, 0)
+
+
+def test_a_starting_replica_is_not_idle(gateway: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_START_DELAY_S", "2")
+    server = gateway(serve=", idle_stop_s: 0.5")
+    r = httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30)
+    assert r.status_code == 200, r.text

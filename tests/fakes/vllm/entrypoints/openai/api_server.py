@@ -4,6 +4,7 @@ Never proof that serving works (the slow tests use real vLLM); it lets gateway t
 real sockets through the real launcher in a second. Knobs (environment variables):
 FAKE_TTFT_S, FAKE_ITL_S (stream pacing), FAKE_EXIT_AT_START=1 (die while starting),
 FAKE_BREAK_AFTER=N (end a stream after N chunks, no [DONE]), FAKE_API_KEY (required key),
+FAKE_START_DELAY_S (slow start-up),
 FAKE_CANCEL_FILE (written when a stream is cancelled by the client going away).
 """
 
@@ -140,6 +141,7 @@ def main() -> None:
     parser.add_argument("--port", type=int)
     args, _ = parser.parse_known_args()
     print(f"fake vLLM for {args.model} on {args.port}", flush=True)
+    time.sleep(float(os.environ.get("FAKE_START_DELAY_S", "0")))
     if os.environ.get("FAKE_EXIT_AT_START"):
         print("ValueError: fake start-up failure (bad argument)", file=sys.stderr, flush=True)
         sys.exit(3)
