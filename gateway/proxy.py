@@ -55,6 +55,7 @@ class _Call:
     model: str = UNKNOWN
     variant: str = UNKNOWN
     in_flight: bool = False
+    session: str | None = None
 
 
 class _Retry(Exception):
@@ -73,7 +74,7 @@ class Proxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         endpoint, add_usage = ENDPOINTS[path]
-        call = _Call(endpoint, time.perf_counter())
+        call = _Call(endpoint, time.perf_counter(), session=_header(scope, b"x-session-id"))
         try:
             raw = await self._read_body(scope, receive)
             routed = route_fields(raw, add_usage)
@@ -113,11 +114,16 @@ class Proxy:
         client, send again to another replica. Non-streamed answers are read whole here, so a
         replica dying mid-answer is retried too."""
         tried: set[int] = set()
-        m = self._metrics.children(call.model, call.variant)
-        self._enter(call)
         s = self._settings
+        routing = self._fleet.manifest.models[call.model].routing
+        affinity = _affinity(routing.affinity, routed, call.session)
+        requested = call.variant
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            lease = await self._fleet.acquire(call.model, call.variant, frozenset(tried))
+            lease = await self._fleet.acquire(call.model, requested, frozenset(tried), affinity)
+            if attempt == 1:
+                call.variant = lease.variant  # a fallback variant may answer
+                self._enter(call)
+            m = self._metrics.children(call.model, call.variant)
             body = (
                 routed.body
                 if lease.upstream_model is None
@@ -134,9 +140,11 @@ class Proxy:
                 if not (routed.stream and upstream.status == 200):
                     upstream.body = await upstream.read(s.idle_timeout_s)
                     upstream.release()
+                lease.replica.record_success()
                 return lease, upstream
             except (ClientError, _Retry) as exc:
                 lease.release()
+                lease.replica.record_failure(routing.failure_threshold, routing.open_s)
                 tried.add(lease.replica.index)
                 m.upstream_errors.inc()
                 retryable = isinstance(exc, UpstreamConnectError | _Retry) or not routed.stream
@@ -157,7 +165,11 @@ class Proxy:
         lease.release()
         body = upstream.body
         ctype = upstream.header(b"content-type") or b"application/json"
-        headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+        headers = [
+            (b"content-type", ctype),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-quantgate-variant", f"{call.model}:{call.variant}".encode()),
+        ]
         await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self._finish(call, upstream.status, usage_from_body(body))
@@ -175,7 +187,10 @@ class Proxy:
         listener = asyncio.ensure_future(_watch_disconnect(receive, gone, upstream))
         status = 200
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            served = (b"x-quantgate-variant", f"{call.model}:{call.variant}".encode())
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, served]}
+            )
             idle = self._settings.idle_timeout_s
             while (chunk := await upstream.next_chunk(idle)) is not None:
                 out = watcher.feed(chunk)
@@ -230,3 +245,23 @@ async def _watch_disconnect(
         pass
     gone.set()
     upstream.abort()
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _affinity(mode: str, routed: RoutedRequest, session: str | None) -> str | None:
+    """The key that keeps related requests on one replica, per the model's routing policy."""
+    if mode == "header":
+        return session
+    if mode == "user":
+        user = routed.data.get("user")
+        return user if isinstance(user, str) else None
+    if mode == "prefix":
+        prompt = routed.data.get("messages") or routed.data.get("prompt") or ""
+        return str(prompt)[:256]
+    return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import InvalidRequest
@@ -39,6 +39,7 @@ class RoutedRequest:
     stream: bool
     body: bytes  # what goes to the backend
     client_wants_usage: bool
+    data: dict[str, Any] = field(default_factory=dict, repr=False)  # the parsed body
 
     def renamed(self, model: str) -> bytes:
         """The body with another model name, for upstreams that serve it under that name."""
@@ -63,15 +64,15 @@ def route_fields(raw: bytes, add_usage: bool = True) -> RoutedRequest:
     if not isinstance(stream, bool):
         raise InvalidRequest("stream must be a boolean", param="stream")
     if not stream or not add_usage:
-        return RoutedRequest(model, stream, raw, not add_usage)
+        return RoutedRequest(model, stream, raw, not add_usage, data)
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("stream_options must be an object", param="stream_options")
     wants = bool(options and options.get("include_usage"))
     if wants:
-        return RoutedRequest(model, True, raw, True)
+        return RoutedRequest(model, True, raw, True, data)
     data["stream_options"] = {**(options or {}), "include_usage": True}
-    return RoutedRequest(model, True, json.dumps(data).encode(), False)
+    return RoutedRequest(model, True, json.dumps(data).encode(), False, data)
 
 
 def usage_from_body(body: bytes) -> Usage | None:

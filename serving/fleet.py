@@ -105,13 +105,19 @@ class Fleet:
         out: list[str] = []
         for m, model in self.manifest.models.items():
             out += [m, *(f"{m}:{v}" for v in model.variants)]
-        return out
+        return out + list(self.manifest.aliases)
 
     def resolve(self, name: str) -> tuple[str, str]:
-        """``tiny`` -> (tiny, its default variant); ``tiny:v`` -> (tiny, v); else UnknownModel."""
-        model_name, variant = split_model_name(name)
+        """``tiny`` -> (tiny, its default variant); ``tiny:v`` -> (tiny, v); an alias -> its
+        target; ``tiny:auto`` -> the first ready variant in manifest order, else the default."""
+        model_name, variant = split_model_name(self.manifest.aliases.get(name, name))
         model = self.manifest.models.get(model_name)
-        if model is None or (variant is not None and variant not in model.variants):
+        if model is None:
+            raise UnknownModel(name, self.names())
+        if variant == "auto" and "auto" not in model.variants:
+            ready = [v for v in model.variants if self._slots[(model_name, v)].pool.ready()]
+            return model_name, ready[0] if ready else model.default_variant
+        if variant is not None and variant not in model.variants:
             raise UnknownModel(name, self.names())
         return model_name, variant or model.default_variant
 
@@ -174,24 +180,54 @@ class Fleet:
 
     # -- acquiring a replica ---------------------------------------------------------------
     async def acquire(
-        self, model_name: str, name: str, exclude: frozenset[int] = frozenset()
+        self,
+        model_name: str,
+        name: str,
+        exclude: frozenset[int] = frozenset(),
+        affinity: str | None = None,
     ) -> Lease:
-        """A lease on a ready replica, bringing the variant up if needed (module docstring)."""
-        slot = self._slots[(model_name, name)]
-        replica = slot.pool.pick(exclude)
+        """A lease on a ready replica, bringing the variant up if needed (module docstring).
+
+        With ``on_missing.fallback``, a variant that is not ready yet is built (or started)
+        in the background while the first ready variant in manifest order answers.
+        """
+        model = self.manifest.models[model_name]
+        cap = model.routing.load_cap
+        replica = self._slots[(model_name, name)].pool.pick(exclude, affinity, cap)
+        served = name
+        if replica is None and model.on_missing.fallback and not exclude:
+            served, replica = self._fallback(model_name, name, affinity)
         if replica is None:
-            replica = await self._wait_for_replica(model_name, name, exclude)
+            replica = await self._wait_for_replica(model_name, name, exclude, affinity)
         replica.acquire()
-        upstream = self.manifest.models[model_name].variants[name].upstream
+        rename = f"{model_name}:{served}" if served != name else None
+        upstream = model.variants[served].upstream
         if upstream is None:
-            return Lease(model_name, name, replica.url, replica, JSON_HEADERS)
+            return Lease(model_name, served, replica.url, replica, JSON_HEADERS, rename)
         headers = dict(JSON_HEADERS)
         if upstream.api_key_env:
             headers["authorization"] = f"Bearer {os.environ.get(upstream.api_key_env, '')}"
-        return Lease(model_name, name, replica.url, replica, headers, upstream.model)
+        return Lease(model_name, served, replica.url, replica, headers, upstream.model or rename)
+
+    def _fallback(
+        self, model_name: str, name: str, affinity: str | None
+    ) -> tuple[str, Replica | None]:
+        model = self.manifest.models[model_name]
+        slot = self._slots[(model_name, name)]
+        usable = self.kernel(model_name, name).supported and slot.failure is None
+        if usable and not slot.pool.running:
+            self._ensure_bring_up(model_name, name)
+        for other in model.variants:
+            if other != name:
+                replica = self._slots[(model_name, other)].pool.pick(
+                    frozenset(), affinity, model.routing.load_cap
+                )
+                if replica is not None:
+                    return other, replica
+        return name, None
 
     async def _wait_for_replica(
-        self, model_name: str, name: str, exclude: frozenset[int]
+        self, model_name: str, name: str, exclude: frozenset[int], affinity: str | None
     ) -> Replica:
         slot = self._slots[(model_name, name)]
         kernel = self.kernel(model_name, name)
@@ -206,7 +242,7 @@ class Fleet:
             raise self._unavailable(model_name, name, "try again later")
         deadline = time.monotonic() + policy.max_wait_s
         while time.monotonic() < deadline:
-            replica = slot.pool.pick(exclude) or slot.pool.pick()
+            replica = slot.pool.pick(exclude, affinity) or slot.pool.pick()
             if replica is not None:
                 return replica
             if slot.failure is not None:

@@ -141,6 +141,25 @@ class OnMissing(Strict):
     action: Literal["wait", "reject"] = "wait"
     max_wait_s: float = Field(900.0, gt=0, description="wait: longest a request waits")
     retry_after_s: int = Field(30, ge=1, description="reject: the Retry-After header (seconds)")
+    fallback: bool = Field(
+        False,
+        description="meanwhile the first ready variant in manifest order answers",
+    )
+
+
+class Routing(Strict):
+    """How a variant's replicas share requests."""
+
+    affinity: Literal["none", "user", "header", "prefix"] = Field(
+        "none",
+        description="keep a session on one replica: by the body's `user`, the "
+        "`x-session-id` header, or the first 256 characters of the prompt (prefix caching)",
+    )
+    load_cap: int = Field(
+        4, ge=0, description="leave the sticky replica when it has this many more in flight"
+    )
+    failure_threshold: int = Field(3, ge=1, description="consecutive failures opening a circuit")
+    open_s: float = Field(10.0, gt=0, description="how long an open circuit keeps a replica out")
 
 
 class ServeOptions(Strict):
@@ -177,6 +196,7 @@ class Model(Strict):
     variants: dict[Name, Variant]
     on_missing: OnMissing = OnMissing()
     serve: ServeOptions = ServeOptions()
+    routing: Routing = Routing()
 
     _source = field_validator("source")(_resolve)
 
@@ -202,6 +222,18 @@ class Manifest(Strict):
     version: Literal[1] = 1
     cache_dir: Path = Field(description="Where built variants, job logs and vLLM logs live.")
     models: dict[Name, Model] = Field(min_length=1)
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description="other names clients may use: alias -> model[:variant]"
+    )
+
+    @model_validator(mode="after")
+    def _check_aliases(self) -> Self:
+        for alias, target in self.aliases.items():
+            model, variant = split_model_name(target)
+            known = self.models.get(model)
+            if known is None or (variant not in (None, "auto") and variant not in known.variants):
+                raise ValueError(f"alias {alias!r} points at unknown {target!r}")
+        return self
 
     _cache_dir = field_validator("cache_dir")(_resolve)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -80,13 +81,21 @@ class VariantPool:
     def _replica(self, index: int) -> Replica:
         return Replica(index, lambda: self._spec(index), self._launch, self._policy)
 
-    def pick(self, exclude: frozenset[int] = frozenset()) -> Replica | None:
-        """Least outstanding requests among ready replicas; ties go round-robin."""
+    def pick(
+        self, exclude: frozenset[int] = frozenset(), key: str | None = None, load_cap: int = 4
+    ) -> Replica | None:
+        """Least outstanding requests among ready replicas (ties round-robin). With a ``key``
+        (session, user or prompt prefix) the same replica while it stays within ``load_cap``
+        requests of the least loaded one, so affinity cannot build a hot spot."""
         ready = [r for r in self.ready() if r.index not in exclude]
         if not ready:
             return None
         self._turn += 1
-        return min(ready, key=lambda r: (r.in_flight, (r.index - self._turn) % len(ready)))
+        least = min(ready, key=lambda r: (r.in_flight, (r.index - self._turn) % len(ready)))
+        if key is None or len(ready) == 1:
+            return least
+        sticky = max(ready, key=lambda r: zlib.crc32(f"{r.index}:{key}".encode()))
+        return sticky if sticky.in_flight <= least.in_flight + load_cap else least
 
     def idle_for(self) -> float:
         """Seconds since the last request ended; 0 while one is in flight or a replica starts."""

@@ -64,10 +64,32 @@ class Replica:
         self._monitor: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._failures = 0
+        self._open_until = 0.0
 
     @property
     def routable(self) -> bool:
-        return self.state is ReplicaState.READY
+        return self.state is ReplicaState.READY and time.monotonic() >= self._open_until
+
+    # -- circuit breaker -------------------------------------------------------------------
+    def record_failure(self, threshold: int, open_s: float) -> None:
+        """Count a failed request; ``threshold`` in a row keep it out of routing ``open_s``.
+
+        After that window one request may try it (half-open); one more failure reopens it.
+        """
+        self._failures += 1
+        if self._failures >= threshold:
+            self._open_until = time.monotonic() + open_s
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._open_until = 0.0
+
+    @property
+    def circuit(self) -> str:
+        if time.monotonic() < self._open_until:
+            return "open"
+        return "half-open" if self._open_until else "closed"
 
     @property
     def url(self) -> str:
@@ -173,6 +195,7 @@ class Replica:
             else None,
             "restarts": self.restarts,
             "in_flight": self.in_flight,
+            "circuit": self.circuit,
             "log": str(server.spec.log_path) if server else None,
             "error": self.error,
         }

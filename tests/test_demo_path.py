@@ -79,6 +79,12 @@ models:
     serve: {{max_model_len: 256, idle_stop_s: 3}}
     variants:
       base: {{method: none}}
+  badarg:
+    source: {MODEL}
+    default_variant: base
+    serve: {{extra_args: ["--no-such-flag"]}}
+    variants:
+      base: {{method: none}}
   broken:
     source: {tmp / "does-not-exist"}
     default_variant: gptq
@@ -198,6 +204,16 @@ def test_bad_input_gets_clear_errors_and_serving_goes_on(gateway: Gateway) -> No
     error = r.json()["error"]
     assert error["code"] == "variant_build_failed"
     assert "does-not-exist is not a model folder" in error["message"]
+    r = httpx.post(
+        gateway.url + "/v1/completions", json={"model": "badarg", "prompt": "x"}, timeout=300
+    )
+    assert r.status_code == 502
+    message = r.json()["error"]["message"]
+    assert "vLLM for badarg:base exited with code" in message and "while starting" in message
+    assert "--no-such-flag" in message  # vLLM's own complaint, from its log tail
+    again = httpx.post(gateway.url + "/v1/completions", json={"model": "badarg", "prompt": "x"})
+    assert again.status_code == 502  # the failure is remembered: no retry storm
+    assert [r["restarts"] for r in _backends(gateway, "badarg")] == [0]
     reply = client.chat.completions.create(model=VARIANT, messages=MESSAGES, max_tokens=4)  # type: ignore[arg-type]
     assert reply.choices[0].message.content is not None
 
