@@ -9,7 +9,7 @@ TRAIN_STEPS ?= 300
 export QUANTGATE_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
 export QUANTGATE_QUANTIZER_PYTHON := $(CURDIR)/$(QUANT_VENV)/bin/python
 
-.PHONY: install model demo test unit lint typecheck check clean
+.PHONY: install model demo test unit lint typecheck check clean test-deps
 
 ## install: the gateway's environment, the vLLM environment and the quantizer environment
 install: $(VENV)/.done $(VLLM_VENV)/.done $(QUANT_VENV)/.done
@@ -42,12 +42,18 @@ demo: install model
 	$(VENV)/bin/quantgate demo manifests/demo.yaml --model auto
 
 ## test: lint, type-check, then every test, the real end-to-end ones included
-test: install model lint typecheck
+test: install model test-deps lint typecheck
 	$(VENV)/bin/pytest
 
 ## unit: the fast tests only
-unit: $(VENV)/.done
+unit: $(VENV)/.done test-deps
 	$(VENV)/bin/pytest -m "not slow"
+
+## test-deps: redis-server and PostgreSQL from Debian; the tests start their own on free ports
+test-deps:
+	@command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    redis-server postgresql >/dev/null; }
 
 lint: $(VENV)/.done
 	$(VENV)/bin/ruff check .
