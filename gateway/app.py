@@ -12,11 +12,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from gateway.accounting import Accounting
 from gateway.admin import admin_router
 from gateway.errors import error_response
+from gateway.keys import KeyRing
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.settings import GatewaySettings
+from gateway.usage_admin import usage_router
 from serving.errors import QuantgateError
 from serving.fleet import Fleet
 
@@ -28,6 +31,7 @@ def create_app(
 ) -> FastAPI:
     metrics = GatewayMetrics(registry or CollectorRegistry())
     metrics.watch_jobs(fleet.job_counts)
+    keys = KeyRing.from_auth(fleet.manifest.auth)  # unreadable keys fail here, before serving
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,7 +42,13 @@ def create_app(
             pool=None,
         )
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        async with (
+            Accounting.open(keys, settings, fleet.manifest.cache_dir, metrics) as accounting,
+            httpx.AsyncClient(timeout=timeout, limits=limits) as client,
+        ):
+            app.state.accounting = accounting
+            app.state.keys, app.state.limiter = accounting.keys, accounting.limiter
+            app.state.ledger = accounting.ledger
             app.state.proxy = Proxy(fleet, client, metrics, settings.max_body_bytes)
             fleet.start()
             try:
@@ -69,8 +79,13 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", tags=["openai"])
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": model_cards(fleet)}
+    async def list_models(request: Request) -> dict[str, Any]:
+        principal = keys.authenticate(request.headers.get("authorization"))
+        cards = model_cards(fleet)
+        allowed = [
+            c for c in cards if principal.allows(c["quantgate"]["model"], c["quantgate"]["variant"])
+        ]
+        return {"object": "list", "data": allowed}
 
     @app.post("/v1/chat/completions", tags=["openai"], openapi_extra={"requestBody": CHAT_BODY})
     async def chat_completions(request: Request) -> Response:
@@ -83,6 +98,7 @@ def create_app(
         return await proxy.handle(request, "/v1/completions", "completions")
 
     app.include_router(admin_router(fleet, settings))
+    app.include_router(usage_router(settings))
     return app
 
 

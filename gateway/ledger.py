@@ -164,6 +164,14 @@ class Ledger:
             raise InvalidRequest(f"group_by: unknown column {unknown[0]!r}", param="group_by")
         return await self._store.query(group_by, since, until)
 
+    async def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every row queued so far is written; False if that took too long."""
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
     async def tokens_by_key(self) -> dict[str, int]:
         """Lifetime prompt + completion tokens of every key name (seeds in-memory quotas)."""
         return {str(row["key"]): int(row["total_tokens"]) for row in await self.query(["key"])}
@@ -184,6 +192,7 @@ class Ledger:
         while True:
             first = await self._queue.get()
             if first is None:
+                self._queue.task_done()
                 return
             if self._queue.qsize() < self._batch_rows - 1 and not self._closing:
                 await asyncio.sleep(self._interval)  # let a batch gather
@@ -191,10 +200,13 @@ class Ledger:
             while len(batch) < self._batch_rows and not self._queue.empty():
                 row = self._queue.get_nowait()
                 if row is None:
+                    self._queue.task_done()
                     stop = True
                     break
                 batch.append(row)
             await self._write(batch)
+            for _ in batch:
+                self._queue.task_done()
             self._metrics.ledger_queue.set(self._queue.qsize())
             if stop:
                 return

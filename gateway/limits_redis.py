@@ -157,6 +157,9 @@ class RedisLimiter:
                 "could not charge %d tokens to key %r in Redis: %s", tokens, principal.name, exc
             )
 
+    async def ping(self) -> None:
+        await self._client.ping()
+
     async def used_tokens(self, name: str) -> int:
         """Lifetime tokens charged to a key (its quota counter)."""
         value = await self._client.get(self._keys(name)[3])
