@@ -16,6 +16,7 @@ an id that the database keeps unique, so a retry after an unseen commit writes n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -142,6 +143,7 @@ class Ledger:
         self._queue: asyncio.Queue[UsageRow | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._closed = asyncio.Event()  # ends a batch's gathering wait at once
 
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
@@ -180,6 +182,7 @@ class Ledger:
         """Write every queued row, stop the writer, close the store."""
         if not self._closing:
             self._closing = True
+            self._closed.set()
             self._queue.put_nowait(None)
             if self._writer is not None:
                 await self._writer
@@ -195,7 +198,8 @@ class Ledger:
                 self._queue.task_done()
                 return
             if self._queue.qsize() < self._batch_rows - 1 and not self._closing:
-                await asyncio.sleep(self._interval)  # let a batch gather
+                with contextlib.suppress(TimeoutError):  # let a batch gather
+                    await asyncio.wait_for(self._closed.wait(), self._interval)
             batch, stop = [first], False
             while len(batch) < self._batch_rows and not self._queue.empty():
                 row = self._queue.get_nowait()
