@@ -144,6 +144,7 @@ class Ledger:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()  # ends a batch's gathering wait at once
+        self._failures_closing = 0  # failed writes since aclose began
 
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
@@ -216,20 +217,21 @@ class Ledger:
                 return
 
     async def _write(self, batch: list[UsageRow]) -> None:
-        delay, attempt = 0.1, 0
-        while True:
-            attempt += 1
+        """Retry with backoff until written; while closing, give up after CLOSE_ATTEMPTS
+        failures in all (then every row left is dropped at once, so a stop stays short)."""
+        delay = 0.1
+        while self._failures_closing < CLOSE_ATTEMPTS:
             try:
                 await self._store.insert(batch)
             except Exception as exc:  # any driver's error: keep the rows and try again
                 self._metrics.ledger_write_errors.inc()
-                if self._closing and attempt >= CLOSE_ATTEMPTS:
-                    self._metrics.ledger_rows.labels("dropped").inc(len(batch))
-                    log.error("usage ledger: %d rows lost at shutdown: %r", len(batch), exc)
-                    return
+                if self._closing:
+                    self._failures_closing += 1
                 log.warning("usage ledger: writing %d rows failed (%r); retrying", len(batch), exc)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(min(delay, 1.0) if self._closing else delay)
                 delay = min(delay * 2, 5.0)
             else:
                 self._metrics.ledger_rows.labels("written").inc(len(batch))
                 return
+        self._metrics.ledger_rows.labels("dropped").inc(len(batch))
+        log.error("usage ledger: %d rows lost at shutdown: the database keeps failing", len(batch))

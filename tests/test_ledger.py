@@ -180,6 +180,32 @@ def test_failed_writes_are_retried_and_a_full_queue_drops_and_counts(tmp_path: P
     asyncio.run(scenario())
 
 
+def test_a_dead_database_cannot_hold_up_shutdown() -> None:
+    class DeadStore:
+        async def insert(self, batch: Any) -> None:
+            raise OSError("gone")
+
+        async def query(self, *args: Any) -> list[dict[str, Any]]:
+            return []
+
+        async def aclose(self) -> None:
+            pass
+
+    async def scenario() -> None:
+        registry = CollectorRegistry()
+        ledger = Ledger(DeadStore(), GatewayMetrics(registry), batch_rows=10)
+        ledger.start()
+        for row in rows(1000):
+            ledger.record(row)
+        started = time.perf_counter()
+        await ledger.aclose()
+        assert time.perf_counter() - started < 6
+        dropped = registry.get_sample_value("quantgate_ledger_rows_total", {"outcome": "dropped"})
+        assert dropped == 1000
+
+    asyncio.run(scenario())
+
+
 def test_group_by_is_validated() -> None:
     assert parse_group_by("key, model,,key,variant") == ["key", "model", "variant"]
     with pytest.raises(InvalidRequest, match="unknown column 'ts; DROP TABLE'") as info:
