@@ -14,7 +14,7 @@ HELM := .quantgate/tools/helm
 IMAGE_TAG ?= 0.1.0
 REGISTRY ?= quantgate
 
-.PHONY: install model demo test unit lint typecheck check clean chart chart-tools images
+.PHONY: install model demo test unit lint typecheck check clean chart chart-tools images test-deps
 
 ## install: the gateway's environment, the vLLM environment and the quantizer environment
 install: $(VENV)/.done $(VLLM_VENV)/.done $(QUANT_VENV)/.done
@@ -47,12 +47,18 @@ demo: install model
 	$(VENV)/bin/quantgate demo manifests/demo.yaml --model auto
 
 ## test: lint, type-check, then every test, the real end-to-end ones included
-test: install model lint typecheck chart
+test: install model test-deps lint typecheck chart
 	$(VENV)/bin/pytest
 
 ## unit: the fast tests only
-unit: $(VENV)/.done chart-tools
+unit: $(VENV)/.done chart-tools test-deps
 	$(VENV)/bin/pytest -m "not slow"
+
+## test-deps: redis-server and PostgreSQL from Debian; the tests start their own on free ports
+test-deps:
+	@command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    redis-server postgresql >/dev/null; }
 
 lint: $(VENV)/.done
 	$(VENV)/bin/ruff check .

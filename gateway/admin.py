@@ -7,6 +7,7 @@ without it, admin routes answer only clients on the loopback interface.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -23,7 +24,9 @@ class ScaleRequest(BaseModel):
     replicas: int = Field(ge=0, le=64)
 
 
-def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
+def admin_guard(settings: GatewaySettings) -> Callable[[Request], None]:
+    """The dependency every /admin route uses (here and in gateway/usage_admin.py)."""
+
     def require_admin(request: Request) -> None:
         key = settings.admin_key
         if key is None:
@@ -35,7 +38,13 @@ def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
         if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
             raise Unauthorized("a valid admin key is required")
 
-    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+    return require_admin
+
+
+def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
+    router = APIRouter(
+        prefix="/admin", tags=["admin"], dependencies=[Depends(admin_guard(settings))]
+    )
 
     @router.get("/variants")
     async def variants() -> dict[str, Any]:

@@ -11,12 +11,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from gateway.accounting import Accounting
 from gateway.admin import admin_router
 from gateway.errors import error_response
+from gateway.keys import KeyRing
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import ENDPOINTS, Proxy
 from gateway.settings import GatewaySettings
 from gateway.upstream import UpstreamPool
+from gateway.usage_admin import usage_router
 from serving.errors import QuantgateError
 from serving.fleet import Fleet
 
@@ -41,17 +44,22 @@ def create_app(
 ) -> QuantgateApp:
     metrics = GatewayMetrics(registry or CollectorRegistry())
     metrics.watch_jobs(fleet.job_counts)
+    keys = KeyRing.from_auth(fleet.manifest.auth)  # unreadable keys fail here, before serving
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = UpstreamPool(settings.connect_timeout_s)
-        app.state.proxy = Proxy(fleet, pool, metrics, settings)
-        fleet.start()
-        try:
-            yield
-        finally:
-            await fleet.aclose()
-            pool.close()
+        async with Accounting.open(keys, settings, fleet.manifest.cache_dir, metrics) as accounting:
+            app.state.accounting = accounting
+            app.state.keys, app.state.limiter = accounting.keys, accounting.limiter
+            app.state.ledger = accounting.ledger
+            app.state.proxy = Proxy(fleet, pool, metrics, settings, accounting)
+            fleet.start()
+            try:
+                yield
+            finally:
+                await fleet.aclose()
+                pool.close()
 
     app = QuantgateApp(
         title="Quantgate",
@@ -76,13 +84,19 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", tags=["openai"])
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": model_cards(fleet)}
+    async def list_models(request: Request) -> dict[str, Any]:
+        principal = keys.authenticate(request.headers.get("authorization"))
+        cards = model_cards(fleet)
+        allowed = [
+            c for c in cards if principal.allows(c["quantgate"]["model"], c["quantgate"]["variant"])
+        ]
+        return {"object": "list", "data": allowed}
 
     for path in ENDPOINTS:
         _document(app, path)
 
     app.include_router(admin_router(fleet, settings))
+    app.include_router(usage_router(settings))
     return app
 
 

@@ -1,7 +1,8 @@
 """Prometheus metrics of the gateway, held in an object built on a registry passed in.
 
 Label values are bounded: ``model`` and ``variant`` come from the manifest only (a request for
-an unknown model is counted under ``model="_unknown"``), ``endpoint`` from the routes.
+an unknown model is counted under ``model="_unknown"``), ``endpoint`` from the routes, ``key``
+from the manifest's key names (never the key itself), ``reason`` and ``outcome`` from fixed sets.
 """
 
 from __future__ import annotations
@@ -75,6 +76,29 @@ class GatewayMetrics:
             "quantgate_upstream_retries",
             "Requests sent again to another replica after a failure before the first byte.",
             ["model", "variant"],
+            registry=registry,
+        )
+
+        self.rate_limited = Counter(
+            "quantgate_rate_limited",
+            "Requests refused with 429, by API key name and reason (requests, tokens, quota).",
+            ["key", "reason"],
+            registry=registry,
+        )
+        self.ledger_rows = Counter(
+            "quantgate_ledger_rows",
+            "Usage ledger rows by outcome: written, or dropped because the queue was full.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.ledger_write_errors = Counter(
+            "quantgate_ledger_write_errors",
+            "Failed batch writes to the usage database (each is retried).",
+            registry=registry,
+        )
+        self.ledger_queue = Gauge(
+            "quantgate_ledger_queue_rows",
+            "Usage rows waiting to be written to the database.",
             registry=registry,
         )
 

@@ -16,7 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.accounting import Accounting
 from gateway.errors import PayloadTooLarge, UpstreamError, error_response, sse_error_event
+from gateway.keys import Principal
+from gateway.ledger import UsageRow
 from gateway.metrics import UNKNOWN, GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.upstream import (
@@ -56,6 +59,8 @@ class _Call:
     variant: str = UNKNOWN
     in_flight: bool = False
     session: str | None = None
+    principal: Principal | None = None
+    replica: int | None = None
 
 
 class _Retry(Exception):
@@ -64,21 +69,31 @@ class _Retry(Exception):
 
 class Proxy:
     def __init__(
-        self, fleet: Fleet, pool: UpstreamPool, metrics: GatewayMetrics, settings: GatewaySettings
+        self,
+        fleet: Fleet,
+        pool: UpstreamPool,
+        metrics: GatewayMetrics,
+        settings: GatewaySettings,
+        accounting: Accounting,
     ) -> None:
         self._fleet = fleet
         self._pool = pool
         self._metrics = metrics
         self._settings = settings
+        self._accounting = accounting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         endpoint, add_usage = ENDPOINTS[path]
         call = _Call(endpoint, time.perf_counter(), session=_header(scope, b"x-session-id"))
+        acct = self._accounting
         try:
+            call.principal = acct.authenticate(_header(scope, b"authorization"))
             raw = await self._read_body(scope, receive)
             routed = route_fields(raw, add_usage)
             call.model, call.variant = self._fleet.resolve(routed.model)
+            acct.authorize(call.principal, call.model, call.variant)
+            await acct.admit(call.principal)
             lease, upstream = await self._exchange(path, routed, call)
         except QuantgateError as exc:
             response = error_response(exc)
@@ -120,6 +135,7 @@ class Proxy:
         requested = call.variant
         for attempt in range(1, MAX_ATTEMPTS + 1):
             lease = await self._fleet.acquire(call.model, requested, frozenset(tried), affinity)
+            call.replica = lease.replica.index
             if attempt == 1:
                 call.variant = lease.variant  # a fallback variant may answer
                 self._enter(call)
@@ -229,12 +245,21 @@ class Proxy:
         if usage is not None:
             m.prompt_tokens.inc(usage.prompt_tokens)
             m.completion_tokens.inc(usage.completion_tokens)
+        ttft = None
         if watcher is not None and watcher.first_token_at is not None:
-            m.time_to_first_token.observe(watcher.first_token_at - call.started)
+            ttft = watcher.first_token_at - call.started
+            m.time_to_first_token.observe(ttft)
             tokens = usage.completion_tokens if usage else 0
             if tokens > 1 and watcher.last_token_at is not None:
                 itl = (watcher.last_token_at - watcher.first_token_at) / (tokens - 1)
                 m.inter_token_latency.observe(itl)
+        if call.principal is not None:
+            prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+            row = UsageRow(
+                call.principal.name, call.model, call.variant, call.replica, call.endpoint,
+                status, prompt, completion, time.perf_counter() - call.started, ttft,
+            )  # fmt: skip
+            self._accounting.settle(call.principal, row)
 
 
 async def _watch_disconnect(

@@ -20,3 +20,18 @@ class GatewaySettings(BaseSettings):
     admin_key: SecretStr | None = Field(
         None, description="Bearer key for /admin/*; unset: admin routes answer loopback only."
     )
+    redis_url: SecretStr | None = Field(
+        None,
+        description="redis://... shared by every gateway replica for rate limits and quotas; "
+        "unset: limits live in this process.",
+    )
+    ledger_url: SecretStr | None = Field(
+        None,
+        description="Usage ledger: postgresql://... or sqlite:///path; "
+        "unset: <cache_dir>/usage.sqlite3.",
+    )
+    ledger_batch_rows: int = Field(500, ge=1, description="rows per database write, at most")
+    ledger_flush_interval_s: float = Field(0.1, gt=0, description="a batch gathers this long")
+    ledger_max_pending: int = Field(
+        100_000, ge=1, description="queued rows beyond which new rows are dropped and counted"
+    )

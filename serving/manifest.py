@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from serving.errors import ManifestError, ManifestIssue
 
@@ -218,10 +219,56 @@ class Model(Strict):
         return self
 
 
+ModelPattern = Annotated[
+    str, Field(pattern=r"^(\*|[a-z0-9][a-z0-9._-]{0,62}(:(\*|[a-z0-9][a-z0-9._-]{0,62}))?)$")
+]
+
+
+class ApiKey(Strict):
+    """A client key, by reference only: an environment variable, a file, or its SHA-256."""
+
+    name: Name = Field(description="Shown in the usage ledger and metrics; never the key.")
+    key_env: str | None = Field(None, description="Environment variable holding the key.")
+    key_file: Path | None = Field(None, description="File holding the key (one line).")
+    key_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 digest of the key."
+    )
+    models: tuple[ModelPattern, ...] = Field(
+        min_length=1, description="'*', 'model' (any variant), 'model:*' or 'model:variant'."
+    )
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1, description="prompt + completion tokens")
+    token_quota: int | None = Field(None, ge=1, description="lifetime prompt + completion tokens")
+
+    _key_file = field_validator("key_file")(_resolve)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        given = [f for f in ("key_env", "key_file", "key_sha256") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of key_env, key_file, key_sha256 (never the key)")
+        return self
+
+
+class Auth(Strict):
+    """Client API keys; without this block the gateway is open."""
+
+    keys: tuple[ApiKey, ...] = Field(min_length=1)
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_names(cls, keys: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
+        names = [k.name for k in keys]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"key names must be unique: {', '.join(dupes)}")
+        return keys
+
+
 class Manifest(Strict):
     version: Literal[1] = 1
     cache_dir: Path = Field(description="Where built variants, job logs and vLLM logs live.")
     models: dict[Name, Model] = Field(min_length=1)
+    auth: Auth | None = None
     aliases: dict[str, str] = Field(
         default_factory=dict, description="other names clients may use: alias -> model[:variant]"
     )
@@ -236,6 +283,27 @@ class Manifest(Strict):
         return self
 
     _cache_dir = field_validator("cache_dir")(_resolve)
+
+    @model_validator(mode="after")
+    def _check_key_models(self) -> Self:
+        """Every model a key names must exist, so a typo cannot silently lock a client out."""
+        errors = []
+        for i, key in enumerate(self.auth.keys if self.auth else ()):
+            for j, pattern in enumerate(key.models):
+                model, _, variant = pattern.partition(":")
+                known = self.models.get(model)
+                if pattern == "*" or (known and variant in ("", "*", *known.variants)):
+                    continue
+                message = f"{pattern!r} names no model or variant of this manifest"
+                loc = ("auth", "keys", i, "models", j)
+                errors.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("unknown_model", message), loc=loc, input=pattern
+                    )
+                )
+        if errors:
+            raise ValidationError.from_exception_data("Manifest", errors)
+        return self
 
 
 def load_manifest(path: Path) -> Manifest:
