@@ -179,7 +179,7 @@ class ResourceAmounts(Strict):
 
 
 class Resources(Strict):
-    """CPU and memory of the vLLM container (GPUs are ``kubernetes.gpus``)."""
+    """CPU and memory of each pod: vLLM and quantization Jobs (GPUs: ``kubernetes.gpus``)."""
 
     requests: ResourceAmounts = ResourceAmounts()
     limits: ResourceAmounts = ResourceAmounts()

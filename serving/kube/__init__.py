@@ -1,0 +1,1 @@
+"""Quantgate on Kubernetes: a Deployment and a Service per variant, a Job per quantization."""
