@@ -310,7 +310,7 @@ class Fleet:
         model = self.manifest.models[model_name]
         opts = model.serve
         owner = f"{model_name}:{name}#{index}"
-        gpus = self.placement.place(owner, opts.tensor_parallel_size, opts.gpu_memory_utilization)
+        gpus = self.placement.place(owner, model.tensor_parallel_size, opts.gpu_memory_utilization)
         port = self._port(opts.base_port, index, owner)
         kernel = self.kernel(model_name, name)
         env = {"VLLM_CPU_KVCACHE_SPACE": str(opts.cpu_kv_cache_gib), **kernel.env}
@@ -325,7 +325,7 @@ class Fleet:
             names += (model_name,)
         args = list(opts.extra_args)
         if self.hardware.device == "cuda":
-            args += ["--tensor-parallel-size", str(opts.tensor_parallel_size)]
+            args += ["--tensor-parallel-size", str(model.tensor_parallel_size)]
             args += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
         return LaunchSpec(
             model_dir=self._model_dir(model_name, name),

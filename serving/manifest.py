@@ -169,7 +169,6 @@ class ServeOptions(Strict):
     max_model_len: int = Field(512, ge=16)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
     replicas: int = Field(1, ge=1, le=64, description="vLLM processes per variant")
-    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per replica")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=0.95, description="of each GPU")
     cpu_kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU builds")
     enforce_eager: bool = False
@@ -187,6 +186,62 @@ class ServeOptions(Strict):
     restart_window_s: float = Field(600.0, gt=0)
     drain_s: float = Field(30.0, ge=0, description="on stop: wait this long for in-flight requests")
     extra_args: tuple[str, ...] = ()
+    tensor_parallel_size: int | None = Field(
+        None, ge=1, description="vLLM --tensor-parallel-size (default 1); or under kubernetes"
+    )
+
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, examples=["500m", "4", "16Gi"])]
+_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LabelKey = Annotated[
+    str, Field(pattern=rf"^({_DNS_SUBDOMAIN}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?$")
+]
+LabelValue = Annotated[
+    str, Field(pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$", max_length=63)
+]
+
+
+class Toleration(Strict):
+    """A Kubernetes toleration, in the manifest's snake case."""
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+    @model_validator(mode="after")
+    def _check_operator(self) -> Self:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("operator 'Exists' takes no value")
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("a toleration without a key needs operator 'Exists'")
+        return self
+
+
+class ResourceAmounts(Strict):
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+
+
+class Resources(Strict):
+    """CPU and memory of each pod: vLLM and quantization Jobs (GPUs: ``kubernetes.gpus``)."""
+
+    requests: ResourceAmounts = ResourceAmounts()
+    limits: ResourceAmounts = ResourceAmounts()
+
+
+class KubernetesOptions(Strict):
+    """How the model's pods are placed and sized when Quantgate runs on Kubernetes."""
+
+    gpus: int = Field(0, ge=0, description="nvidia.com/gpu per vLLM pod; 0: a CPU pod")
+    node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+    resources: Resources = Resources()
+    tensor_parallel_size: int | None = Field(None, ge=1, description="default 1; or under serve")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="vLLM --gpu-memory-utilization (vLLM's default: 0.9)"
+    )
 
 
 class Model(Strict):
@@ -198,6 +253,7 @@ class Model(Strict):
     on_missing: OnMissing = OnMissing()
     serve: ServeOptions = ServeOptions()
     routing: Routing = Routing()
+    kubernetes: KubernetesOptions = KubernetesOptions()
 
     _source = field_validator("source")(_resolve)
 
@@ -217,6 +273,24 @@ class Model(Strict):
             known = ", ".join(sorted(self.variants))
             raise ValueError(f"default_variant {self.default_variant!r} is not a variant ({known})")
         return self
+
+    @model_validator(mode="after")
+    def _check_parallelism(self) -> Self:
+        serve, kube = self.serve.tensor_parallel_size, self.kubernetes.tensor_parallel_size
+        if serve is not None and kube is not None and serve != kube:
+            raise ValueError(
+                f"tensor_parallel_size is {serve} under serve and {kube} under kubernetes; "
+                "set it once"
+            )
+        gpus, tp = self.kubernetes.gpus, self.tensor_parallel_size
+        if gpus and gpus < tp:
+            raise ValueError(f"tensor_parallel_size {tp} needs at least {tp} gpus, not {gpus}")
+        return self
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        """The one tensor-parallel size, wherever the manifest sets it (default 1)."""
+        return self.serve.tensor_parallel_size or self.kubernetes.tensor_parallel_size or 1
 
 
 ModelPattern = Annotated[
