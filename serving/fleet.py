@@ -30,7 +30,7 @@ from serving.errors import (
 )
 from serving.hardware import Hardware
 from serving.jobs import Job, JobRunner, JobState
-from serving.launcher import LaunchSpec, VllmServer, free_port, port_in_use
+from serving.launcher import LaunchSpec, Server, VllmServer, free_port, port_in_use
 from serving.manifest import Manifest, Model, split_model_name
 from serving.placement import Placement
 from serving.pool import VariantPool
@@ -84,7 +84,8 @@ class Fleet:
         vllm_python: Path,
         hardware: Hardware,
         host: str = "127.0.0.1",
-        launch: Callable[[LaunchSpec], VllmServer] | None = None,
+        launch: Callable[[LaunchSpec], Server] | None = None,
+        places_gpus: bool = True,
     ) -> None:
         self.manifest = manifest
         self.hardware = hardware
@@ -93,6 +94,7 @@ class Fleet:
         self._host = host
         self._launch = launch or (lambda spec: VllmServer(spec, vllm_python))
         self.placement = Placement(hardware)
+        self.places_gpus = places_gpus  # False where a scheduler (Kubernetes) places pods
         self._slots = {
             (m, v): _Slot(self._pool(m, model, v))
             for m, model in manifest.models.items()
@@ -310,7 +312,10 @@ class Fleet:
         model = self.manifest.models[model_name]
         opts = model.serve
         owner = f"{model_name}:{name}#{index}"
-        gpus = self.placement.place(owner, model.tensor_parallel_size, opts.gpu_memory_utilization)
+        gpus: tuple[int, ...] = ()
+        if self.places_gpus:
+            tp, share = model.tensor_parallel_size, opts.gpu_memory_utilization
+            gpus = self.placement.place(owner, tp, share)
         port = self._port(opts.base_port, index, owner)
         kernel = self.kernel(model_name, name)
         env = {"VLLM_CPU_KVCACHE_SPACE": str(opts.cpu_kv_cache_gib), **kernel.env}
@@ -328,6 +333,9 @@ class Fleet:
             args += ["--tensor-parallel-size", str(model.tensor_parallel_size)]
             args += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
         return LaunchSpec(
+            model=model_name,
+            variant=name,
+            replica=index,
             model_dir=self._model_dir(model_name, name),
             served_names=names,
             port=port,
@@ -357,11 +365,9 @@ class Fleet:
         slot.failure = None
         if self._built(model_name, model, name):
             return None
+        job = self.jobs.submit(model_name, model, name)  # the bring-up finds this same job
         self._ensure_bring_up(model_name, name)
-        variant = model.variants[name]
-        return self.jobs.active(model_name, name, variant) or self.jobs.last(
-            model_name, name, variant
-        )
+        return job
 
     async def scale(self, model_name: str, name: str, replicas: int) -> None:
         """Start (build first if needed), scale, or (``replicas=0``) drain and stop a variant."""

@@ -14,7 +14,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -29,6 +29,8 @@ RESULT = "QUANTGATE_RESULT "
 WORKER_PACKAGE = Path(__file__).resolve().parent
 
 WorkerCommand = Callable[[Path], Sequence[str]]
+# Runs a job somewhere else (a Kubernetes Job): (job, model, staging dir, on_stage) -> result
+RemoteRun = Callable[["Job", Model, Path, Callable[[str], None]], Awaitable[dict[str, Any] | None]]
 
 
 class JobState(StrEnum):
@@ -127,10 +129,15 @@ def worker_command(python: Path, store: VariantStore) -> WorkerCommand:
 
 class JobRunner:
     def __init__(
-        self, store: VariantStore, command: WorkerCommand, max_concurrent: int = 1
+        self,
+        store: VariantStore,
+        command: WorkerCommand,
+        max_concurrent: int = 1,
+        remote: RemoteRun | None = None,
     ) -> None:
         self._store = store
         self._command = command
+        self._remote = remote
         self._slots = asyncio.Semaphore(max_concurrent)
         self._jobs: dict[str, Job] = {}
         self._active: dict[tuple[str, str, str], Job] = {}
@@ -194,6 +201,11 @@ class JobRunner:
     async def _execute(self, job: Job, model: Model, staging: Path) -> dict[str, Any]:
         if not (model.source_path / "config.json").is_file():
             raise RuntimeError(f"source {model.source} is not a model folder (no config.json)")
+        if self._remote is not None:
+            result = await self._remote(job, model, staging, lambda stage: self._stage(job, stage))
+            if result is None or not (staging / "config.json").is_file():
+                raise RuntimeError("the quantization Job finished but wrote no model")
+            return result
         spec = {"source": str(model.source_path), "output": str(staging), "recipe": job.recipe}
         spec_path = job.log_path.parent / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
@@ -253,6 +265,10 @@ class JobRunner:
             "source_size_bytes": dir_size(model.source_path),
             "quantizer": result,
         }
+
+    def _stage(self, job: Job, stage: str) -> None:
+        job.stage = stage
+        self._save(job)
 
     def _save(self, job: Job) -> None:
         state = job.log_path.parent / "state.json"

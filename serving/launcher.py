@@ -15,6 +15,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -38,6 +39,25 @@ def port_in_use(host: str, port: int) -> bool:
         return False
 
 
+class Server(Protocol):
+    """What the replica supervisor drives: a local vLLM process, or a Kubernetes Deployment."""
+
+    spec: LaunchSpec
+
+    @property
+    def started_at(self) -> float | None: ...
+    @property
+    def ready_at(self) -> float | None: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def pid(self) -> int | None: ...
+    def alive(self) -> bool: ...
+    async def start(self, timeout_s: float) -> None: ...
+    async def wait(self) -> int: ...
+    async def stop(self, grace_s: float = 15.0) -> None: ...
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     model_dir: Path
@@ -51,6 +71,9 @@ class LaunchSpec:
     enforce_eager: bool = False
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    model: str = ""  # manifest names, for launchers that name objects after them
+    variant: str = ""
+    replica: int = 0
 
     def argv(self, python: Path) -> list[str]:
         args = [

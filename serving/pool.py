@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from serving.errors import BackendFailed, QuantgateError
-from serving.launcher import LaunchSpec, VllmServer
+from serving.launcher import LaunchSpec, Server
 from serving.replica import Replica, ReplicaState, RestartPolicy, StaticReplica, unlaunchable
 
 SpecFactory = Callable[[int], LaunchSpec]
@@ -20,7 +20,7 @@ class VariantPool:
         self,
         name: str,
         spec: SpecFactory,
-        launch: Callable[[LaunchSpec], VllmServer],
+        launch: Callable[[LaunchSpec], Server],
         policy: RestartPolicy,
     ) -> None:
         self.name = name

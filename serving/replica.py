@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any, NoReturn
 
 from serving.errors import BackendFailed
-from serving.launcher import LaunchSpec, VllmServer
+from serving.launcher import LaunchSpec, Server
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Replica:
         self,
         index: int,
         spec: Callable[[], LaunchSpec],
-        launch: Callable[[LaunchSpec], VllmServer],
+        launch: Callable[[LaunchSpec], Server],
         policy: RestartPolicy,
     ) -> None:
         self.index = index
@@ -55,7 +55,7 @@ class Replica:
         self._launch = launch
         self._policy = policy
         self.state = ReplicaState.STOPPED
-        self.server: VllmServer | None = None
+        self.server: Server | None = None
         self.restarts = 0
         self._restart_times: deque[float] = deque()
         self.in_flight = 0
