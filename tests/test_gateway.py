@@ -216,3 +216,20 @@ def test_client_disconnect_cancels_the_backend_stream(
     while sample(server, "quantgate_requests_total", **labels) != 1:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_graceful_shutdown_lets_an_open_stream_finish(
+    gateway: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_ITL_S", "0.05")
+    server = gateway()
+    body = {**CHAT, "stream": True, "max_tokens": 30}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        server.server.should_exit = True  # what SIGTERM does: stop accepting, drain, then exit
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+    assert len(rest) == 30  # 29 more tokens + [DONE]: nothing was cut off
+    with pytest.raises(httpx.TransportError):
+        httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=5)
