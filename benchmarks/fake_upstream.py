@@ -28,23 +28,25 @@ def _completion() -> bytes:
     return head.encode() + body
 
 
-def _stream(tokens: int) -> bytes:
+def _stream_parts(tokens: int) -> list[bytes]:
+    """Status line + headers, then one chunked-encoding frame per SSE event, then the end."""
     chunk = {"id": "bench", "object": "chat.completion.chunk", "model": "bench",
              "choices": [{"index": 0, "delta": {"content": "tok "}, "finish_reason": None}]}  # fmt: skip
     usage = {"id": "bench", "object": "chat.completion.chunk", "model": "bench", "choices": [],
              "usage": {"prompt_tokens": 12, "completion_tokens": tokens, "total_tokens": tokens + 12}}  # fmt: skip
     events = [b"data: " + json.dumps(chunk).encode() + b"\n\n"] * tokens
     events += [b"data: " + json.dumps(usage).encode() + b"\n\n", b"data: [DONE]\n\n"]
-    payload = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
     head = (
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
     )
-    return head + payload
+    return [head, *(b"%x\r\n%s\r\n" % (len(e), e) for e in events), b"0\r\n\r\n"]
 
 
 class Upstream(asyncio.Protocol):
-    def __init__(self, completion: bytes, stream: bytes) -> None:
-        self._completion, self._stream = completion, stream
+    def __init__(self, completion: bytes, parts: list[bytes], itl_s: float = 0.0) -> None:
+        self._completion, self._parts, self._stream = completion, parts, b"".join(parts)
+        self._itl = itl_s
+        self._tasks: set[asyncio.Future[None]] = set()
         self._buf = b""
         self._transport: asyncio.WriteTransport | None = None
 
@@ -70,15 +72,29 @@ class Upstream(asyncio.Protocol):
             if head.startswith(b"get"):
                 self._transport.write(HEALTH)
             elif b'"stream":true' in body.replace(b" ", b""):
-                self._transport.write(self._stream)
+                if self._itl:
+                    task = asyncio.ensure_future(self._paced(self._transport))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                else:
+                    self._transport.write(self._stream)
             else:
                 self._transport.write(self._completion)
 
+    async def _paced(self, transport: asyncio.WriteTransport) -> None:
+        """The same stream, one HTTP chunk per token every ``itl_s``, like a real server."""
+        transport.write(self._parts[0])
+        for part in self._parts[1:]:
+            await asyncio.sleep(self._itl)
+            if transport.is_closing():
+                return
+            transport.write(part)
 
-async def serve(port: int, tokens: int) -> None:
+
+async def serve(port: int, tokens: int, itl_s: float = 0.0) -> None:
     loop = asyncio.get_running_loop()
-    completion, stream = _completion(), _stream(tokens)
-    server = await loop.create_server(lambda: Upstream(completion, stream), "127.0.0.1", port)
+    completion, parts = _completion(), _stream_parts(tokens)
+    server = await loop.create_server(lambda: Upstream(completion, parts, itl_s), "127.0.0.1", port)
     async with server:
         await server.serve_forever()
 
@@ -87,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--itl-ms", type=float, default=0.0, help="pace streamed tokens")
     args = parser.parse_args()
     try:
         import uvloop
@@ -94,7 +111,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(args.port, args.tokens))
+    asyncio.run(serve(args.port, args.tokens, args.itl_ms / 1000))
 
 
 if __name__ == "__main__":

@@ -30,9 +30,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model": "bench", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16%s}'
+wrk.body = '{"model": "%s", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16%s}'
 """
-SCENARIOS = [("chat", 1), ("chat", 32), ("chat", 128), ("stream", 32)]
+# (kind, streams in flight); "paced": the upstream sends a token every 10 ms, as a server does
+SCENARIOS = [("chat", 1), ("chat", 32), ("chat", 128), ("stream", 32), ("paced", 32)]
+ITL_MS = 10
 
 
 @dataclass
@@ -72,9 +74,9 @@ def _cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / CLK_TCK
 
 
-def _wrk(url: str, connections: int, seconds: int, stream: bool) -> Run:
+def _wrk(url: str, connections: int, seconds: int, stream: bool, model: str = "bench") -> Run:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
-        lua.write(LUA % (', "stream": true' if stream else ""))
+        lua.write(LUA % (model, ', "stream": true' if stream else ""))
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
            "-s", lua.name, url]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -106,14 +108,19 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per run")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args()
-    up_port, gw_port = _free_port(), _free_port()
+    up_port, paced_port, gw_port = _free_port(), _free_port(), _free_port()
     tmp = Path(tempfile.mkdtemp())
-    (tmp / "bench.yaml").write_text(
-        f"cache_dir: {tmp}\nmodels:\n  bench:\n    default_variant: main\n    variants:\n"
-        f"      main: {{method: none, upstream: {{url: 'http://127.0.0.1:{up_port}'}}}}\n"
+    models = "".join(
+        f"  {name}:\n    default_variant: main\n    variants:\n"
+        f"      main: {{method: none, upstream: {{url: 'http://127.0.0.1:{port}'}}}}\n"
+        for name, port in (("bench", up_port), ("paced", paced_port))
     )
-    upstream = subprocess.Popen(["taskset", "-c", "0", sys.executable, str(HERE / "fake_upstream.py"),
-                                 "--port", str(up_port), "--tokens", "64"])  # fmt: skip
+    (tmp / "bench.yaml").write_text(f"cache_dir: {tmp}\nmodels:\n{models}")
+    fake = [sys.executable, str(HERE / "fake_upstream.py"), "--tokens", "64"]
+    upstream = subprocess.Popen(["taskset", "-c", "0", *fake, "--port", str(up_port)])
+    paced = subprocess.Popen(
+        ["taskset", "-c", "0", *fake, "--port", str(paced_port), "--itl-ms", str(ITL_MS)]
+    )
     gateway = subprocess.Popen(
         ["taskset", "-c", "0", sys.executable, "-m", "gateway.cli", "serve", str(tmp / "bench.yaml"),
          "--port", str(gw_port), "--log-level", "warning"],
@@ -121,23 +128,24 @@ def main() -> None:
     )  # fmt: skip
     try:
         _wait(f"http://127.0.0.1:{up_port}/health", upstream)
+        _wait(f"http://127.0.0.1:{paced_port}/health", paced)
         _wait(f"http://127.0.0.1:{gw_port}/health", gateway)
         rows = []
         for kind, conns in SCENARIOS:
-            stream = kind == "stream"
-            _wrk(f"http://127.0.0.1:{gw_port}/v1/chat/completions", conns, 2, stream)  # warm-up
+            stream, model = kind != "chat", "paced" if kind == "paced" else "bench"
+            port = paced_port if kind == "paced" else up_port
+            gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+            _wrk(gw_url, conns, 2, stream, model)  # warm-up
             direct = _wrk(
-                f"http://127.0.0.1:{up_port}/v1/chat/completions", conns, args.duration, stream
+                f"http://127.0.0.1:{port}/v1/chat/completions", conns, args.duration, stream, model
             )
             before = _cpu_seconds(gateway.pid)
-            via = _wrk(
-                f"http://127.0.0.1:{gw_port}/v1/chat/completions", conns, args.duration, stream
-            )
+            via = _wrk(gw_url, conns, args.duration, stream, model)
             via.cpu_s = _cpu_seconds(gateway.pid) - before
             rows.append((kind, conns, direct, via))
         table = _table(rows)
     finally:
-        for proc in (gateway, upstream):
+        for proc in (gateway, upstream, paced):
             proc.send_signal(signal.SIGINT)
             proc.wait(30)
     print(table)
@@ -150,11 +158,12 @@ def _table(rows: list[tuple[str, int, Run, Run]]) -> str:
         f"Machine: {_machine()}. Gateway + fake upstream pinned to core 0, wrk to core 1.",
         "",
         "| scenario | in flight | direct p50 / p99 ms | gateway p50 / p99 ms | added p50 / p99 ms "
-        "| req/s direct | req/s gateway | ratio | gateway CPU ms/req |",
+        "| req/s direct | req/s gateway | ratio (= tokens/s ratio for streams) | gateway CPU ms/req |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, conns, d, g in rows:
-        name = "chat, non-streamed" if kind == "chat" else "chat, streamed 64 tokens"
+        name = {"chat": "chat, non-streamed", "stream": "chat, streamed 64 tokens",
+                "paced": f"streamed 64 tokens, {ITL_MS} ms/token upstream"}[kind]  # fmt: skip
         cpu = 1000 * (g.cpu_s or 0) / max(g.requests, 1)
         lines.append(
             f"| {name} | {conns} | {d.p50_ms:.2f} / {d.p99_ms:.2f} | {g.p50_ms:.2f} / {g.p99_ms:.2f} "
