@@ -44,6 +44,7 @@ def create_app(
 ) -> QuantgateApp:
     metrics = GatewayMetrics(registry or CollectorRegistry())
     metrics.watch_jobs(fleet.job_counts)
+    metrics.watch_replicas(fleet.replica_rows)
     keys = KeyRing.from_auth(fleet.manifest.auth)  # unreadable keys fail here, before serving
 
     @asynccontextmanager

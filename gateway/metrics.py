@@ -7,10 +7,12 @@ from the manifest's key names (never the key itself), ``reason`` and ``outcome``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -111,6 +113,10 @@ class GatewayMetrics:
             found = self._children[(model, variant)] = VariantMetrics(self, model, variant)
         return found
 
+    def watch_replicas(self, rows: Callable[[], list[dict[str, Any]]]) -> None:
+        """Export replicas by state and open circuits, read from the fleet at scrape time."""
+        self.registry.register(_ReplicaCollector(rows))
+
     def watch_jobs(self, counts: Callable[[], dict[str, int]]) -> None:
         """Export quantization jobs by state, read from the job runner at scrape time."""
         jobs = Gauge(
@@ -139,3 +145,30 @@ class VariantMetrics:
                 *self._labels, endpoint
             )
         return child
+
+
+class _ReplicaCollector(Collector):
+    def __init__(self, rows: Callable[[], list[dict[str, Any]]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        states = GaugeMetricFamily(
+            "quantgate_replicas", "vLLM replicas by state.", labels=["model", "variant", "state"]
+        )
+        circuits = GaugeMetricFamily(
+            "quantgate_circuit_open_replicas",
+            "Replicas kept out of routing by an open circuit breaker.",
+            labels=["model", "variant"],
+        )
+        counts: dict[tuple[str, str, str], int] = {}
+        open_: dict[tuple[str, str], int] = {}
+        for row in self._rows():
+            key = (row["model"], row["variant"])
+            counts[(*key, row["state"])] = counts.get((*key, row["state"]), 0) + 1
+            open_[key] = open_.get(key, 0) + (row["circuit"] == "open")
+        for labels, n in counts.items():
+            states.add_metric(list(labels), n)
+        for labels2, n in open_.items():
+            circuits.add_metric(list(labels2), n)
+        yield states
+        yield circuits

@@ -395,6 +395,14 @@ class Fleet:
             if owner.startswith(f"{model_name}:{name}#"):
                 self.placement.release(owner)
 
+    def replica_rows(self) -> list[dict[str, Any]]:
+        """Every replica's model, variant, state and circuit (cheap: for metrics)."""
+        return [
+            {"model": m, "variant": v, "state": r.state.value, "circuit": r.circuit}
+            for (m, v), slot in self._slots.items()
+            for r in slot.pool.replicas
+        ]
+
     def backends(self) -> list[dict[str, Any]]:
         return [self.describe(m, v) for (m, v) in self._slots]
 

@@ -141,3 +141,34 @@ def test_a_starting_replica_is_not_idle(gateway: Start, monkeypatch: pytest.Monk
     server = gateway(serve=", idle_stop_s: 0.5")
     r = httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30)
     assert r.status_code == 200, r.text
+
+
+def test_replica_states_are_exported_as_metrics(gateway: Start) -> None:
+    server = gateway(serve=", replicas: 2")
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    wait_for(lambda: [r["state"] for r in backends(server)] == ["ready", "ready"])
+    text = httpx.get(server.url + "/metrics").text
+    assert 'quantgate_replicas{model="tiny",state="ready",variant="base"} 2.0' in text
+    assert 'quantgate_circuit_open_replicas{model="tiny",variant="base"} 0.0' in text
+
+
+def test_circuit_breaker_opens_then_half_opens(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving import replica as replica_module
+    from serving.replica import Replica, ReplicaState, RestartPolicy
+
+    now = [1000.0]
+    monkeypatch.setattr(replica_module.time, "monotonic", lambda: now[0])
+    r = Replica(0, lambda: None, lambda spec: None, RestartPolicy())  # type: ignore[arg-type, return-value]
+    r.state = ReplicaState.READY
+    for _ in range(2):
+        r.record_failure(threshold=3, open_s=10)
+    assert r.routable and r.circuit == "closed"
+    r.record_failure(threshold=3, open_s=10)
+    assert not r.routable and r.circuit == "open"
+    now[0] += 10
+    assert r.routable and r.circuit == "half-open"  # one request may try it
+    r.record_failure(threshold=3, open_s=10)
+    assert not r.routable  # and one more failure shuts it again
+    now[0] += 10
+    r.record_success()
+    assert r.routable and r.circuit == "closed"
