@@ -342,6 +342,9 @@ def test_dashboard_queries_only_metrics_the_gateway_exports() -> None:
     used = {m for e in exprs for m in re.findall(r"quantgate_[a-z_]+", e)}
     metrics = GatewayMetrics(CollectorRegistry())
     metrics.watch_jobs(lambda: {"running": 0})
+    metrics.watch_replicas(
+        lambda: [{"model": "m", "variant": "v", "state": "ready", "circuit": "closed"}]
+    )
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
     families = {f.name: suffixes[f.type] for f in metrics.registry.collect()}
     exported = {name + suffix for name, ends in families.items() for suffix in ends}
