@@ -14,7 +14,7 @@ HELM := .quantgate/tools/helm
 IMAGE_TAG ?= 0.1.0
 REGISTRY ?= quantgate
 
-.PHONY: install model demo test unit lint typecheck check clean chart chart-tools images test-deps
+.PHONY: install model demo test unit lint typecheck check clean chart chart-tools images test-deps bench
 
 ## install: the gateway's environment, the vLLM environment and the quantizer environment
 install: $(VENV)/.done $(VLLM_VENV)/.done $(QUANT_VENV)/.done
@@ -59,6 +59,11 @@ test-deps:
 	@command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    redis-server postgresql >/dev/null; }
+
+## bench: gateway overhead vs direct on a fake upstream (needs wrk: apt-get install wrk)
+bench: $(VENV)/.done
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	mkdir -p .quantgate && $(VENV)/bin/python benchmarks/overhead.py --duration 8 --out .quantgate/overhead.md
 
 lint: $(VENV)/.done
 	$(VENV)/bin/ruff check .
