@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 VLLM_VENV := .venv-vllm
 QUANT_VENV := .venv-quant
+LOAD_VENV := .venv-load
 PIP := --disable-pip-version-check --quiet --no-deps
 MODEL := .quantgate/models/tiny
 TRAIN_STEPS ?= 300
 export QUANTGATE_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
 export QUANTGATE_QUANTIZER_PYTHON := $(CURDIR)/$(QUANT_VENV)/bin/python
 
-.PHONY: install model demo test unit lint typecheck check clean
+.PHONY: install install-load model demo test unit lint typecheck check loadtest clean
 
 ## install: the gateway's environment, the vLLM environment and the quantizer environment
 install: $(VENV)/.done $(VLLM_VENV)/.done $(QUANT_VENV)/.done
@@ -31,6 +32,14 @@ $(QUANT_VENV)/.done: requirements/quantizer.txt
 	$(QUANT_VENV)/bin/pip install $(PIP) -r requirements/quantizer.txt
 	touch $@
 
+## install-load: Locust (and matplotlib) for load tests, apart from the gateway's environment
+install-load: $(LOAD_VENV)/.done
+
+$(LOAD_VENV)/.done: requirements/loadtest.txt
+	rm -rf $(LOAD_VENV) && $(PYTHON) -m venv $(LOAD_VENV)
+	$(LOAD_VENV)/bin/pip install $(PIP) -r requirements/loadtest.txt
+	touch $@
+
 ## model: build the demo's small model (local tokenizer, brief training on built-in text)
 model: $(MODEL)/config.json
 
@@ -42,12 +51,18 @@ demo: install model
 	$(VENV)/bin/quantgate demo manifests/demo.yaml --model auto
 
 ## test: lint, type-check, then every test, the real end-to-end ones included
-test: install model lint typecheck
+test: install install-load model lint typecheck
 	$(VENV)/bin/pytest
 
 ## unit: the fast tests only
-unit: $(VENV)/.done
+unit: $(VENV)/.done $(LOAD_VENV)/.done
 	$(VENV)/bin/pytest -m "not slow"
+
+## loadtest: serve manifests/demo.yaml, warm up, Locust for DURATION with USERS; report in loadtests/reports/
+USERS ?= 4
+DURATION ?= 60s
+loadtest: install install-load model
+	loadtests/with-gateway.sh manifests/demo.yaml loadtests/run.sh --users $(USERS) --duration $(DURATION)
 
 lint: $(VENV)/.done
 	$(VENV)/bin/ruff check .
@@ -57,4 +72,4 @@ typecheck: $(VENV)/.done
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(QUANT_VENV) .quantgate
+	rm -rf $(VENV) $(VLLM_VENV) $(QUANT_VENV) $(LOAD_VENV) .quantgate loadtests/reports
