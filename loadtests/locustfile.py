@@ -194,6 +194,15 @@ class Stream:
             if event.get("usage"):
                 self.usage_tokens = int(event["usage"].get("completion_tokens") or 0)
 
+    def failure(self, ignore_eos: bool) -> str | None:
+        if self.error:
+            return self.error
+        if not self.done:
+            return "stream ended without [DONE]"
+        if ignore_eos and not self.token_times:
+            return "stream had no content although ignore_eos was sent"
+        return None
+
     @property
     def tokens(self) -> int:
         return self.usage_tokens if self.usage_tokens is not None else len(self.token_times)
@@ -220,6 +229,8 @@ def error_message(body: dict[str, Any]) -> str:
 
 
 def http_error(response: requests.Response) -> str:
+    if getattr(response, "error", None):  # Locust's stand-in when no response came
+        return f"request failed: {response.error}"  # type: ignore[attr-defined]
     try:
         body = response.json()
         detail = error_message(body) if isinstance(body, dict) else response.text[:300]
@@ -269,11 +280,14 @@ class OpenAIUser(HttpUser):
             self.complete(kind, path, body)
 
     def complete(self, kind: str, path: str, body: dict[str, Any]) -> None:
-        post = self.client.post
-        with post(
-            path, json=body, headers=self.headers, name=kind, timeout=self.workload.timeout,
+        with self.client.post(
+            path,
+            json=body,
+            headers=self.headers,
+            name=kind,
+            timeout=self.workload.timeout,
             catch_response=True,
-        ) as response:  # fmt: skip
+        ) as response:
             error = completion_error(response)
             if error:
                 response.failure(error)
@@ -282,41 +296,47 @@ class OpenAIUser(HttpUser):
 
     def stream(self, kind: str, path: str, body: dict[str, Any]) -> None:
         start_time, start = time.time(), time.perf_counter()
-        post = self.client.post
-        with post(
-            path, json=body, headers={**self.headers, "Accept-Encoding": "identity"}, name=kind,
-            timeout=self.workload.timeout, stream=True, catch_response=True,
-        ) as response:  # fmt: skip
+        with self.client.post(
+            path,
+            json=body,
+            headers={**self.headers, "Accept-Encoding": "identity"},
+            name=kind,
+            timeout=self.workload.timeout,
+            stream=True,
+            catch_response=True,
+        ) as response:
             if response.status_code != 200:
                 response.failure(http_error(response))
                 return
-            result = Stream(chat="chat" in kind)
+            result = Stream(chat=kind.startswith("chat"))
             try:
                 result.read(response.iter_lines())
             except requests.RequestException as exc:
                 result.error = f"stream broke: {type(exc).__name__}: {exc}"
             response.request_meta["response_time"] = (time.perf_counter() - start) * 1000
             response.request_meta["response_length"] = result.nbytes
-            error = result.error or (None if result.done else "stream ended without [DONE]")
-            if not error and self.workload.ignore_eos and not result.token_times:
-                error = "stream had no content although ignore_eos was sent"
+            error = result.failure(self.workload.ignore_eos)
             if error:
                 response.failure(error)
                 return
             response.success()
-        self.report(kind, start_time, start, result)
-
-    def report(self, kind: str, start_time: float, start: float, result: Stream) -> None:
-        fire = self.environment.events.request.fire
         if result.token_times:
-            ttft_ms = (result.token_times[0] - start) * 1000
-            fire(request_type="TTFT", name=kind, response_time=ttft_ms, response_length=0,
-                 exception=None, context={}, start_time=start_time)  # fmt: skip
+            self.record("TTFT", kind, (result.token_times[0] - start) * 1000, 0, start_time)
         speed = result.tokens_per_s()
         if speed is not None:
-            fire(request_type="TOKENS/S", name=kind, response_time=speed,
-                 response_length=result.tokens, exception=None, context={},
-                 start_time=start_time)  # fmt: skip
+            self.record("TOKENS/S", kind, speed, result.tokens, start_time)
+
+    def record(self, entry: str, kind: str, value: float, size: int, start_time: float) -> None:
+        """An entry of our own in Locust's statistics: ``value`` goes in its ms columns."""
+        self.environment.events.request.fire(
+            request_type=entry,
+            name=kind,
+            response_time=value,
+            response_length=size,
+            exception=None,
+            context={},
+            start_time=start_time,
+        )
 
 
 @events.init.add_listener
@@ -339,16 +359,16 @@ def let_csv_catch_up(environment: Environment, **_: Any) -> None:
 
 def warm_up(host: str, workload: Workload, timeout: float) -> None:
     """One small request outside the statistics: the first one may build the variant."""
-    log.info("warm-up: one request for %s (a missing variant is built and started first)",
-             workload.model)  # fmt: skip
-    body = {"model": workload.model, "max_tokens": 1,
-            "messages": [{"role": "user", "content": workload.prompts[0]}]}  # fmt: skip
+    log.info("warm-up: one request for %s (builds and starts it if needed)", workload.model)
+    message = {"role": "user", "content": workload.prompts[0]}
     t0 = time.perf_counter()
     try:
         response = requests.post(
-            host.rstrip("/") + "/v1/chat/completions", json=body, timeout=(10, timeout),
+            host.rstrip("/") + "/v1/chat/completions",
+            json={"model": workload.model, "max_tokens": 1, "messages": [message]},
             headers={"Authorization": f"Bearer {workload.api_key(0)}"},
-        )  # fmt: skip
+            timeout=(10, timeout),
+        )
     except requests.RequestException as exc:
         raise SystemExit(f"locustfile: warm-up request to {host} failed: {exc}") from None
     error = completion_error(response)
