@@ -10,7 +10,7 @@ TRAIN_STEPS ?= 300
 export QUANTGATE_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
 export QUANTGATE_QUANTIZER_PYTHON := $(CURDIR)/$(QUANT_VENV)/bin/python
 
-.PHONY: install install-load model demo test unit lint typecheck check loadtest clean
+.PHONY: install install-load model demo test unit lint typecheck check loadtest saturation clean
 
 ## install: the gateway's environment, the vLLM environment and the quantizer environment
 install: $(VENV)/.done $(VLLM_VENV)/.done $(QUANT_VENV)/.done
@@ -63,6 +63,12 @@ USERS ?= 4
 DURATION ?= 60s
 loadtest: install install-load model
 	loadtests/with-gateway.sh manifests/demo.yaml loadtests/run.sh --users $(USERS) --duration $(DURATION)
+
+## saturation: serve manifests/demo.yaml; Locust at 1..16 users, via the gateway and direct to vLLM;
+## table and plot of latency vs users in loadtests/reports/saturation-*/
+SATURATION_ARGS ?= --direct
+saturation: install install-load model
+	loadtests/with-gateway.sh manifests/demo.yaml $(LOAD_VENV)/bin/python loadtests/saturation.py $(SATURATION_ARGS)
 
 lint: $(VENV)/.done
 	$(VENV)/bin/ruff check .
