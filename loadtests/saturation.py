@@ -140,6 +140,8 @@ class Saturation:
         command += ["--prompt-words", str(self.args.prompt_words), "--warmup-timeout", "0"]
         done = subprocess.run(command, capture_output=True, text=True)
         (out / "console.txt").write_text(done.stdout + done.stderr)
+        if done.returncode not in (0, 1):  # 1: some requests failed, counted in the table
+            raise SystemExit(f"saturation: Locust failed:\n{done.stdout[-2000:]}{done.stderr}")
         step = LocustStep.read(out)
         print(f"  {host}: {users} users, {step.requests} requests, {step.failures} failed, "
               f"{step.rps:.2f} req/s, p50 {step.p50:.3f} s", flush=True)  # fmt: skip
