@@ -148,10 +148,14 @@ class LocustRun:
         return sum(int(r["Request Count"]) for (kind, _), r in self.stats.items() if kind == "POST")
 
 
-def run_locust(host: str, out: Path, *args: str, users: int = 2, duration: str = "3s") -> LocustRun:
-    """Run Locust from ``.venv-load`` (its own environment) through ``loadtests/run.sh``."""
+def require_locust() -> None:
     if not (ROOT / ".venv-load" / "bin" / "locust").is_file():
         pytest.fail("no Locust in .venv-load: run `make install-load` (make test and make unit do)")
+
+
+def run_locust(host: str, out: Path, *args: str, users: int = 2, duration: str = "3s") -> LocustRun:
+    """Run Locust from ``.venv-load`` (its own environment) through ``loadtests/run.sh``."""
+    require_locust()
     command = [str(ROOT / "loadtests" / "run.sh"), "--host", host, "--out", str(out)]
     command += ["--users", str(users), "--duration", duration, *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)

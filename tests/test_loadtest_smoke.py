@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, free_port, run_locust
+from conftest import ROOT, free_port, require_locust, run_locust
 
 MODEL = ROOT / ".quantgate" / "models" / "tiny"
 LABELS = {"model": "tiny", "variant": "gptq-w4a8"}
@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``quantgate serve`` on a manifest of the demo model's base and W4A8 variants."""
+    require_locust()  # before minutes of building and starting
     if not (MODEL / "config.json").is_file():
         pytest.fail(f"no model at {MODEL}: run `make model` first (make test does)")
     tmp = tmp_path_factory.mktemp("load")
