@@ -15,7 +15,8 @@ Locust entries (rows of the CSV and HTML report):
   Its "size" column is the stream's completion tokens (from the usage event).
 
 Locust adds these entries into its "Aggregated" row too: read the rows one by one.
-Run ``loadtests/run.sh --help`` or ``locust -f loadtests/locustfile.py --help`` for options.
+Options: ``add_options`` below, also listed by ``loadtests/run.sh --help`` (Locust's own
+``--help`` leaves them out).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ log = logging.getLogger("quantgate.loadtest")
 @events.init_command_line_parser.add_listener
 def add_options(parser: Any) -> None:
     parser.add_argument("--model", default="tiny", help="model name: tiny or tiny:<variant>")
-    parser.add_argument("--mix", default=DEFAULT_MIX, help=f"kind=weight,...; kinds: {KINDS}")
+    parser.add_argument(
+        "--mix", default=DEFAULT_MIX, help=f"kind=weight,...; kinds: {', '.join(KINDS)}"
+    )
     parser.add_argument("--prompts-file", default=str(PROMPTS), help="one prompt per line")
     parser.add_argument(
         "--prompt-words", type=int, default=32, help="cut/extend prompts to N words (0: as is)"
@@ -308,7 +311,7 @@ class OpenAIUser(HttpUser):
             if response.status_code != 200:
                 response.failure(http_error(response))
                 return
-            result = Stream(chat=kind.startswith("chat"))
+            result = Stream(chat=path.endswith("chat/completions"))
             try:
                 result.read(response.iter_lines())
             except requests.RequestException as exc:

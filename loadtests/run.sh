@@ -5,7 +5,11 @@
 #     --users       concurrent users (default 4); --spawn-rate: users started per second (default: all at once)
 #     --duration    run time, e.g. 60s, 5m (default 60s); running requests then get up to 120 s to finish
 #     --out         report folder (default loadtests/reports/<UTC time>): report.html, stats_*.csv, locust.log
-#     other args go to Locust and the locustfile, e.g. --model tiny:base --mix chat-stream=1 --max-tokens 64
+#     other args go to Locust and to loadtests/locustfile.py, whose options are:
+#       --model tiny|tiny:<variant>   --mix chat-stream=3,chat=1,completion-stream=1,completion=1
+#       --prompts-file FILE   --prompt-words N (32; 0: lines as they are)   --max-tokens N (32)
+#       --allow-eos (default: ignore_eos)   --api-keys-file FILE   --request-timeout S (600)
+#       --warmup-timeout S (900; 0: no warm-up request)
 # Exits non-zero when any request failed. Needs .venv-load (`make install-load`).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,7 +26,7 @@ while [[ $# -gt 0 ]]; do
     --spawn-rate) spawn_rate=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,9s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) extra+=("$1"); shift ;;
   esac
 done
