@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 VLLM_VENV := .venv-vllm
 QUANT_VENV := .venv-quant
+LOAD_VENV := .venv-load
 PIP := --disable-pip-version-check --quiet --no-deps
 MODEL := .quantgate/models/tiny
 TRAIN_STEPS ?= 300
@@ -14,7 +15,7 @@ HELM := .quantgate/tools/helm
 IMAGE_TAG ?= 0.1.0
 REGISTRY ?= quantgate
 
-.PHONY: install model demo test unit lint typecheck check clean chart chart-tools images test-deps bench
+.PHONY: install model demo test unit lint typecheck check clean chart chart-tools images test-deps bench install-load loadtest saturation
 
 ## install: the gateway's environment, the vLLM environment and the quantizer environment
 install: $(VENV)/.done $(VLLM_VENV)/.done $(QUANT_VENV)/.done
@@ -36,6 +37,14 @@ $(QUANT_VENV)/.done: requirements/quantizer.txt
 	$(QUANT_VENV)/bin/pip install $(PIP) -r requirements/quantizer.txt
 	touch $@
 
+## install-load: Locust (and matplotlib) for load tests, apart from the gateway's environment
+install-load: $(LOAD_VENV)/.done
+
+$(LOAD_VENV)/.done: requirements/loadtest.txt
+	rm -rf $(LOAD_VENV) && $(PYTHON) -m venv $(LOAD_VENV)
+	$(LOAD_VENV)/bin/pip install $(PIP) -r requirements/loadtest.txt
+	touch $@
+
 ## model: build the demo's small model (local tokenizer, brief training on built-in text)
 model: $(MODEL)/config.json
 
@@ -47,11 +56,11 @@ demo: install model
 	$(VENV)/bin/quantgate demo manifests/demo.yaml --model auto
 
 ## test: lint, type-check, then every test, the real end-to-end ones included
-test: install model test-deps lint typecheck chart
+test: install install-load model test-deps lint typecheck chart
 	$(VENV)/bin/pytest
 
 ## unit: the fast tests only
-unit: $(VENV)/.done chart-tools test-deps
+unit: $(VENV)/.done $(LOAD_VENV)/.done chart-tools test-deps
 	$(VENV)/bin/pytest -m "not slow"
 
 ## test-deps: redis-server and PostgreSQL from Debian; the tests start their own on free ports
@@ -64,6 +73,18 @@ test-deps:
 bench: $(VENV)/.done
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	mkdir -p .quantgate && $(VENV)/bin/python benchmarks/overhead.py --duration 8 --out .quantgate/overhead.md
+
+## loadtest: serve manifests/demo.yaml, warm up, Locust for DURATION with USERS; report in loadtests/reports/
+USERS ?= 4
+DURATION ?= 60s
+loadtest: install install-load model
+	loadtests/with-gateway.sh manifests/demo.yaml loadtests/run.sh --users $(USERS) --duration $(DURATION)
+
+## saturation: serve manifests/demo.yaml; Locust at 1..16 users, via the gateway and direct to vLLM;
+## table and plot of latency vs users in loadtests/reports/saturation-*/
+SATURATION_ARGS ?= --direct
+saturation: install install-load model
+	loadtests/with-gateway.sh manifests/demo.yaml $(LOAD_VENV)/bin/python loadtests/saturation.py $(SATURATION_ARGS)
 
 lint: $(VENV)/.done
 	$(VENV)/bin/ruff check .
@@ -95,4 +116,4 @@ images:
 	docker build -f helm/images/quantizer.Dockerfile -t $(REGISTRY)/quantizer:$(IMAGE_TAG) .
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(QUANT_VENV) $(CHART_VENV) .quantgate
+	rm -rf $(VENV) $(VLLM_VENV) $(QUANT_VENV) $(CHART_VENV) $(LOAD_VENV) .quantgate loadtests/reports
