@@ -76,7 +76,7 @@ def pinned(choice: KernelChoice, kernel: str) -> KernelChoice:
             f"(candidates: {', '.join(offered)})"
         )
     reason = f"pinned by serve.kernel (vLLM's default here: {choice.kernel})"
-    return dataclasses.replace(choice, kernel=kernel, env=kernel_env(choice, kernel), reason=reason)
+    return _launching(choice, kernel, kernel, reason)
 
 
 def from_stored(choice: KernelChoice, key: str, stored: dict[str, Any]) -> KernelChoice | None:
@@ -85,8 +85,15 @@ def from_stored(choice: KernelChoice, key: str, stored: dict[str, Any]) -> Kerne
         return None
     winner: str = stored["winner"]
     reason = f"tuned on {key}: {winner} (vLLM's default: {choice.kernel})"
-    used = str(stored.get("kernel") or winner)
-    return dataclasses.replace(choice, kernel=used, env=kernel_env(choice, winner), reason=reason)
+    return _launching(choice, winner, str(stored.get("kernel") or winner), reason)
+
+
+def _launching(choice: KernelChoice, kernel: str, used: str, reason: str) -> KernelChoice:
+    """``choice`` as launched with ``kernel`` (logged by vLLM as ``used``); the alternatives
+    become the candidates not chosen."""
+    others = tuple(k for k in candidates(choice) if k != kernel)
+    env = kernel_env(choice, kernel)
+    return dataclasses.replace(choice, kernel=used, alternatives=others, env=env, reason=reason)
 
 
 def tuning_key(hardware: Hardware, spec: LaunchSpec, vllm_version: str) -> str:

@@ -66,6 +66,7 @@ def test_each_candidate_disables_the_others_and_the_default_changes_nothing() ->
 def test_a_pin_sets_the_environment_and_an_unknown_kernel_is_an_error() -> None:
     choice = pinned(HOPPER, MARLIN)
     assert (choice.kernel, choice.env) == (MARLIN, {"VLLM_DISABLED_KERNELS": MACHETE})
+    assert choice.alternatives == (MACHETE,)
     assert "pinned" in choice.reason
     assert pinned(HOPPER, MACHETE).env == {}
     with pytest.raises(VariantUnsupported, match="ExllamaLinearKernel is not a kernel"):
