@@ -123,6 +123,7 @@ def model_cards(fleet: Fleet) -> list[dict[str, Any]]:
                         "method": info["method"],
                         "default": info["default"],
                         "kernel": info["kernel"]["kernel"],
+                        "kernel_measured": info["kernel"]["measured"],
                         "quantization": info["kernel"]["quantization"],
                         "error": info["error"],
                     },

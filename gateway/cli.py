@@ -121,7 +121,7 @@ async def _fleet(manifest: Manifest, serving: ServingSettings) -> AsyncIterator[
     from serving.store import VariantStore
 
     store = VariantStore(manifest.cache_dir)
-    command = worker_command(serving.quantizer_python, store)
+    command = worker_command(serving.quantizer_python, store, serving.quantizer_pythonpath)
     if serving.launcher == "local":
         jobs = JobRunner(store, command, serving.max_concurrent_jobs)
         hw = Hardware.detect()

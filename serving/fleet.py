@@ -6,6 +6,9 @@ manifest's bound (``on_missing``) or is told to come back (``VariantUnavailable`
 Retry-After). A failed build or first start stays failed, with its cause, until an admin
 retries; a replica that crashes later is restarted by its supervisor (``serving.replica``).
 Variants idle longer than ``idle_stop_s`` are stopped and start again on the next request.
+On GPUs, a variant that more than one kernel can serve is launched with the kernel pinned by
+``serve.kernel``, else with the winner measured by ``serving.tuner`` (once per GPU type and
+vLLM version; the first launch measures, later ones read the variant's report).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from serving import kernels
+from serving import kernels, tuner
 from serving.errors import (
     BackendFailed,
     QuantgateError,
@@ -30,11 +33,12 @@ from serving.errors import (
 )
 from serving.hardware import Hardware
 from serving.jobs import Job, JobRunner, JobState
-from serving.launcher import LaunchSpec, Server, VllmServer, free_port, port_in_use
+from serving.launcher import LaunchSpec, Server, VllmServer
 from serving.manifest import Manifest, Model, split_model_name
 from serving.placement import Placement
 from serving.pool import VariantPool
 from serving.replica import Replica, RestartPolicy
+from serving.specs import LaunchPlanner
 from serving.store import VariantStore
 
 JSON_HEADERS = {"content-type": "application/json"}
@@ -95,6 +99,10 @@ class Fleet:
         self._launch = launch or (lambda spec: VllmServer(spec, vllm_python))
         self.placement = Placement(hardware)
         self.places_gpus = places_gpus  # False where a scheduler (Kubernetes) places pods
+        self._specs = LaunchPlanner(manifest, store, hardware, self.placement, host, places_gpus)
+        # kernels are measured only where this fleet runs vLLM itself (logs, GPUs)
+        self._tuning = tuner.KernelTuning(hardware, store, self._launch, vllm_python, places_gpus)
+        self._parked: dict[tuple[str, str], Server] = {}  # tuned winners kept running
         self._slots = {
             (m, v): _Slot(self._pool(m, model, v))
             for m, model in manifest.models.items()
@@ -145,7 +153,7 @@ class Fleet:
             return VariantState.FAILED
         if slot.pool.ready():
             return VariantState.READY
-        if slot.pool.running:
+        if slot.pool.running or (model_name, name) in self._tuning.active:
             return VariantState.STARTING
         if self.jobs.active(model_name, name, model.variants[name]):
             return VariantState.BUILDING
@@ -167,12 +175,19 @@ class Fleet:
             "scheme": variant.scheme,
             "recipe_hash": variant.recipe_hash() if variant.quantized else None,
             "kernel": {"quantization": kernel.quantization, "kernel": kernel.kernel,
-                       "alternatives": list(kernel.alternatives), "reason": kernel.reason},
+                       "alternatives": list(kernel.alternatives), "reason": kernel.reason,
+                       "env": kernel.env, "pinned": model.serve.kernel,
+                       "tuning": (model_name, name) in self._tuning.active,
+                       "measured": self._measured(model_name, name)},
             "error": error or (str(slot.failure) if slot.failure else None),
             "job": last.summary() if last else None,
             "replicas": slot.pool.describe(),
             "report": self._store.report(model_name, name, variant) if variant.quantized else None,
         }  # fmt: skip
+
+    def _measured(self, model_name: str, name: str) -> dict[str, Any]:
+        variant = self.manifest.models[model_name].variants[name]
+        return {} if variant.upstream else self._store.tuning(model_name, name, variant)
 
     def _built(self, model_name: str, model: Model, name: str) -> bool:
         variant = model.variants[name]
@@ -275,21 +290,34 @@ class Fleet:
             if not self._built(model_name, model, name):
                 await self.jobs.submit(model_name, model, name).wait()
             slot.kernel = kernels.choose(
-                kernels.checkpoint_scheme(self._model_dir(model_name, name)), self.hardware
+                kernels.checkpoint_scheme(self._specs.model_dir(model_name, name)), self.hardware
             )
             if not slot.kernel.supported:
                 raise VariantUnsupported(f"{model_name}:{name}: {slot.kernel.reason}")
+            try:
+                slot.kernel, parked = await self._tuning.resolve(
+                    model_name, name, model, slot.kernel,
+                    lambda: self._launch_spec(model_name, name, 0), self._specs.side,
+                )  # fmt: skip
+            finally:
+                self._specs.release(f"{model_name}:{name}#tune")
+            if parked is not None:
+                self._parked[(model_name, name)] = parked
             await slot.pool.scale(replicas or model.serve.replicas)
         except QuantgateError as exc:
             slot.failure = exc
             raise
+        finally:
+            parked = self._parked.pop((model_name, name), None)  # not adopted: stop it
+            if parked is not None:
+                await parked.stop()
 
-    def _model_dir(self, model_name: str, name: str) -> Path:
-        model = self.manifest.models[model_name]
-        variant = model.variants[name]
-        if variant.quantized:
-            return self._store.variant_dir(model_name, name, variant)
-        return model.source_path
+    def _adopt_or_launch(self, spec: LaunchSpec) -> Server:
+        """The replica's server: the tuner's winner still running for this spec, else a new one."""
+        for key, server in self._parked.items():
+            if server.spec is spec:
+                return self._parked.pop(key)
+        return self._launch(spec)
 
     def _pool(self, model_name: str, model: Model, name: str) -> VariantPool:
         upstream = model.variants[name].upstream
@@ -304,58 +332,15 @@ class Fleet:
         return VariantPool(
             f"{model_name}:{name}",
             lambda index: self._launch_spec(model_name, name, index),
-            self._launch,
+            self._adopt_or_launch,
             policy,
         )
 
     def _launch_spec(self, model_name: str, name: str, index: int) -> LaunchSpec:
-        model = self.manifest.models[model_name]
-        opts = model.serve
-        owner = f"{model_name}:{name}#{index}"
-        gpus: tuple[int, ...] = ()
-        if self.places_gpus:
-            tp, share = model.tensor_parallel_size, opts.gpu_memory_utilization
-            gpus = self.placement.place(owner, tp, share)
-        port = self._port(opts.base_port, index, owner)
-        kernel = self.kernel(model_name, name)
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(opts.cpu_kv_cache_gib), **kernel.env}
-        if self.hardware.device == "cuda":
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
-            env["NCCL_NVLS_ENABLE"] = "0"  # keep NVLink multicast off
-        elif opts.replicas > 1:
-            # vllm-cpu binds its compute threads to core 0 by default: spread the replicas.
-            env["VLLM_CPU_OMP_THREADS_BIND"] = str(index % (os.cpu_count() or 1))
-        names: tuple[str, ...] = (f"{model_name}:{name}",)
-        if name == model.default_variant:
-            names += (model_name,)
-        args = list(opts.extra_args)
-        if self.hardware.device == "cuda":
-            args += ["--tensor-parallel-size", str(model.tensor_parallel_size)]
-            args += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
-        return LaunchSpec(
-            model=model_name,
-            variant=name,
-            replica=index,
-            model_dir=self._model_dir(model_name, name),
-            served_names=names,
-            port=port,
-            host=self._host,
-            log_path=self._store.log_dir() / f"{model_name}-{name}-r{index}-{int(time.time())}.log",
-            max_model_len=opts.max_model_len,
-            dtype=opts.dtype,
-            quantization=kernel.quantization,
-            enforce_eager=opts.enforce_eager,
-            extra_args=tuple(args),
-            env=env,
-        )
-
-    def _port(self, base: int | None, index: int, owner: str) -> int:
-        if base is None:
-            return free_port(self._host)
-        port = base + index
-        if port_in_use(self._host, port):
-            raise BackendFailed(f"{owner}: port {port} (base_port + {index}) is already in use")
-        return port
+        parked = self._parked.get((model_name, name))
+        if parked is not None and index == 0:
+            return parked.spec  # the tuner's winner, still running: the first replica
+        return self._specs.replica(model_name, name, index, self.kernel(model_name, name))
 
     # -- admin operations ------------------------------------------------------------------
     def build(self, model_name: str, name: str) -> Job | None:
@@ -391,9 +376,7 @@ class Fleet:
         slot = self._slots[(model_name, name)]
         drain = self.manifest.models[model_name].serve.drain_s
         await slot.pool.stop(drain)
-        for owner in list(self.placement.claims()):
-            if owner.startswith(f"{model_name}:{name}#"):
-                self.placement.release(owner)
+        self._specs.release(f"{model_name}:{name}#")
 
     def replica_rows(self) -> list[dict[str, Any]]:
         """Every replica's model, variant, state and circuit (cheap: for metrics)."""
@@ -431,10 +414,11 @@ class Fleet:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        for slot in self._slots.values():
-            if slot.bring_up is not None:
-                slot.bring_up.cancel()
+        bring_ups = [s.bring_up for s in self._slots.values() if s.bring_up is not None]
+        for task in bring_ups:
+            task.cancel()
         await self.jobs.aclose()
+        await asyncio.gather(*bring_ups, return_exceptions=True)  # stops tuning candidates
         await asyncio.gather(*(s.pool.stop(drain_s=5.0) for s in self._slots.values()))
 
 

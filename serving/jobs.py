@@ -110,14 +110,18 @@ def worker_pythonpath(path_dir: Path) -> Path:
     return path_dir
 
 
-def worker_command(python: Path, store: VariantStore) -> WorkerCommand:
-    """The real worker: the quantizer interpreter with only ``serving`` on its path."""
+def worker_command(
+    python: Path, store: VariantStore, extra_path: str | None = None
+) -> WorkerCommand:
+    """The real worker: the quantizer interpreter with only ``serving`` on its path, plus
+    ``extra_path`` (QUANTGATE_QUANTIZER_PYTHONPATH) when its packages live elsewhere."""
     path_dir = worker_pythonpath(store.root / ".runtime" / "pythonpath")
+    pythonpath = f"{path_dir}:{extra_path}" if extra_path else str(path_dir)
 
     def command(spec: Path) -> Sequence[str]:
         return [
             "env",
-            f"PYTHONPATH={path_dir}",
+            f"PYTHONPATH={pythonpath}",
             str(python),
             "-m",
             "serving.worker.quantize",

@@ -113,7 +113,11 @@ class VllmServer:
         return self._proc is not None and self._proc.returncode is None
 
     async def start(self, timeout_s: float) -> None:
-        """Spawn vLLM and return once /health answers 200; raise BackendFailed otherwise."""
+        """Spawn vLLM and return once /health answers 200; raise BackendFailed otherwise.
+
+        A server that is already running (one the kernel tuner kept) returns at once."""
+        if self.alive() and self.ready_at is not None:
+            return
         self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.spec.env}
         with self.spec.log_path.open("ab") as log:

@@ -189,6 +189,16 @@ class ServeOptions(Strict):
     tensor_parallel_size: int | None = Field(
         None, ge=1, description="vLLM --tensor-parallel-size (default 1); or under kubernetes"
     )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="extra environment variables for vLLM"
+    )
+    kernel: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="W4A16 and other multi-kernel variants on GPUs: unset or 'auto' measures "
+        "each kernel vLLM offers at the first launch and keeps the fastest; a kernel class name "
+        "(e.g. MarlinLinearKernel) pins it",
+    )
 
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"

@@ -23,6 +23,9 @@ class ServingSettings(BaseSettings):
 
     vllm_python: Path = SOURCE_ROOT / ".venv-vllm" / "bin" / "python"
     quantizer_python: Path = SOURCE_ROOT / ".venv-quant" / "bin" / "python"
+    # Appended to the quantization worker's PYTHONPATH: for a quantizer whose packages live
+    # outside its interpreter's own site (e.g. unpacked into a folder on a GPU test machine).
+    quantizer_pythonpath: str | None = None
     max_concurrent_jobs: int = 1
     vllm_host: str = "127.0.0.1"
     launcher: Literal["local", "kubernetes"] = "local"
