@@ -193,6 +193,9 @@ class Replica:
             "uptime_s": round(time.time() - server.ready_at, 1)
             if alive and server and server.ready_at
             else None,
+            "ready_s": round(server.ready_at - server.started_at, 1)
+            if server and server.ready_at and server.started_at
+            else None,
             "restarts": self.restarts,
             "in_flight": self.in_flight,
             "circuit": self.circuit,
