@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="start the gateway on a manifest, send one chat completion, print the result"
     )
     demo.add_argument("manifest", type=Path)
-    demo.add_argument("--model", default="tiny:gptq-w4a16")
+    demo.add_argument(
+        "--model", default="auto", help="model[:variant], or auto: the first servable quantized one"
+    )
     demo.add_argument("--port", type=int, default=8000)
     demo.set_defaults(func=_demo)
     return parser
