@@ -219,7 +219,9 @@ class Proxy:
                 tail += sse_error_event("the backend ended the stream before [DONE]")
             await send({"type": "http.response.body", "body": tail})
         except ClientError as exc:
-            if gone.is_set():
+            if watcher.done:
+                pass  # the client had [DONE] and left before the backend closed: a whole answer
+            elif gone.is_set():
                 status = 499  # the client went away; closing the backend connection cancelled it
             else:
                 status = 502

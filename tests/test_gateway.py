@@ -218,6 +218,27 @@ def test_client_disconnect_cancels_the_backend_stream(
         time.sleep(0.05)
 
 
+def test_client_that_leaves_after_done_counts_as_a_whole_answer(
+    gateway: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LINGER_S", "5")  # the backend holds the stream open after [DONE]
+    server = gateway()
+    body = {**CHAT, "stream": True, "max_tokens": 4}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        for line in r.iter_lines():
+            if line == "data: [DONE]":
+                break  # what Locust does at the end of a run: hang up once it has the answer
+    labels = {"model": "tiny", "variant": "base", "endpoint": "chat"}
+    deadline = time.monotonic() + 5
+    while not any(
+        sample(server, "quantgate_requests_total", **labels, status=s) for s in ("200", "499")
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert sample(server, "quantgate_requests_total", **labels, status="200") == 1
+    assert sample(server, "quantgate_completion_tokens_total", model="tiny", variant="base") == 4
+
+
 def test_graceful_shutdown_lets_an_open_stream_finish(
     gateway: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:

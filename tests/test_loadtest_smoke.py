@@ -113,6 +113,11 @@ def test_smoke_run_has_no_failures_and_counts_every_token(gateway: str, tmp_path
     assert run.stats["POST", "completion"]["Request Count"] != "0"
     # the gateway saw every request Locust made, each with MAX_TOKENS tokens (ignore_eos)
     requests = run.requests()
+    deadline = time.monotonic() + 10  # a stream's books close when vLLM closes it, after [DONE]
+    while metric(gateway, "quantgate_requests_total", status="200", **LABELS) < requests:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert metric(gateway, "quantgate_requests_total", status="200", **LABELS) == requests
     tokens = metric(gateway, "quantgate_completion_tokens_total", **LABELS)
     assert tokens == requests * MAX_TOKENS > 0

@@ -4,7 +4,7 @@ Never proof that serving works (the slow tests use real vLLM); it lets gateway t
 real sockets through the real launcher in a second. Knobs (environment variables):
 FAKE_TTFT_S, FAKE_ITL_S (stream pacing), FAKE_EXIT_AT_START=1 (die while starting),
 FAKE_BREAK_AFTER=N (end a stream after N chunks, no [DONE]), FAKE_API_KEY (required key),
-FAKE_START_DELAY_S (slow start-up),
+FAKE_START_DELAY_S (slow start-up), FAKE_LINGER_S (keep a stream open after [DONE]),
 FAKE_CANCEL_FILE (written when a stream is cancelled by the client going away),
 FAKE_KERNELS (comma-separated kernel names in vLLM's order of preference: the first one not in
 VLLM_DISABLED_KERNELS is logged as ``Using <Kernel> for CompressedTensorsWNA16``, as vLLM does),
@@ -140,6 +140,7 @@ def make_app(names: list[str]) -> Starlette:
                 }
                 yield f"data: {json.dumps(last, separators=(',', ':'))}\n\n".encode()
             yield b"data: [DONE]\n\n"
+            await asyncio.sleep(float(os.environ.get("FAKE_LINGER_S", "0")))
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
