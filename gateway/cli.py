@@ -9,12 +9,19 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import bench_cli, quantize_cli
 from serving.errors import ManifestError
+from serving.fleet import Fleet
 from serving.manifest import Manifest, load_manifest
 from serving.settings import ServingSettings
+
+if TYPE_CHECKING:
+    from gateway.settings import GatewaySettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,48 +71,90 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="start the gateway on a manifest, send one chat completion, print the result"
     )
     demo.add_argument("manifest", type=Path)
-    demo.add_argument("--model", default="tiny:gptq-w4a16")
+    demo.add_argument(
+        "--model", default="auto", help="model[:variant], or auto: the first servable quantized one"
+    )
     demo.add_argument("--port", type=int, default=8000)
     demo.set_defaults(func=_demo)
     return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from gateway.settings import GatewaySettings
+
+    manifest = load_manifest(args.manifest)
+    gateway = GatewaySettings()
+    serving = ServingSettings()
+    if serving.launcher == "local":
+        _require_python(serving.vllm_python, "QUANTGATE_VLLM_PYTHON", "vLLM")
+        _require_python(serving.quantizer_python, "QUANTGATE_QUANTIZER_PYTHON", "the quantizer")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # health polls, one line each
+    uvloop.run(_run_gateway(args, manifest, gateway, serving))
+    return 0
+
+
+async def _run_gateway(
+    args: argparse.Namespace, manifest: Manifest, gateway: GatewaySettings, serving: ServingSettings
+) -> None:
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.settings import GatewaySettings
+
+    async with _fleet(manifest, serving) as fleet:
+        config = uvicorn.Config(
+            create_app(fleet, gateway),
+            host=args.host or gateway.host,
+            port=args.port or gateway.port,
+            log_level=args.log_level,
+            http="httptools",
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+        await uvicorn.Server(config).serve()
+
+
+@asynccontextmanager
+async def _fleet(manifest: Manifest, serving: ServingSettings) -> AsyncIterator[Fleet]:
+    """The fleet for ``QUANTGATE_LAUNCHER``: child processes here, or pods on Kubernetes."""
     from serving.build import worker_command
     from serving.fleet import Fleet
     from serving.hardware import Hardware
     from serving.jobs import JobRunner
     from serving.store import VariantStore
 
-    manifest = load_manifest(args.manifest)
-    gateway = GatewaySettings()
-    serving = ServingSettings()
-    _require_python(serving.vllm_python, "QUANTGATE_VLLM_PYTHON", "vLLM")
-    _require_python(serving.quantizer_python, "QUANTGATE_QUANTIZER_PYTHON", "the quantizer")
     store = VariantStore(manifest.cache_dir)
-    command = worker_command(serving.quantizer_python, store.root / ".runtime")
-    jobs = JobRunner(store, command, serving.max_concurrent_jobs)
-    fleet = Fleet(manifest, store, jobs, serving.vllm_python, Hardware.detect(), serving.vllm_host)
-    app = create_app(fleet, gateway)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
+    command = worker_command(
+        serving.quantizer_python, store.root / ".runtime", serving.quantizer_pythonpath
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # health polls, one line each
-    uvicorn.run(
-        app,
-        host=args.host or gateway.host,
-        port=args.port or gateway.port,
-        log_level=args.log_level,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
-    return 0
+    if serving.launcher == "local":
+        jobs = JobRunner(store, command, serving.max_concurrent_jobs)
+        hw = Hardware.detect()
+        yield Fleet(manifest, store, jobs, serving.vllm_python, hw, serving.vllm_host)
+        return
+    from serving.kube import runtime
+    from serving.kube.client import connect
+    from serving.kube.launcher import KubernetesLauncher
+    from serving.kube.settings import KubernetesSettings
+    from serving.kube.volume import CacheVolume
+
+    kube = KubernetesSettings()
+    api = await connect()
+    try:
+        launcher = KubernetesLauncher(api, kube)
+        volume = CacheVolume(kube.cache_pvc, manifest.cache_dir)
+        remote = runtime.remote_job(launcher, volume)
+        jobs = JobRunner(store, command, serving.max_concurrent_jobs, remote)
+        yield Fleet(
+            manifest, store, jobs, serving.vllm_python, kube.hardware(),
+            launch=runtime.launch(launcher, volume, manifest), places_gpus=False,
+        )  # fmt: skip
+    finally:
+        await api.close()  # type: ignore[no-untyped-call]
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -122,7 +171,8 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{name}: {variants}")
         for v, spec in model.variants.items():
             try:
-                check_build(model.source, spec)
+                if spec.needs_build:
+                    check_build(model.source_path, spec)
             except InvalidRecipe as exc:
                 problems += 1
                 print(f"  {name}:{v}: cannot be built: {exc}", file=sys.stderr)

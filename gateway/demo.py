@@ -108,9 +108,10 @@ def _print_job(base: str, model: str) -> None:
         if v["job"]:
             job = v["job"]
             print(f"    quantization job {job['id']}: {job['state']} in {job['duration_s']} s")
-        if v["backend"]:
-            b = v["backend"]
-            print(f"    vLLM (pid {b['pid']}) ready in {b['ready_at'] - b['started_at']:.1f} s")
+        for r in v["replicas"]:
+            if r["state"] == "ready" and r["ready_s"] is not None:
+                kernel = v["kernel"]["kernel"]
+                print(f"    vLLM replica {r['index']} ({kernel}) ready in {r['ready_s']} s")
 
 
 def _print_metrics(base: str, model: str) -> None:

@@ -1,6 +1,19 @@
 """Errors of the HTTP surface, and the one place every error becomes an OpenAI-style body.
 
 The body is ``{"error": {"message", "type", "param", "code"}}`` as OpenAI and vLLM send it.
+Besides serving's errors (see serving/errors.py), the gateway raises:
+
+QuantgateError
+├── InvalidRequest        400 a malformed body or query parameter
+├── Unauthorized          401 missing or invalid API key or admin key
+├── Forbidden             403 the key may not use this model or variant
+├── NotFound              404
+├── PayloadTooLarge       413
+├── RateLimited           429 requests/min, tokens/min (Retry-After) or token quota exhausted
+├── LimiterUnavailable    503 the shared rate-limit store (Redis) cannot be reached
+└── UpstreamError         502 the backend could not be reached or broke off
+
+Messages never contain an API key.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ from serving.errors import (
     VariantUnavailable,
     VariantUnsupported,
 )
+from serving.placement import PlacementError
 
 
 class InvalidRequest(QuantgateError):
@@ -32,6 +46,27 @@ class PayloadTooLarge(QuantgateError):
 
 class Unauthorized(QuantgateError):
     pass
+
+
+class Forbidden(QuantgateError):
+    """The key is valid but may not use the model or variant it asked for."""
+
+
+class RateLimited(QuantgateError):
+    """Over a limit: ``reason`` is ``requests``, ``tokens`` or ``quota``.
+
+    ``retry_after_s`` is when the sliding window lets the next request in; ``None`` for an
+    exhausted quota, which waiting does not refill.
+    """
+
+    def __init__(self, message: str, reason: str, retry_after_s: int | None) -> None:
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class LimiterUnavailable(QuantgateError):
+    """The rate-limit store failed; requests are refused rather than let through unmetered."""
 
 
 class NotFound(QuantgateError):
@@ -67,6 +102,15 @@ def _classify(exc: QuantgateError) -> tuple[int, str, str, str | None, dict[str,
         return 400, "invalid_request_error", "invalid_request", exc.param, {}
     if isinstance(exc, Unauthorized):
         return 401, "authentication_error", "invalid_api_key", None, {}
+    if isinstance(exc, Forbidden):
+        return 403, "permission_error", "model_not_allowed", "model", {}
+    if isinstance(exc, RateLimited):
+        if exc.retry_after_s is None:
+            return 429, "insufficient_quota", "insufficient_quota", None, {}
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return 429, "rate_limit_error", "rate_limit_exceeded", None, headers
+    if isinstance(exc, LimiterUnavailable):
+        return 503, "service_unavailable", "rate_limiter_unavailable", None, {}
     if isinstance(exc, NotFound):
         return 404, "invalid_request_error", "not_found", None, {}
     if isinstance(exc, PayloadTooLarge):
@@ -78,6 +122,8 @@ def _classify(exc: QuantgateError) -> tuple[int, str, str, str | None, dict[str,
         return 503, "service_unavailable", "variant_unsupported_here", "model", {}
     if isinstance(exc, VariantOverBudget):
         return 503, "service_unavailable", "variant_over_quality_budget", "model", {}
+    if isinstance(exc, PlacementError):
+        return 503, "service_unavailable", "insufficient_resources", "model", {}
     if isinstance(exc, JobFailed):
         return 503, "service_unavailable", "variant_build_failed", "model", {}
     if isinstance(exc, BackendFailed):

@@ -9,22 +9,22 @@ Labels are bounded: states are an enum, models and variants come from the manife
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from serving.jobs import Job, JobRunner, JobState
+from serving.jobs import Job, JobState
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 
 
 class JobCollector(Collector):
-    def __init__(self, jobs: JobRunner) -> None:
+    def __init__(self, jobs: Callable[[], list[Job]]) -> None:
         self._jobs = jobs
 
     def collect(self) -> Iterator[Metric]:
-        jobs = self._jobs.jobs()
+        jobs = self._jobs()
         yield self._by_state(jobs)
         yield self._durations(jobs)
         yield from self._progress([j for j in jobs if j.state is JobState.RUNNING])

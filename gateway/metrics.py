@@ -1,12 +1,21 @@
 """Prometheus metrics of the gateway, held in an object built on a registry passed in.
 
 Label values are bounded: ``model`` and ``variant`` come from the manifest only (a request for
-an unknown model is counted under ``model="_unknown"``), ``endpoint`` from the routes.
+an unknown model is counted under ``model="_unknown"``), ``endpoint`` from the routes, ``key``
+from the manifest's key names (never the key itself), ``reason`` and ``outcome`` from fixed sets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.job_metrics import JobCollector
+from serving.jobs import Job
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -67,3 +76,99 @@ class GatewayMetrics:
             ["model", "variant"],
             registry=registry,
         )
+
+        self.retries = Counter(
+            "quantgate_upstream_retries",
+            "Requests sent again to another replica after a failure before the first byte.",
+            ["model", "variant"],
+            registry=registry,
+        )
+
+        self.rate_limited = Counter(
+            "quantgate_rate_limited",
+            "Requests refused with 429, by API key name and reason (requests, tokens, quota).",
+            ["key", "reason"],
+            registry=registry,
+        )
+        self.ledger_rows = Counter(
+            "quantgate_ledger_rows",
+            "Usage ledger rows by outcome: written, or dropped because the queue was full.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.ledger_write_errors = Counter(
+            "quantgate_ledger_write_errors",
+            "Failed batch writes to the usage database (each is retried).",
+            registry=registry,
+        )
+        self.ledger_queue = Gauge(
+            "quantgate_ledger_queue_rows",
+            "Usage rows waiting to be written to the database.",
+            registry=registry,
+        )
+
+        self._children: dict[tuple[str, str], VariantMetrics] = {}
+
+    def children(self, model: str, variant: str) -> VariantMetrics:
+        """The labelled series of one variant, looked up once (``labels()`` costs a lock)."""
+        found = self._children.get((model, variant))
+        if found is None:
+            found = self._children[(model, variant)] = VariantMetrics(self, model, variant)
+        return found
+
+    def watch_replicas(self, rows: Callable[[], list[dict[str, Any]]]) -> None:
+        """Export replicas by state and open circuits, read from the fleet at scrape time."""
+        self.registry.register(_ReplicaCollector(rows))
+
+    def watch_jobs(self, jobs: Callable[[], list[Job]]) -> None:
+        """Export quantization jobs (by state, durations, layer progress), read from the job
+        runner at scrape time (``gateway.job_metrics``)."""
+        self.registry.register(JobCollector(jobs))
+
+
+class VariantMetrics:
+    def __init__(self, m: GatewayMetrics, model: str, variant: str) -> None:
+        self._m, self._labels = m, (model, variant)
+        self.in_flight = m.in_flight.labels(model, variant)
+        self.upstream_errors = m.upstream_errors.labels(model, variant)
+        self.retries = m.retries.labels(model, variant)
+        self.prompt_tokens = m.prompt_tokens.labels(model, variant)
+        self.completion_tokens = m.completion_tokens.labels(model, variant)
+        self.time_to_first_token = m.time_to_first_token.labels(model, variant)
+        self.inter_token_latency = m.inter_token_latency.labels(model, variant)
+        self._duration: dict[str, Any] = {}
+
+    def duration(self, endpoint: str) -> Any:
+        child = self._duration.get(endpoint)
+        if child is None:
+            child = self._duration[endpoint] = self._m.request_duration.labels(
+                *self._labels, endpoint
+            )
+        return child
+
+
+class _ReplicaCollector(Collector):
+    def __init__(self, rows: Callable[[], list[dict[str, Any]]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        states = GaugeMetricFamily(
+            "quantgate_replicas", "vLLM replicas by state.", labels=["model", "variant", "state"]
+        )
+        circuits = GaugeMetricFamily(
+            "quantgate_circuit_open_replicas",
+            "Replicas kept out of routing by an open circuit breaker.",
+            labels=["model", "variant"],
+        )
+        counts: dict[tuple[str, str, str], int] = {}
+        open_: dict[tuple[str, str], int] = {}
+        for row in self._rows():
+            key = (row["model"], row["variant"])
+            counts[(*key, row["state"])] = counts.get((*key, row["state"]), 0) + 1
+            open_[key] = open_.get(key, 0) + (row["circuit"] == "open")
+        for labels, n in counts.items():
+            states.add_metric(list(labels), n)
+        for labels2, n in open_.items():
+            circuits.add_metric(list(labels2), n)
+        yield states
+        yield circuits

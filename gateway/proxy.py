@@ -1,29 +1,54 @@
-"""The proxy: forward an OpenAI request to the variant's backend and relay the answer.
+"""The proxy: forward an OpenAI request to a replica of its variant and relay the answer.
 
-Only ``model``/``stream`` are read from the request; the body goes on as received (streams
-that did not ask for usage get ``stream_options.include_usage`` added, and the usage event
-is taken out again on the way back). Streams are relayed as bytes as they arrive; the
-upstream response is always closed in a ``finally``; an error after the headers went out
-is sent in-band as an SSE error event.
+A raw ASGI app on the hot path (``QuantgateApp`` sends the proxied routes here before any
+framework code runs). Only ``model``/``stream`` are read from the request; the body goes on as
+received (streams that did not ask for usage get ``stream_options.include_usage`` added, and
+the usage event is taken out again on the way back). Streams are relayed as they arrive; a
+client that goes away closes the backend connection, which cancels the request in vLLM; an
+error after the headers went out is sent in-band as an SSE error event.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
-import httpx
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-
+from gateway.accounting import Accounting
 from gateway.errors import PayloadTooLarge, UpstreamError, error_response, sse_error_event
+from gateway.keys import Principal
+from gateway.ledger import UsageRow
 from gateway.metrics import UNKNOWN, GatewayMetrics
-from gateway.usage import StreamWatcher, Usage, route_fields, usage_from_body
+from gateway.settings import GatewaySettings
+from gateway.upstream import (
+    UpstreamConnectError,
+    UpstreamPool,
+    UpstreamResponse,
+    parse_address,
+)
+from gateway.upstream import UpstreamError as ClientError
+from gateway.usage import RoutedRequest, StreamWatcher, Usage, route_fields, usage_from_body
 from serving.errors import QuantgateError
-from serving.fleet import Fleet
+from serving.fleet import Fleet, Lease
 
-FORWARDED_RESPONSE_HEADERS = ("content-type",)
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+# path -> (metrics endpoint label, whether streams get include_usage added)
+ENDPOINTS = {
+    "/v1/chat/completions": ("chat", True),
+    "/v1/completions": ("completions", True),
+    "/v1/embeddings": ("embeddings", False),
+    "/v1/responses": ("responses", False),
+    "/tokenize": ("tokenize", False),
+    "/detokenize": ("detokenize", False),
+}
+RETRY_STATUS = frozenset({502, 503})
+MAX_ATTEMPTS = 3
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 @dataclass
@@ -33,117 +58,237 @@ class _Call:
     model: str = UNKNOWN
     variant: str = UNKNOWN
     in_flight: bool = False
+    session: str | None = None
+    principal: Principal | None = None
+    replica: int | None = None
+
+
+class _Retry(Exception):
+    """The replica answered 502/503 before any byte reached the client: try another."""
 
 
 class Proxy:
     def __init__(
-        self, fleet: Fleet, client: httpx.AsyncClient, metrics: GatewayMetrics, max_body_bytes: int
+        self,
+        fleet: Fleet,
+        pool: UpstreamPool,
+        metrics: GatewayMetrics,
+        settings: GatewaySettings,
+        accounting: Accounting,
     ) -> None:
         self._fleet = fleet
-        self._client = client
+        self._pool = pool
         self._metrics = metrics
-        self._max_body = max_body_bytes
+        self._settings = settings
+        self._accounting = accounting
 
-    async def handle(self, request: Request, path: str, endpoint: str) -> Response:
-        call = _Call(endpoint, time.perf_counter())
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        endpoint, add_usage = ENDPOINTS[path]
+        call = _Call(endpoint, time.perf_counter(), session=_header(scope, b"x-session-id"))
+        acct = self._accounting
         try:
-            raw = await self._read_body(request)
-            routed = route_fields(raw)
+            call.principal = acct.authenticate(_header(scope, b"authorization"))
+            raw = await self._read_body(scope, receive)
+            routed = route_fields(raw, add_usage)
             call.model, call.variant = self._fleet.resolve(routed.model)
-            backend = await self._fleet.backend(call.model, call.variant)
-            upstream = await self._send(backend.url + path, routed.body, call)
+            acct.authorize(call.principal, call.model, call.variant)
+            await acct.admit(call.principal)
+            lease, upstream = await self._exchange(path, routed, call)
         except QuantgateError as exc:
             response = error_response(exc)
             self._finish(call, response.status_code, None)
-            return response
-        if routed.stream and upstream.status_code == 200:
+            await response(scope, receive, send)
+            return
+        if routed.stream and upstream.status == 200:
             watcher = StreamWatcher(call.started, drop_usage_event=not routed.client_wants_usage)
-            return StreamingResponse(
-                self._relay(upstream, watcher, call),
-                status_code=200,
-                media_type="text/event-stream",
-                headers={"cache-control": "no-cache"},
-            )
-        try:
-            body = await upstream.aread()
-        except httpx.HTTPError:
-            self._metrics.upstream_errors.labels(call.model, call.variant).inc()
-            response = error_response(UpstreamError("the backend broke off the response"))
-            self._finish(call, response.status_code, None)
-            return response
-        finally:
-            await upstream.aclose()
-        self._finish(call, upstream.status_code, usage_from_body(body))
-        headers = {k: v for k, v in upstream.headers.items() if k in FORWARDED_RESPONSE_HEADERS}
-        return Response(body, status_code=upstream.status_code, headers=headers)
+            await self._relay(upstream, watcher, call, lease, receive, send)
+            return
+        await self._forward_whole(upstream, call, lease, send)
 
-    async def _read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
-            raise PayloadTooLarge(f"request body exceeds {self._max_body} bytes")
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self._settings.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self._max_body:
-                raise PayloadTooLarge(f"request body exceeds {self._max_body} bytes")
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-    async def _send(self, url: str, body: bytes, call: _Call) -> httpx.Response:
-        request = self._client.build_request(
-            "POST", url, content=body, headers={"content-type": "application/json"}
-        )
-        self._metrics.in_flight.labels(call.model, call.variant).inc()
+    async def _exchange(
+        self, path: str, routed: RoutedRequest, call: _Call
+    ) -> tuple[Lease, UpstreamResponse]:
+        """Send to a replica; on a connection failure, or a 502/503, before any byte reached the
+        client, send again to another replica. Non-streamed answers are read whole here, so a
+        replica dying mid-answer is retried too."""
+        tried: set[int] = set()
+        s = self._settings
+        routing = self._fleet.manifest.models[call.model].routing
+        affinity = _affinity(routing.affinity, routed, call.session)
+        requested = call.variant
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            lease = await self._fleet.acquire(call.model, requested, frozenset(tried), affinity)
+            call.replica = lease.replica.index
+            if attempt == 1:
+                call.variant = lease.variant  # a fallback variant may answer
+                self._enter(call)
+            m = self._metrics.children(call.model, call.variant)
+            body = (
+                routed.body
+                if lease.upstream_model is None
+                else routed.renamed(lease.upstream_model)
+            )
+            address, prefix = parse_address(lease.url)
+            try:
+                upstream = await self._pool.post(
+                    address, prefix + path, body, lease.headers, s.first_byte_timeout_s
+                )
+                if upstream.status in RETRY_STATUS and attempt < MAX_ATTEMPTS:
+                    upstream.release()
+                    raise _Retry
+                if not (routed.stream and upstream.status == 200):
+                    upstream.body = await upstream.read(s.idle_timeout_s)
+                    upstream.release()
+                lease.replica.record_success()
+                return lease, upstream
+            except (ClientError, _Retry) as exc:
+                lease.release()
+                lease.replica.record_failure(routing.failure_threshold, routing.open_s)
+                tried.add(lease.replica.index)
+                m.upstream_errors.inc()
+                retryable = isinstance(exc, UpstreamConnectError | _Retry) or not routed.stream
+                if attempt == MAX_ATTEMPTS or not retryable:
+                    raise UpstreamError(
+                        f"backend for {call.model}:{call.variant} failed: {exc}"
+                    ) from exc
+                m.retries.inc()
+        raise AssertionError("unreachable")
+
+    def _enter(self, call: _Call) -> None:
+        self._metrics.children(call.model, call.variant).in_flight.inc()
         call.in_flight = True
-        try:
-            return await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            self._metrics.upstream_errors.labels(call.model, call.variant).inc()
-            raise UpstreamError(
-                f"backend for {call.model}:{call.variant} unreachable: {exc!r}"
-            ) from exc
+
+    async def _forward_whole(
+        self, upstream: UpstreamResponse, call: _Call, lease: Lease, send: Send
+    ) -> None:
+        lease.release()
+        body = upstream.body
+        ctype = upstream.header(b"content-type") or b"application/json"
+        headers = [
+            (b"content-type", ctype),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-quantgate-variant", f"{call.model}:{call.variant}".encode()),
+        ]
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self._finish(call, upstream.status, usage_from_body(body))
 
     async def _relay(
-        self, upstream: httpx.Response, watcher: StreamWatcher, call: _Call
-    ) -> AsyncIterator[bytes]:
+        self,
+        upstream: UpstreamResponse,
+        watcher: StreamWatcher,
+        call: _Call,
+        lease: Lease,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        gone = asyncio.Event()
+        listener = asyncio.ensure_future(_watch_disconnect(receive, gone, upstream))
         status = 200
         try:
-            async for chunk in upstream.aiter_raw():
+            served = (b"x-quantgate-variant", f"{call.model}:{call.variant}".encode())
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, served]}
+            )
+            idle = self._settings.idle_timeout_s
+            while (chunk := await upstream.next_chunk(idle)) is not None:
                 out = watcher.feed(chunk)
                 if out:
-                    yield out
-            rest = watcher.flush()
-            if rest:
-                yield rest
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            tail = watcher.flush()
             if not watcher.done:
                 status = 502
-                self._metrics.upstream_errors.labels(call.model, call.variant).inc()
-                yield sse_error_event("the backend ended the stream before [DONE]")
-        except httpx.HTTPError as exc:
-            status = 502
-            self._metrics.upstream_errors.labels(call.model, call.variant).inc()
-            yield sse_error_event(f"the backend broke off the stream: {exc!r}")
+                self._metrics.children(call.model, call.variant).upstream_errors.inc()
+                tail += sse_error_event("the backend ended the stream before [DONE]")
+            await send({"type": "http.response.body", "body": tail})
+        except ClientError as exc:
+            if watcher.done:
+                pass  # the client had [DONE] and left before the backend closed: a whole answer
+            elif gone.is_set():
+                status = 499  # the client went away; closing the backend connection cancelled it
+            else:
+                status = 502
+                self._metrics.children(call.model, call.variant).upstream_errors.inc()
+                event = sse_error_event(f"the backend broke off the stream: {exc}")
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": event})
         finally:
-            await upstream.aclose()
+            listener.cancel()
+            upstream.release()
+            lease.release()
             self._finish(call, status, watcher.usage, watcher)
 
     def _finish(
         self, call: _Call, status: int, usage: Usage | None, watcher: StreamWatcher | None = None
     ) -> None:
-        m, labels = self._metrics, (call.model, call.variant)
+        m = self._metrics.children(call.model, call.variant)
         if call.in_flight:
-            m.in_flight.labels(*labels).dec()
+            m.in_flight.dec()
             call.in_flight = False
-        m.requests.labels(*labels, call.endpoint, str(status)).inc()
-        m.request_duration.labels(*labels, call.endpoint).observe(
-            time.perf_counter() - call.started
-        )
+        self._metrics.requests.labels(call.model, call.variant, call.endpoint, str(status)).inc()
+        m.duration(call.endpoint).observe(time.perf_counter() - call.started)
         if usage is not None:
-            m.prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
-            m.completion_tokens.labels(*labels).inc(usage.completion_tokens)
+            m.prompt_tokens.inc(usage.prompt_tokens)
+            m.completion_tokens.inc(usage.completion_tokens)
+        ttft = None
         if watcher is not None and watcher.first_token_at is not None:
-            m.time_to_first_token.labels(*labels).observe(watcher.first_token_at - call.started)
+            ttft = watcher.first_token_at - call.started
+            m.time_to_first_token.observe(ttft)
             tokens = usage.completion_tokens if usage else 0
             if tokens > 1 and watcher.last_token_at is not None:
                 itl = (watcher.last_token_at - watcher.first_token_at) / (tokens - 1)
-                m.inter_token_latency.labels(*labels).observe(itl)
+                m.inter_token_latency.observe(itl)
+        if call.principal is not None:
+            prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+            row = UsageRow(
+                call.principal.name, call.model, call.variant, call.replica, call.endpoint,
+                status, prompt, completion, time.perf_counter() - call.started, ttft,
+            )  # fmt: skip
+            self._accounting.settle(call.principal, row)
+
+
+async def _watch_disconnect(
+    receive: Receive, gone: asyncio.Event, upstream: UpstreamResponse
+) -> None:
+    """When the client disconnects, close the backend connection: vLLM then aborts the request."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+    upstream.abort()
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _affinity(mode: str, routed: RoutedRequest, session: str | None) -> str | None:
+    """The key that keeps related requests on one replica, per the model's routing policy."""
+    if mode == "header":
+        return session
+    if mode == "user":
+        user = routed.data.get("user")
+        return user if isinstance(user, str) else None
+    if mode == "prefix":
+        prompt = routed.data.get("messages") or routed.data.get("prompt") or ""
+        return str(prompt)[:256]
+    return None

@@ -100,7 +100,9 @@ def quantize(args: argparse.Namespace) -> int:
         except InvalidRecipe as exc:
             print(f"quantgate: {exc}", file=sys.stderr)
             return 2
-        command = worker_command(settings.quantizer_python, Path(tmp))
+        command = worker_command(
+            settings.quantizer_python, Path(tmp), settings.quantizer_pythonpath
+        )
         bar = ProgressBar()
         try:
             report = asyncio.run(_build(spec, command, bar))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import InvalidRequest
@@ -28,7 +28,9 @@ class Usage:
     def from_json(cls, data: Any) -> Usage | None:
         if not isinstance(data, dict):
             return None
-        return cls(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
+        prompt = data.get("prompt_tokens") or data.get("input_tokens") or 0  # /v1/responses
+        completion = data.get("completion_tokens") or data.get("output_tokens") or 0
+        return cls(int(prompt), int(completion))
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,18 @@ class RoutedRequest:
     stream: bool
     body: bytes  # what goes to the backend
     client_wants_usage: bool
+    data: dict[str, Any] = field(default_factory=dict, repr=False)  # the parsed body
+
+    def renamed(self, model: str) -> bytes:
+        """The body with another model name, for upstreams that serve it under that name."""
+        data = json.loads(self.body)
+        data["model"] = model
+        return json.dumps(data).encode()
 
 
-def route_fields(raw: bytes) -> RoutedRequest:
-    """Validate the little the gateway needs; make streams report usage to the gateway."""
+def route_fields(raw: bytes, add_usage: bool = True) -> RoutedRequest:
+    """Validate the little the gateway needs; make streams report usage to the gateway
+    (``add_usage``: the endpoint takes ``stream_options``)."""
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -53,16 +63,16 @@ def route_fields(raw: bytes) -> RoutedRequest:
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest("stream must be a boolean", param="stream")
-    if not stream:
-        return RoutedRequest(model, False, raw, False)
+    if not stream or not add_usage:
+        return RoutedRequest(model, stream, raw, not add_usage, data)
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("stream_options must be an object", param="stream_options")
     wants = bool(options and options.get("include_usage"))
     if wants:
-        return RoutedRequest(model, True, raw, True)
+        return RoutedRequest(model, True, raw, True, data)
     data["stream_options"] = {**(options or {}), "include_usage": True}
-    return RoutedRequest(model, True, json.dumps(data).encode(), False)
+    return RoutedRequest(model, True, json.dumps(data).encode(), False, data)
 
 
 def usage_from_body(body: bytes) -> Usage | None:

@@ -62,9 +62,9 @@ async def bench_variant(fleet: Fleet, model: str, name: str, load: Load) -> Benc
         row.note = f"build failed: {str(exc).splitlines()[0]}"
         return row
     _read_report(fleet, model, name, row)
-    reason = fleet.hardware.unsupported(fleet.manifest.models[model].variants[name])
-    if reason:
-        row.note = f"not served here: {reason}"
+    kernel = fleet.kernel(model, name)
+    if not kernel.supported:
+        row.note = f"not served here: {kernel.reason}"
         return row
     try:
         await _serve_and_measure(fleet, model, name, load, row)
@@ -84,11 +84,13 @@ async def _build(fleet: Fleet, model: str, name: str) -> None:
 def _read_report(fleet: Fleet, model: str, name: str, row: BenchRow) -> None:
     info = fleet.describe(model, name)
     report = info["report"]
-    if report is None:  # the base weights, or FP8 (quantized by vLLM at load)
-        source = fleet.manifest.models[model].source
+    source = fleet.manifest.models[model].source
+    if report is None and source is not None:  # the base weights, or FP8 (quantized at load)
         row.size_bytes = dir_size(source)
         base = fleet.jobs.base_perplexity(source) if info["method"] == "none" else None
         row.perplexity, row.ppl_increase = (base["perplexity"], 0.0) if base else (None, None)
+        return
+    if report is None:  # an upstream: nothing on this disk
         return
     row.size_bytes = report["size_bytes"]
     ppl = report.get("perplexity") or {}
@@ -100,16 +102,20 @@ async def _serve_and_measure(
     fleet: Fleet, model: str, name: str, load: Load, row: BenchRow
 ) -> None:
     t0 = time.monotonic()
-    backend = await fleet.backend(model, name)
+    await fleet.scale(model, name, 1)  # one replica: the measure is of one vLLM server
     row.ready_s = round(time.monotonic() - t0, 1)
-    async with httpx.AsyncClient(base_url=backend.url, timeout=300) as client:
-        body = {"model": backend.served_name, "prompt": PROMPT, "max_tokens": load.max_tokens}
-        body["ignore_eos"] = True
-        await _generate(client, body, 1, 1)  # warm-up
-        row.tokens_per_s_1 = await _generate(client, body, max(2, load.requests // 4), 1)
-        row.tokens_per_s_n = await _generate(client, body, load.requests, load.concurrency)
-    pid = fleet.describe(model, name)["backend"]["pid"]
-    row.peak_rss_bytes = group_peak_rss(pid)
+    lease = await fleet.acquire(model, name)
+    try:
+        async with httpx.AsyncClient(base_url=lease.url, timeout=300) as client:
+            body = {"model": f"{model}:{name}", "prompt": PROMPT, "max_tokens": load.max_tokens}
+            body["ignore_eos"] = True
+            await _generate(client, body, 1, 1)  # warm-up
+            row.tokens_per_s_1 = await _generate(client, body, max(2, load.requests // 4), 1)
+            row.tokens_per_s_n = await _generate(client, body, load.requests, load.concurrency)
+    finally:
+        lease.release()
+    pid = lease.replica.describe()["pid"]
+    row.peak_rss_bytes = group_peak_rss(pid) if pid else None
 
 
 async def _generate(

@@ -5,6 +5,8 @@
 a clean exit writes ``report.json`` into the staging folder and renames that into place. The
 gateway's jobs and ``quantgate quantize`` both build through here, so both produce the same
 folder and the same report. Cancelling the awaiting task kills the worker's process group.
+A ``remote`` runner (a Kubernetes Job) may run the worker instead; the report and the commit
+stay here.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -31,6 +33,7 @@ EVAL_CONTEXT, EVAL_STRIDE = 256, 128  # held-out perplexity: window and stride, 
 
 WorkerCommand = Callable[[Path], Sequence[str]]
 OnProgress = Callable[[dict[str, Any]], None]
+RemoteWorker = Callable[["BuildSpec", OnProgress], Awaitable[dict[str, Any] | None]]
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,16 @@ def worker_pythonpath(path_dir: Path) -> Path:
     return path_dir
 
 
-def worker_command(python: Path, runtime_dir: Path) -> WorkerCommand:
-    """The real worker: the quantizer interpreter with only ``serving`` on its path."""
+def worker_command(python: Path, runtime_dir: Path, extra_path: str | None = None) -> WorkerCommand:
+    """The real worker: the quantizer interpreter with only ``serving`` on its path, plus
+    ``extra_path`` (QUANTGATE_QUANTIZER_PYTHONPATH) when its packages live elsewhere."""
     path_dir = worker_pythonpath(runtime_dir / "pythonpath")
+    pythonpath = f"{path_dir}:{extra_path}" if extra_path else str(path_dir)
 
     def command(spec: Path) -> Sequence[str]:
         return [
             "env",
-            f"PYTHONPATH={path_dir}",
+            f"PYTHONPATH={pythonpath}",
             str(python),
             "-m",
             "serving.worker.quantize",
@@ -89,11 +94,18 @@ async def run_build(
     command: WorkerCommand,
     on_progress: OnProgress,
     on_start: Callable[[int], None] | None = None,
+    remote: RemoteWorker | None = None,
 ) -> dict[str, Any]:
-    """Build the variant; return its report. Raises RuntimeError with the cause on failure."""
+    """Build the variant; return its report. Raises RuntimeError with the cause on failure
+    (JobFailed from a remote runner)."""
     started = time.time()
     try:
-        result = await _run_worker(spec, command, on_progress, on_start)
+        if remote is None:
+            result = await _run_worker(spec, command, on_progress, on_start)
+        else:
+            result = await remote(spec, on_progress)
+        if result is None or not (spec.staging / "config.json").is_file():
+            raise RuntimeError("the quantizer finished but wrote no model")
         report = make_report(spec, result, started)
         commit(spec.staging, spec.final, report)
     except BaseException:
@@ -107,7 +119,7 @@ async def _run_worker(
     command: WorkerCommand,
     on_progress: OnProgress,
     on_start: Callable[[int], None] | None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     spec_path = spec.log_path.parent / "spec.json"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec.worker_spec(), indent=2), encoding="utf-8")
@@ -126,8 +138,6 @@ async def _run_worker(
                 await proc.wait()
     if code != 0:
         raise RuntimeError(_exit_reason(code, spec.log_path))
-    if result is None or not (spec.staging / "config.json").is_file():
-        raise RuntimeError("quantizer exited cleanly but wrote no model")
     return result
 
 

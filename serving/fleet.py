@@ -1,21 +1,32 @@
-"""The fleet: from a model name to a ready vLLM backend, building and starting on demand.
+"""The fleet: from a model name to a ready vLLM replica, building and starting on demand.
 
 For each (model, variant) one bring-up at a time: build the variant if it is missing (one job,
-however many requests wait), then start vLLM on it. A request waits for that within the
+however many requests wait), then start its replicas. A request waits for that within the
 manifest's bound (``on_missing``) or is told to come back (``VariantUnavailable`` with
-Retry-After). A failed build or start stays failed, with its cause, until an admin retries.
+Retry-After). A failed build or first start stays failed, with its cause, until an admin
+retries; a replica that crashes later is restarted by its supervisor (``serving.replica``).
+Variants idle longer than ``idle_stop_s`` are stopped and start again on the next request.
+A variant this machine cannot serve (``Hardware.unsupported``, or no kernel for its scheme), or
+whose measured perplexity increase is over its ``max_ppl_increase``, is refused with the reason
+and never started (it may still be built, for quality studies).
+On GPUs, a variant that more than one kernel can serve is launched with the kernel pinned by
+``serve.kernel``, else with the winner measured by ``serving.tuner`` (once per GPU type and
+vLLM version; the first launch measures, later ones read the variant's report).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from serving import kernels, tuner
 from serving.errors import (
     BackendFailed,
     QuantgateError,
@@ -26,16 +37,22 @@ from serving.errors import (
 )
 from serving.hardware import Hardware
 from serving.jobs import Job, JobRunner
-from serving.launcher import LaunchSpec, VllmServer, free_port
-from serving.manifest import Manifest, Model, split_model_name
+from serving.launcher import LaunchSpec, Server, VllmServer
+from serving.manifest import Manifest, Method, Model, split_model_name
+from serving.placement import Placement
+from serving.pool import VariantPool
 from serving.quality import over_budget
+from serving.replica import Replica, RestartPolicy
+from serving.specs import LaunchPlanner
 from serving.store import VariantStore
+
+JSON_HEADERS = {"content-type": "application/json"}
 
 
 class VariantState(StrEnum):
     MISSING = "missing"  # quantized variant not built yet
     BUILDING = "building"
-    BUILT = "built"  # on disk, no server running
+    BUILT = "built"  # on disk, no replica running
     STARTING = "starting"
     READY = "ready"
     FAILED = "failed"
@@ -44,21 +61,28 @@ class VariantState(StrEnum):
 
 
 @dataclass(frozen=True)
-class Backend:
+class Lease:
+    """One request's hold on a replica: release it when the response is done."""
+
     model: str
     variant: str
     url: str
-    served_name: str
+    replica: Replica
+    headers: dict[str, str]
+    upstream_model: str | None = None  # rename the body's model to this, for static upstreams
+
+    def release(self) -> None:
+        self.replica.release()
 
 
 class _Slot:
     """Runtime state of one variant."""
 
-    def __init__(self) -> None:
-        self.server: VllmServer | None = None
-        self.bring_up: asyncio.Task[Backend] | None = None
+    def __init__(self, pool: VariantPool) -> None:
+        self.pool = pool
+        self.bring_up: asyncio.Task[None] | None = None
         self.failure: QuantgateError | None = None
-        self.backend: Backend | None = None
+        self.kernel: kernels.KernelChoice | None = None
 
 
 class Fleet:
@@ -70,44 +94,76 @@ class Fleet:
         vllm_python: Path,
         hardware: Hardware,
         host: str = "127.0.0.1",
+        launch: Callable[[LaunchSpec], Server] | None = None,
+        places_gpus: bool = True,
     ) -> None:
         self.manifest = manifest
         self.hardware = hardware
-        self._store = store
         self.jobs = jobs
-        self._python = vllm_python
+        self._store = store
         self._host = host
+        self._launch = launch or (lambda spec: VllmServer(spec, vllm_python))
+        self.placement = Placement(hardware)
+        self.places_gpus = places_gpus  # False where a scheduler (Kubernetes) places pods
+        self._specs = LaunchPlanner(manifest, store, hardware, self.placement, host, places_gpus)
+        # kernels are measured only where this fleet runs vLLM itself (logs, GPUs)
+        self._tuning = tuner.KernelTuning(hardware, store, self._launch, vllm_python, places_gpus)
+        self._parked: dict[tuple[str, str], Server] = {}  # tuned winners kept running
         self._slots = {
-            (m, v): _Slot() for m, model in manifest.models.items() for v in model.variants
+            (m, v): _Slot(self._pool(m, model, v))
+            for m, model in manifest.models.items()
+            for v in model.variants
         }
+        self._reaper: asyncio.Task[None] | None = None
 
     # -- names -----------------------------------------------------------------------------
     def names(self) -> list[str]:
         out: list[str] = []
         for m, model in self.manifest.models.items():
             out += [m, *(f"{m}:{v}" for v in model.variants)]
-        return out
+        return out + list(self.manifest.aliases)
 
     def resolve(self, name: str) -> tuple[str, str]:
-        """``tiny`` -> (tiny, its default variant); ``tiny:v`` -> (tiny, v); else UnknownModel."""
-        model_name, variant = split_model_name(name)
+        """``tiny`` -> (tiny, its default variant); ``tiny:v`` -> (tiny, v); an alias -> its
+        target; ``tiny:auto`` -> the first ready variant in manifest order, else the default."""
+        model_name, variant = split_model_name(self.manifest.aliases.get(name, name))
         model = self.manifest.models.get(model_name)
-        if model is None or (variant is not None and variant not in model.variants):
+        if model is None:
+            raise UnknownModel(name, self.names())
+        if variant == "auto" and "auto" not in model.variants:
+            ready = [v for v in model.variants if self._slots[(model_name, v)].pool.ready()]
+            return model_name, ready[0] if ready else model.default_variant
+        if variant is not None and variant not in model.variants:
             raise UnknownModel(name, self.names())
         return model_name, variant or model.default_variant
 
     # -- state -----------------------------------------------------------------------------
+    def kernel(self, model_name: str, name: str) -> kernels.KernelChoice:
+        """The kernel the variant gets here: from its checkpoint once built, else its recipe."""
+        slot = self._slots[(model_name, name)]
+        variant = self.manifest.models[model_name].variants[name]
+        if variant.upstream is not None:
+            return kernels.KernelChoice(None, "external", reason="an already-running upstream")
+        unsupported = self.hardware.unsupported(variant)
+        if unsupported:
+            return kernels.KernelChoice(None, None, reason=unsupported)
+        if slot.kernel is None:
+            return kernels.choose(kernels.planned_scheme(variant), self.hardware)
+        return slot.kernel
+
     def state(self, model_name: str, name: str) -> VariantState:
         slot = self._slots[(model_name, name)]
         model = self.manifest.models[model_name]
-        if self.hardware.unsupported(model.variants[name]):
+        if not self.kernel(model_name, name).supported:
             return VariantState.UNSUPPORTED
         if self._over_budget(model_name, name):
             return VariantState.OVER_BUDGET
-        if slot.failure is not None:
+        if slot.failure is not None or slot.pool.failed():
             return VariantState.FAILED
-        if slot.server is not None and slot.server.alive():
-            return VariantState.READY if slot.backend else VariantState.STARTING
+        if slot.pool.ready():
+            return VariantState.READY
+        if slot.pool.running or (model_name, name) in self._tuning.active:
+            return VariantState.STARTING
         if self.jobs.active(model_name, model.variants[name]):
             return VariantState.BUILDING
         return VariantState.BUILT if self._built(model_name, model, name) else VariantState.MISSING
@@ -117,166 +173,287 @@ class Fleet:
         variant = model.variants[name]
         slot = self._slots[(model_name, name)]
         last = self.jobs.last(model_name, variant)
-        server = slot.server
+        kernel = self.kernel(model_name, name)
+        error = (None if kernel.supported else kernel.reason) or self._over_budget(model_name, name)
         return {
             "model": model_name,
             "variant": name,
             "default": name == model.default_variant,
             "state": self.state(model_name, name).value,
             "method": variant.method.value,
-            "recipe_hash": variant.recipe_hash() if variant.quantized else None,
             "scheme": variant.scheme,
+            "recipe_hash": variant.recipe_hash() if variant.quantized else None,
             "max_ppl_increase": variant.max_ppl_increase,
-            "error": self.hardware.unsupported(variant)
-            or self._over_budget(model_name, name)
-            or (str(slot.failure) if slot.failure else None),
+            "kernel": {"quantization": kernel.quantization, "kernel": kernel.kernel,
+                       "alternatives": list(kernel.alternatives), "reason": kernel.reason,
+                       "env": kernel.env, "pinned": model.serve.kernel,
+                       "tuning": (model_name, name) in self._tuning.active,
+                       "measured": self._measured(model_name, name)},
+            "error": error or (str(slot.failure) if slot.failure else None),
             "job": last.summary() if last else None,
-            "backend": {
-                "url": server.url,
-                "pid": server.pid,
-                "started_at": server.started_at,
-                "ready_at": server.ready_at,
-            }
-            if server and server.alive()
-            else None,
+            "replicas": slot.pool.describe(),
             "report": self._store.report(model_name, variant) if variant.needs_build else None,
-        }
+        }  # fmt: skip
+
+    def _measured(self, model_name: str, name: str) -> dict[str, Any]:
+        variant = self.manifest.models[model_name].variants[name]
+        return {} if variant.upstream else self._store.tuning(model_name, variant)
 
     def _built(self, model_name: str, model: Model, name: str) -> bool:
         variant = model.variants[name]
-        return not variant.needs_build or self._store.is_built(model_name, variant)
+        if variant.upstream is not None or not variant.needs_build:
+            return True
+        return self._store.is_built(model_name, variant)
 
     def _over_budget(self, model_name: str, name: str) -> str | None:
+        """Why the quality gate refuses the built variant, or None (also: not built yet)."""
         variant = self.manifest.models[model_name].variants[name]
         if variant.max_ppl_increase is None:
             return None
         reason = over_budget(variant, self._store.report(model_name, variant))
         return f"{model_name}:{name} is not served: {reason}" if reason else None
 
-    # -- acquiring a backend ---------------------------------------------------------------
-    async def backend(self, model_name: str, name: str) -> Backend:
-        """A ready backend for the variant, bringing it up if needed (see module docstring)."""
+    # -- acquiring a replica ---------------------------------------------------------------
+    async def acquire(
+        self,
+        model_name: str,
+        name: str,
+        exclude: frozenset[int] = frozenset(),
+        affinity: str | None = None,
+    ) -> Lease:
+        """A lease on a ready replica, bringing the variant up if needed (module docstring).
+
+        With ``on_missing.fallback``, a variant that is not ready yet is built (or started)
+        in the background while the first ready variant in manifest order answers.
+        """
+        model = self.manifest.models[model_name]
+        cap = model.routing.load_cap
+        replica = self._slots[(model_name, name)].pool.pick(exclude, affinity, cap)
+        served = name
+        if replica is None and model.on_missing.fallback and not exclude:
+            served, replica = self._fallback(model_name, name, affinity)
+        if replica is None:
+            replica = await self._wait_for_replica(model_name, name, exclude, affinity)
+        replica.acquire()
+        rename = f"{model_name}:{served}" if served != name else None
+        upstream = model.variants[served].upstream
+        if upstream is None:
+            return Lease(model_name, served, replica.url, replica, JSON_HEADERS, rename)
+        headers = dict(JSON_HEADERS)
+        if upstream.api_key_env:
+            headers["authorization"] = f"Bearer {os.environ.get(upstream.api_key_env, '')}"
+        return Lease(model_name, served, replica.url, replica, headers, upstream.model or rename)
+
+    def _fallback(
+        self, model_name: str, name: str, affinity: str | None
+    ) -> tuple[str, Replica | None]:
+        model = self.manifest.models[model_name]
         slot = self._slots[(model_name, name)]
-        if slot.backend is not None and slot.server is not None and slot.server.alive():
-            return slot.backend
-        reason = self.hardware.unsupported(self.manifest.models[model_name].variants[name])
-        if reason:
-            raise VariantUnsupported(f"{model_name}:{name} cannot be served here: {reason}")
+        usable = (
+            self.kernel(model_name, name).supported
+            and not self._over_budget(model_name, name)
+            and slot.failure is None
+        )
+        if usable and not slot.pool.running:
+            self._ensure_bring_up(model_name, name)
+        for other in model.variants:
+            if other != name:
+                replica = self._slots[(model_name, other)].pool.pick(
+                    frozenset(), affinity, model.routing.load_cap
+                )
+                if replica is not None:
+                    return other, replica
+        return name, None
+
+    async def _wait_for_replica(
+        self, model_name: str, name: str, exclude: frozenset[int], affinity: str | None
+    ) -> Replica:
+        slot = self._slots[(model_name, name)]
+        kernel = self.kernel(model_name, name)
+        if not kernel.supported:
+            raise VariantUnsupported(f"{model_name}:{name} cannot be served here: {kernel.reason}")
         refusal = self._over_budget(model_name, name)
         if refusal:
             raise VariantOverBudget(refusal)
         if slot.failure is not None:
             raise slot.failure
-        task = self._ensure_bring_up(model_name, name)
         policy = self.manifest.models[model_name].on_missing
+        if not slot.pool.running:
+            self._ensure_bring_up(model_name, name)
         if policy.action == "reject":
-            raise VariantUnavailable(
-                f"{model_name}:{name} is {self.state(model_name, name).value}; try again later",
-                retry_after_s=policy.retry_after_s,
-            )
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), policy.max_wait_s)
-        except TimeoutError:
-            raise VariantUnavailable(
-                f"{model_name}:{name} is still {self.state(model_name, name).value} after "
-                f"{policy.max_wait_s:.0f} s; try again later",
-                retry_after_s=policy.retry_after_s,
-            ) from None
+            raise self._unavailable(model_name, name, "try again later")
+        deadline = time.monotonic() + policy.max_wait_s
+        while time.monotonic() < deadline:
+            replica = slot.pool.pick(exclude, affinity) or slot.pool.pick()
+            if replica is not None:
+                return replica
+            if slot.failure is not None:
+                raise slot.failure
+            if slot.pool.failed():
+                raise BackendFailed(f"every replica of {model_name}:{name} has failed")
+            if not slot.pool.running and (slot.bring_up is None or slot.bring_up.done()):
+                self._ensure_bring_up(model_name, name)
+            await asyncio.sleep(0.1)
+        raise self._unavailable(model_name, name, f"waited {policy.max_wait_s:.0f} s")
 
-    def build(self, model_name: str, name: str) -> Job | None:
-        """Admin: (re)build a variant; clears an earlier failure. None when nothing to build."""
-        model = self.manifest.models[model_name]
-        slot = self._slots[(model_name, name)]
-        slot.failure = None
-        if self._built(model_name, model, name):
-            return None
-        job = self.jobs.submit(model_name, model, name)  # the bring-up joins this same job
-        self._ensure_bring_up(model_name, name)
-        return job
+    def _unavailable(self, model_name: str, name: str, detail: str) -> VariantUnavailable:
+        retry = self.manifest.models[model_name].on_missing.retry_after_s
+        state = self.state(model_name, name).value
+        return VariantUnavailable(f"{model_name}:{name} is {state}; {detail}", retry)
 
-    def _ensure_bring_up(self, model_name: str, name: str) -> asyncio.Task[Backend]:
+    def _ensure_bring_up(self, model_name: str, name: str) -> asyncio.Task[None]:
         slot = self._slots[(model_name, name)]
         if slot.bring_up is None or slot.bring_up.done():
             slot.bring_up = asyncio.create_task(self._bring_up(model_name, name))
             slot.bring_up.add_done_callback(_consume_exception)
         return slot.bring_up
 
-    async def _bring_up(self, model_name: str, name: str) -> Backend:
+    async def _bring_up(self, model_name: str, name: str, replicas: int | None = None) -> None:
         slot = self._slots[(model_name, name)]
         model = self.manifest.models[model_name]
         try:
             if not self._built(model_name, model, name):
-                job = self.jobs.submit(model_name, model, name)
-                await job.wait()
-            unsupported = self.hardware.unsupported(model.variants[name])
-            if unsupported:  # built (say, for a quality study) but not servable here
-                raise VariantUnsupported(
-                    f"{model_name}:{name} cannot be served here: {unsupported}"
-                )
-            refusal = self._over_budget(model_name, name)
-            if refusal:
-                raise VariantOverBudget(refusal)
-            return await self._start(model_name, model, name)
+                await self.jobs.submit(model_name, model, name).wait()
+            self._check_servable(model_name, name)
+            dynamic_fp8 = model.variants[name].method is Method.FP8  # quantized by vLLM at load
+            slot.kernel = kernels.choose(
+                kernels.checkpoint_scheme(self._specs.model_dir(model_name, name), dynamic_fp8),
+                self.hardware,
+            )
+            if not slot.kernel.supported:
+                raise VariantUnsupported(f"{model_name}:{name}: {slot.kernel.reason}")
+            try:
+                slot.kernel, parked = await self._tuning.resolve(
+                    model_name, name, model, slot.kernel,
+                    lambda: self._launch_spec(model_name, name, 0), self._specs.side,
+                )  # fmt: skip
+            finally:
+                self._specs.release(f"{model_name}:{name}#tune")
+            if parked is not None:
+                self._parked[(model_name, name)] = parked
+            await slot.pool.scale(replicas or model.serve.replicas)
         except QuantgateError as exc:
             slot.failure = exc
             raise
+        finally:
+            parked = self._parked.pop((model_name, name), None)  # not adopted: stop it
+            if parked is not None:
+                await parked.stop()
 
-    async def _start(self, model_name: str, model: Model, name: str) -> Backend:
+    def _check_servable(self, model_name: str, name: str) -> None:
+        """A built variant may still not be served: no kernel here (built for a quality study),
+        or over its quality budget once measured."""
+        unsupported = self.hardware.unsupported(self.manifest.models[model_name].variants[name])
+        if unsupported:
+            raise VariantUnsupported(f"{model_name}:{name} cannot be served here: {unsupported}")
+        refusal = self._over_budget(model_name, name)
+        if refusal:
+            raise VariantOverBudget(refusal)
+
+    def _adopt_or_launch(self, spec: LaunchSpec) -> Server:
+        """The replica's server: the tuner's winner still running for this spec, else a new one."""
+        for key, server in self._parked.items():
+            if server.spec is spec:
+                return self._parked.pop(key)
+        return self._launch(spec)
+
+    def _pool(self, model_name: str, model: Model, name: str) -> VariantPool:
+        upstream = model.variants[name].upstream
+        if upstream is not None:
+            return VariantPool.static(f"{model_name}:{name}", upstream.url)
+        opts = model.serve
+        policy = RestartPolicy(
+            max_restarts=opts.max_restarts,
+            restart_window_s=opts.restart_window_s,
+            startup_timeout_s=opts.startup_timeout_s,
+        )
+        return VariantPool(
+            f"{model_name}:{name}",
+            lambda index: self._launch_spec(model_name, name, index),
+            self._adopt_or_launch,
+            policy,
+        )
+
+    def _launch_spec(self, model_name: str, name: str, index: int) -> LaunchSpec:
+        parked = self._parked.get((model_name, name))
+        if parked is not None and index == 0:
+            return parked.spec  # the tuner's winner, still running: the first replica
+        return self._specs.replica(model_name, name, index, self.kernel(model_name, name))
+
+    # -- admin operations ------------------------------------------------------------------
+    def build(self, model_name: str, name: str) -> Job | None:
+        """(Re)build a variant and start it; clears an earlier failure. None: nothing to build."""
+        model = self.manifest.models[model_name]
         slot = self._slots[(model_name, name)]
-        slot.backend = None
-        if slot.server is not None:
-            await slot.server.stop()
-        variant = model.variants[name]
-        model_dir = (
-            self._store.variant_dir(model_name, variant) if variant.needs_build else model.source
-        )
-        served = f"{model_name}:{name}"
-        names = (served, model_name) if name == model.default_variant else (served,)
-        spec = LaunchSpec(
-            model_dir=model_dir,
-            served_names=names,
-            port=free_port(self._host),
-            host=self._host,
-            log_path=self._store.log_dir() / f"{model_name}-{name}-{int(time.time())}.log",
-            max_model_len=model.serve.max_model_len,
-            dtype=model.serve.dtype,
-            quantization=variant.serve_quantization or checkpoint_quantization(model_dir),
-            enforce_eager=model.serve.enforce_eager,
-            extra_args=model.serve.extra_args,
-            env={"VLLM_CPU_KVCACHE_SPACE": str(model.serve.cpu_kv_cache_gib)},
-        )
-        slot.server = VllmServer(spec, self._python)
-        await slot.server.start(model.serve.startup_timeout_s)
-        slot.backend = Backend(model_name, name, slot.server.url, served)
-        return slot.backend
+        slot.failure = None
+        if self._built(model_name, model, name):
+            return None
+        job = self.jobs.submit(model_name, model, name)  # the bring-up finds this same job
+        self._ensure_bring_up(model_name, name)
+        return job
+
+    async def scale(self, model_name: str, name: str, replicas: int) -> None:
+        """Start (build first if needed), scale, or (``replicas=0``) drain and stop a variant."""
+        slot = self._slots[(model_name, name)]
+        slot.failure = None
+        if replicas == 0:
+            await self.stop(model_name, name)
+            return
+        if slot.bring_up is not None and not slot.bring_up.done():
+            await asyncio.shield(slot.bring_up)
+        if not slot.pool.running:
+            await self._bring_up(model_name, name, replicas)
+        else:
+            await slot.pool.scale(replicas)
+        live = {f"{model_name}:{name}#{r.index}" for r in slot.pool.replicas}
+        for owner in self.placement.claims():
+            if owner.startswith(f"{model_name}:{name}#") and owner not in live:
+                self.placement.release(owner)
 
     async def stop(self, model_name: str, name: str) -> None:
-        """Stop the variant's vLLM server, if one runs (it starts again on the next request)."""
         slot = self._slots[(model_name, name)]
-        slot.backend = None
-        if slot.server is not None:
-            await slot.server.stop()
+        drain = self.manifest.models[model_name].serve.drain_s
+        await slot.pool.stop(drain)
+        self._specs.release(f"{model_name}:{name}#")
+
+    def replica_rows(self) -> list[dict[str, Any]]:
+        """Every replica's model, variant, state and circuit (cheap: for metrics)."""
+        return [
+            {"model": m, "variant": v, "state": r.state.value, "circuit": r.circuit}
+            for (m, v), slot in self._slots.items()
+            for r in slot.pool.replicas
+        ]
+
+    def backends(self) -> list[dict[str, Any]]:
+        return [self.describe(m, v) for (m, v) in self._slots]
+
+    # -- background work -------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the idle reaper (call from inside the running event loop)."""
+        if any(m.serve.idle_stop_s for m in self.manifest.models.values()):
+            self._reaper = asyncio.create_task(self._reap_idle(), name="idle-reaper")
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for (m, v), slot in self._slots.items():
+                idle_stop = self.manifest.models[m].serve.idle_stop_s
+                if idle_stop and slot.pool.running and slot.pool.idle_for() >= idle_stop:
+                    await self.stop(m, v)
 
     async def aclose(self) -> None:
-        for slot in self._slots.values():
-            if slot.bring_up is not None:
-                slot.bring_up.cancel()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        bring_ups = [s.bring_up for s in self._slots.values() if s.bring_up is not None]
+        for task in bring_ups:
+            task.cancel()
         await self.jobs.aclose()
-        await asyncio.gather(
-            *(s.server.stop() for s in self._slots.values() if s.server is not None)
-        )
+        await asyncio.gather(*bring_ups, return_exceptions=True)  # stops tuning candidates
+        await asyncio.gather(*(s.pool.stop(drain_s=5.0) for s in self._slots.values()))
 
 
-def checkpoint_quantization(model_dir: Path) -> str | None:
-    """The ``--quantization`` vLLM should use: the checkpoint's own ``quant_method``."""
-    try:
-        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BackendFailed(f"cannot read {model_dir}/config.json: {exc}") from exc
-    method = (config.get("quantization_config") or {}).get("quant_method")
-    return str(method) if method else None
-
-
-def _consume_exception(task: asyncio.Task[Backend]) -> None:
+def _consume_exception(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         task.exception()

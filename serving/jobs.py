@@ -7,6 +7,9 @@ wait queued. A job can be cancelled, queued or running. What the build needs fro
 checked at submit, before any work: a recipe that cannot be built fails at once, with no
 process started.
 
+With ``remote`` (``serving.kube.runtime.remote_job``) the worker runs elsewhere, a Kubernetes
+Job on the shared cache volume; the report, the commit and the states are the same.
+
 Each job keeps ``<cache>/.jobs/<id>/``: ``spec.json``, ``job.log`` and ``state.json``. On start
 the runner reads them back: jobs that were queued or running when the gateway stopped are
 marked ``interrupted`` (their worker is killed if it outlived the gateway, their staging folder
@@ -20,6 +23,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -30,6 +34,7 @@ from serving.build import (
     EVAL_CONTEXT,
     EVAL_STRIDE,
     BuildSpec,
+    OnProgress,
     WorkerCommand,
     kill_group,
     run_build,
@@ -40,6 +45,9 @@ from serving.manifest import Model, Variant
 from serving.precheck import check_build
 from serving.quality import PerplexityCache
 from serving.store import VariantStore, discard
+
+# Runs a job's worker somewhere else (a Kubernetes Job): (job, model, spec, on_progress) -> result
+RemoteRun = Callable[["Job", Model, BuildSpec, OnProgress], Awaitable[dict[str, Any] | None]]
 
 
 class JobState(StrEnum):
@@ -145,10 +153,15 @@ class Job:
 
 class JobRunner:
     def __init__(
-        self, store: VariantStore, command: WorkerCommand, max_concurrent: int = 1
+        self,
+        store: VariantStore,
+        command: WorkerCommand,
+        max_concurrent: int = 1,
+        remote: RemoteRun | None = None,
     ) -> None:
         self._store = store
         self._command = command
+        self._remote = remote
         self._slots = asyncio.Semaphore(max_concurrent)
         self._perplexity = PerplexityCache(store.perplexity_dir(), EVAL_CONTEXT, EVAL_STRIDE)
         self._active: dict[tuple[str, str], Job] = {}
@@ -187,7 +200,7 @@ class JobRunner:
         job = Job(job_id, model_name, name, key[1], variant.recipe(), log_path)
         self._jobs[job_id] = job
         try:
-            check_build(model.source, variant)
+            check_build(model.source_path, variant)
         except InvalidRecipe as exc:
             job.stage, job.error = "precheck", str(exc)
             self._finish(job, JobState.FAILED)
@@ -210,9 +223,9 @@ class JobRunner:
 
     # -- running ---------------------------------------------------------------------------
     async def _run(self, job: Job, model: Model, variant: Variant) -> None:
-        state, base = JobState.FAILED, self._perplexity.get(model.source)
+        state, base = JobState.FAILED, self._perplexity.get(model.source_path)
         spec = BuildSpec(
-            source=model.source,
+            source=model.source_path,
             recipe=job.recipe,
             recipe_hash=job.recipe_hash,
             staging=self._store.staging_dir(job.model, variant, job.id),
@@ -225,11 +238,16 @@ class JobRunner:
             async with self._slots:
                 job.state, job.started_at, job.stage = JobState.RUNNING, time.time(), "starting"
                 self._save(job)
+                remote = partial(self._remote, job, model) if self._remote else None
                 report = await run_build(
-                    spec, self._command, partial(self._on_progress, job), partial(self._on_pid, job)
+                    spec,
+                    self._command,
+                    partial(self._on_progress, job),
+                    partial(self._on_pid, job),
+                    remote,
                 )
             if base is None and report["perplexity"]["base"]:
-                self._perplexity.put(model.source, report["perplexity"]["base"])
+                self._perplexity.put(model.source_path, report["perplexity"]["base"])
             job.output, state = spec.final, JobState.SUCCEEDED
         except asyncio.CancelledError:
             state = JobState.INTERRUPTED if self._closing else JobState.CANCELLED

@@ -15,6 +15,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -27,6 +28,34 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
+class Server(Protocol):
+    """What the replica supervisor drives: a local vLLM process, or a Kubernetes Deployment."""
+
+    spec: LaunchSpec
+
+    @property
+    def started_at(self) -> float | None: ...
+    @property
+    def ready_at(self) -> float | None: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def pid(self) -> int | None: ...
+    def alive(self) -> bool: ...
+    async def start(self, timeout_s: float) -> None: ...
+    async def wait(self) -> int: ...
+    async def stop(self, grace_s: float = 15.0) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -42,6 +71,9 @@ class LaunchSpec:
     enforce_eager: bool = False
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    model: str = ""  # manifest names, for launchers that name objects after them
+    variant: str = ""
+    replica: int = 0
 
     def argv(self, python: Path) -> list[str]:
         args = [
@@ -81,7 +113,11 @@ class VllmServer:
         return self._proc is not None and self._proc.returncode is None
 
     async def start(self, timeout_s: float) -> None:
-        """Spawn vLLM and return once /health answers 200; raise BackendFailed otherwise."""
+        """Spawn vLLM and return once /health answers 200; raise BackendFailed otherwise.
+
+        A server that is already running (one the kernel tuner kept) returns at once."""
+        if self.alive() and self.ready_at is not None:
+            return
         self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.spec.env}
         with self.spec.log_path.open("ab") as log:
@@ -120,6 +156,11 @@ class VllmServer:
             f"vLLM for {self.spec.served_names[0]} was not healthy within {timeout_s:.0f} s",
             log_tail=tail(self.spec.log_path),
         )
+
+    async def wait(self) -> int:
+        """Wait for the process to exit; its exit code."""
+        assert self._proc is not None
+        return await self._proc.wait()
 
     async def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the process group, wait up to ``grace_s``, then SIGKILL it."""

@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from serving.errors import ManifestError, ManifestIssue
 
@@ -107,6 +108,15 @@ class Calibration(Strict):
         return data
 
 
+class Upstream(Strict):
+    """An OpenAI-compatible server that is already running: Quantgate routes to it, meters it,
+    limits it, but neither builds nor launches it."""
+
+    url: str = Field(pattern=r"^https?://", description="Base URL, without /v1")
+    api_key_env: str | None = Field(None, description="Environment variable holding its key")
+    model: str | None = Field(None, description="Model name it serves; default: the request's")
+
+
 class Variant(Strict):
     """One way of serving a model: the base weights, or a quantization recipe."""
 
@@ -122,6 +132,7 @@ class Variant(Strict):
     symmetric: bool | None = Field(None, description="default: yes, except AWQ")
     ignore: tuple[str, ...] = ("lm_head",)
     calibration: Calibration | None = None
+    upstream: Upstream | None = None
     max_ppl_increase: float | None = Field(
         None,
         description="Quality gate: refuse to serve the variant when its held-out perplexity "
@@ -206,6 +217,8 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
 def _recipe_problems(v: Variant) -> list[str]:
     """Every way the variant's fields contradict its method (empty: a valid recipe)."""
     m = v.method.value
+    if v.upstream is not None and v.method is not Method.NONE:
+        return ["a variant with an upstream is served as is: use method 'none'"]
     if not v.needs_build:
         given = [f for f in BUILD_FIELDS if getattr(v, f) is not None]
         given += ["bits"] if v.bits not in (None, 8 if v.method is Method.FP8 else None) else []
@@ -252,42 +265,252 @@ class OnMissing(Strict):
     action: Literal["wait", "reject"] = "wait"
     max_wait_s: float = Field(900.0, gt=0, description="wait: longest a request waits")
     retry_after_s: int = Field(30, ge=1, description="reject: the Retry-After header (seconds)")
+    fallback: bool = Field(
+        False,
+        description="meanwhile the first ready variant in manifest order answers",
+    )
+
+
+class Routing(Strict):
+    """How a variant's replicas share requests."""
+
+    affinity: Literal["none", "user", "header", "prefix"] = Field(
+        "none",
+        description="keep a session on one replica: by the body's `user`, the "
+        "`x-session-id` header, or the first 256 characters of the prompt (prefix caching)",
+    )
+    load_cap: int = Field(
+        4, ge=0, description="leave the sticky replica when it has this many more in flight"
+    )
+    failure_threshold: int = Field(3, ge=1, description="consecutive failures opening a circuit")
+    open_s: float = Field(10.0, gt=0, description="how long an open circuit keeps a replica out")
 
 
 class ServeOptions(Strict):
-    """vLLM settings for every variant of a model."""
+    """vLLM settings and supervision for every variant of a model."""
 
     max_model_len: int = Field(512, ge=16)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    replicas: int = Field(1, ge=1, le=64, description="vLLM processes per variant")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=0.95, description="of each GPU")
     cpu_kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU builds")
     enforce_eager: bool = False
+    base_port: int | None = Field(
+        None,
+        ge=1024,
+        le=65535,
+        description="replica i listens on base_port + i; unset: any free port",
+    )
     startup_timeout_s: float = Field(600.0, gt=0)
+    idle_stop_s: float | None = Field(
+        None, gt=0, description="stop a variant's replicas after this long without requests"
+    )
+    max_restarts: int = Field(5, ge=0, description="crash restarts allowed within restart_window_s")
+    restart_window_s: float = Field(600.0, gt=0)
+    drain_s: float = Field(30.0, ge=0, description="on stop: wait this long for in-flight requests")
     extra_args: tuple[str, ...] = ()
+    tensor_parallel_size: int | None = Field(
+        None, ge=1, description="vLLM --tensor-parallel-size (default 1); or under kubernetes"
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="extra environment variables for vLLM"
+    )
+    kernel: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="W4A16 and other multi-kernel variants on GPUs: unset or 'auto' measures "
+        "each kernel vLLM offers at the first launch and keeps the fastest; a kernel class name "
+        "(e.g. MarlinLinearKernel) pins it",
+    )
+
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, examples=["500m", "4", "16Gi"])]
+_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LabelKey = Annotated[
+    str, Field(pattern=rf"^({_DNS_SUBDOMAIN}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?$")
+]
+LabelValue = Annotated[
+    str, Field(pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$", max_length=63)
+]
+
+
+class Toleration(Strict):
+    """A Kubernetes toleration, in the manifest's snake case."""
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+    @model_validator(mode="after")
+    def _check_operator(self) -> Self:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("operator 'Exists' takes no value")
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("a toleration without a key needs operator 'Exists'")
+        return self
+
+
+class ResourceAmounts(Strict):
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+
+
+class Resources(Strict):
+    """CPU and memory of each pod: vLLM and quantization Jobs (GPUs: ``kubernetes.gpus``)."""
+
+    requests: ResourceAmounts = ResourceAmounts()
+    limits: ResourceAmounts = ResourceAmounts()
+
+
+class KubernetesOptions(Strict):
+    """How the model's pods are placed and sized when Quantgate runs on Kubernetes."""
+
+    gpus: int = Field(0, ge=0, description="nvidia.com/gpu per vLLM pod; 0: a CPU pod")
+    node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+    resources: Resources = Resources()
+    tensor_parallel_size: int | None = Field(None, ge=1, description="default 1; or under serve")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="vLLM --gpu-memory-utilization (vLLM's default: 0.9)"
+    )
 
 
 class Model(Strict):
-    source: Path = Field(description="Local folder of the base checkpoint (Hugging Face layout).")
+    source: Path | None = Field(
+        None, description="Local folder of the base checkpoint (Hugging Face layout)."
+    )
     default_variant: Name
     variants: dict[Name, Variant]
     on_missing: OnMissing = OnMissing()
     serve: ServeOptions = ServeOptions()
+    routing: Routing = Routing()
+    kubernetes: KubernetesOptions = KubernetesOptions()
 
     _source = field_validator("source")(_resolve)
 
+    @property
+    def source_path(self) -> Path:
+        """The checkpoint folder; only variants with an upstream may do without one."""
+        if self.source is None:
+            raise ValueError("this model has no source: its variants are upstreams")
+        return self.source
+
     @model_validator(mode="after")
     def _check_default(self) -> Self:
+        local = [name for name, v in self.variants.items() if v.upstream is None]
+        if self.source is None and local:
+            raise ValueError(f"source is required: variants {', '.join(local)} are served locally")
         if self.default_variant not in self.variants:
             known = ", ".join(sorted(self.variants))
             raise ValueError(f"default_variant {self.default_variant!r} is not a variant ({known})")
         return self
+
+    @model_validator(mode="after")
+    def _check_parallelism(self) -> Self:
+        serve, kube = self.serve.tensor_parallel_size, self.kubernetes.tensor_parallel_size
+        if serve is not None and kube is not None and serve != kube:
+            raise ValueError(
+                f"tensor_parallel_size is {serve} under serve and {kube} under kubernetes; "
+                "set it once"
+            )
+        gpus, tp = self.kubernetes.gpus, self.tensor_parallel_size
+        if gpus and gpus < tp:
+            raise ValueError(f"tensor_parallel_size {tp} needs at least {tp} gpus, not {gpus}")
+        return self
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        """The one tensor-parallel size, wherever the manifest sets it (default 1)."""
+        return self.serve.tensor_parallel_size or self.kubernetes.tensor_parallel_size or 1
+
+
+ModelPattern = Annotated[
+    str, Field(pattern=r"^(\*|[a-z0-9][a-z0-9._-]{0,62}(:(\*|[a-z0-9][a-z0-9._-]{0,62}))?)$")
+]
+
+
+class ApiKey(Strict):
+    """A client key, by reference only: an environment variable, a file, or its SHA-256."""
+
+    name: Name = Field(description="Shown in the usage ledger and metrics; never the key.")
+    key_env: str | None = Field(None, description="Environment variable holding the key.")
+    key_file: Path | None = Field(None, description="File holding the key (one line).")
+    key_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 digest of the key."
+    )
+    models: tuple[ModelPattern, ...] = Field(
+        min_length=1, description="'*', 'model' (any variant), 'model:*' or 'model:variant'."
+    )
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1, description="prompt + completion tokens")
+    token_quota: int | None = Field(None, ge=1, description="lifetime prompt + completion tokens")
+
+    _key_file = field_validator("key_file")(_resolve)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        given = [f for f in ("key_env", "key_file", "key_sha256") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of key_env, key_file, key_sha256 (never the key)")
+        return self
+
+
+class Auth(Strict):
+    """Client API keys; without this block the gateway is open."""
+
+    keys: tuple[ApiKey, ...] = Field(min_length=1)
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_names(cls, keys: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
+        names = [k.name for k in keys]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"key names must be unique: {', '.join(dupes)}")
+        return keys
 
 
 class Manifest(Strict):
     version: Literal[1] = 1
     cache_dir: Path = Field(description="Where built variants, job logs and vLLM logs live.")
     models: dict[Name, Model] = Field(min_length=1)
+    auth: Auth | None = None
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description="other names clients may use: alias -> model[:variant]"
+    )
+
+    @model_validator(mode="after")
+    def _check_aliases(self) -> Self:
+        for alias, target in self.aliases.items():
+            model, variant = split_model_name(target)
+            known = self.models.get(model)
+            if known is None or (variant not in (None, "auto") and variant not in known.variants):
+                raise ValueError(f"alias {alias!r} points at unknown {target!r}")
+        return self
 
     _cache_dir = field_validator("cache_dir")(_resolve)
+
+    @model_validator(mode="after")
+    def _check_key_models(self) -> Self:
+        """Every model a key names must exist, so a typo cannot silently lock a client out."""
+        errors = []
+        for i, key in enumerate(self.auth.keys if self.auth else ()):
+            for j, pattern in enumerate(key.models):
+                model, _, variant = pattern.partition(":")
+                known = self.models.get(model)
+                if pattern == "*" or (known and variant in ("", "*", *known.variants)):
+                    continue
+                message = f"{pattern!r} names no model or variant of this manifest"
+                loc = ("auth", "keys", i, "models", j)
+                errors.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("unknown_model", message), loc=loc, input=pattern
+                    )
+                )
+        if errors:
+            raise ValidationError.from_exception_data("Manifest", errors)
+        return self
 
 
 def load_manifest(path: Path) -> Manifest:

@@ -1,5 +1,8 @@
 """Process settings for the serving side: which interpreters run vLLM and the quantizer.
 
+``launcher`` picks where vLLM and quantization jobs run: ``local`` (child processes, below) or
+``kubernetes`` (Deployments and Jobs; ``serving.kube.KubernetesSettings`` holds the rest).
+
 vLLM and llm-compressor pin different ``compressed-tensors`` releases, so each lives in its own
 environment and runs as its own process. By default the environments are the ones
 ``make install`` creates beside the source tree (``.venv-vllm``, ``.venv-quant``).
@@ -8,6 +11,7 @@ environment and runs as its own process. By default the environments are the one
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,5 +23,9 @@ class ServingSettings(BaseSettings):
 
     vllm_python: Path = SOURCE_ROOT / ".venv-vllm" / "bin" / "python"
     quantizer_python: Path = SOURCE_ROOT / ".venv-quant" / "bin" / "python"
+    # Appended to the quantization worker's PYTHONPATH: for a quantizer whose packages live
+    # outside its interpreter's own site (e.g. unpacked into a folder on a GPU test machine).
+    quantizer_pythonpath: str | None = None
     max_concurrent_jobs: int = 1
     vllm_host: str = "127.0.0.1"
+    launcher: Literal["local", "kubernetes"] = "local"

@@ -9,19 +9,24 @@
 A variant's folder is named by its recipe, not by its name in the manifest: the same recipe is
 built once, and changing the recipe makes a new build. A variant counts as built only when its
 folder holds ``report.json``; the report is written inside the staging folder, which is then
-renamed into place in one step.
+renamed into place in one step. Kernel tuning results are added to the report later
+(``kernel_tuning``), by a temporary file and ``os.replace``; a variant with nothing to build
+(``method: none`` or ``fp8``) gets a folder holding only that report.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from serving.manifest import Variant
 
 REPORT = "report.json"
+TUNING = "kernel_tuning"
 
 
 class VariantStore:
@@ -36,6 +41,34 @@ class VariantStore:
 
     def report(self, model: str, variant: Variant) -> dict[str, Any] | None:
         return read_report(self.variant_dir(model, variant))
+
+    def tuning(self, model: str, variant: Variant) -> dict[str, Any]:
+        """Kernel tuning results of a variant, by ``<GPU>|vllm <version>``."""
+        found: dict[str, Any] = (self.report(model, variant) or {}).get(TUNING) or {}
+        return found
+
+    def save_tuning(self, model: str, variant: Variant, key: str, result: dict[str, Any]) -> None:
+        """Add one tuning result to the variant's report (atomically: temp file, rename)."""
+        folder = self.variant_dir(model, variant)
+        if variant.needs_build and not self.is_built(model, variant):
+            raise ValueError(
+                f"{model}/{folder.name} is not built: nothing to add tuning results to"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        report = self.report(model, variant) or {
+            "model": model,
+            "recipe": variant.recipe(),
+            "recipe_hash": variant.recipe_hash(),
+        }
+        report[TUNING] = {**(report.get(TUNING) or {}), key: result}
+        fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".json", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(report, indent=2) + "\n")
+            Path(tmp).replace(folder / REPORT)  # os.replace: atomic
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def staging_dir(self, model: str, variant: Variant, job_id: str) -> Path:
         path = self.root / model / ".staging" / f"{variant.recipe_hash()}-{job_id}"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from serving.manifest import Manifest, parse_manifest
 from serving.store import VariantStore
 
 FAKES = Path(__file__).parent / "fakes"
+ROOT = Path(__file__).resolve().parent.parent
 AVX512 = Hardware("cpu", frozenset({"avx2", "avx512f"}))
 LLAMA_CONFIG = {
     "model_type": "llama",
@@ -57,7 +61,11 @@ def fake_worker(spec: Path) -> list[str]:
 
 
 def write_manifest(
-    tmp_path: Path, model_dir: Path, on_missing: str = "wait: {}", more_variants: str = ""
+    tmp_path: Path,
+    model_dir: Path,
+    on_missing: str = "wait",
+    serve: str = "",
+    more_variants: str = "",
 ) -> Manifest:
     text = f"""
 version: 1
@@ -67,7 +75,7 @@ models:
     source: {model_dir}
     default_variant: base
     on_missing: {{action: {on_missing}}}
-    serve: {{startup_timeout_s: 30}}
+    serve: {{startup_timeout_s: 30, max_restarts: 3{serve}}}
     variants:
       base: {{method: none}}
       gptq: {{method: gptq, bits: 4}}
@@ -125,10 +133,11 @@ def gateway(
     def start(
         on_missing: str = "wait",
         hardware: Hardware = AVX512,
+        serve: str = "",
         more_variants: str = "",
         **settings: object,
     ) -> LiveServer:
-        manifest = write_manifest(tmp_path, model_dir, on_missing, more_variants)
+        manifest = write_manifest(tmp_path, model_dir, on_missing, serve, more_variants)
         fleet = make_fleet(manifest, fake_vllm_python, hardware)
         registry = CollectorRegistry()
         app = create_app(fleet, GatewaySettings.model_validate(settings), registry)
@@ -139,3 +148,34 @@ def gateway(
     yield start
     for server in servers:
         server.__exit__()
+
+
+@dataclass
+class LocustRun:
+    """One headless ``loadtests/run.sh`` run: exit code, console output, CSV rows by entry."""
+
+    returncode: int
+    output: str
+    stats: dict[tuple[str, str], dict[str, str]]  # (Type, Name) -> CSV row
+    out: Path
+
+    def requests(self) -> int:
+        return sum(int(r["Request Count"]) for (kind, _), r in self.stats.items() if kind == "POST")
+
+
+def require_locust() -> None:
+    if not (ROOT / ".venv-load" / "bin" / "locust").is_file():
+        pytest.fail("no Locust in .venv-load: run `make install-load` (make test and make unit do)")
+
+
+def run_locust(host: str, out: Path, *args: str, users: int = 2, duration: str = "3s") -> LocustRun:
+    """Run Locust from ``.venv-load`` (its own environment) through ``loadtests/run.sh``."""
+    require_locust()
+    command = [str(ROOT / "loadtests" / "run.sh"), "--host", host, "--out", str(out)]
+    command += ["--users", str(users), "--duration", duration, *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if not (out / "stats_stats.csv").is_file():
+        pytest.fail(f"Locust wrote no statistics:\n{done.stdout}{done.stderr}")
+    with (out / "stats_stats.csv").open() as f:
+        stats = {(row["Type"], row["Name"]): row for row in csv.DictReader(f)}
+    return LocustRun(done.returncode, done.stdout + done.stderr, stats, out)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+
 from conftest import LiveServer
 
 Start = Callable[..., LiveServer]

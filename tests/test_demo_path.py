@@ -10,16 +10,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
-from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / ".quantgate" / "models" / "tiny"
@@ -71,6 +73,18 @@ models:
         bits: 4
         activation_bits: 8
         calibration: {{samples: 32, max_seq_length: 256}}
+  idle:
+    source: {MODEL}
+    default_variant: base
+    serve: {{max_model_len: 256, idle_stop_s: 3}}
+    variants:
+      base: {{method: none}}
+  badarg:
+    source: {MODEL}
+    default_variant: base
+    serve: {{extra_args: ["--no-such-flag"]}}
+    variants:
+      base: {{method: none}}
   broken:
     source: {tmp / "does-not-exist"}
     default_variant: gptq
@@ -190,5 +204,69 @@ def test_bad_input_gets_clear_errors_and_serving_goes_on(gateway: Gateway) -> No
     error = r.json()["error"]
     assert error["code"] == "variant_build_failed"
     assert "does-not-exist is not a model folder" in error["message"]
+    r = httpx.post(
+        gateway.url + "/v1/completions", json={"model": "badarg", "prompt": "x"}, timeout=300
+    )
+    assert r.status_code == 502
+    message = r.json()["error"]["message"]
+    assert "vLLM for badarg:base exited with code" in message and "while starting" in message
+    assert "--no-such-flag" in message  # vLLM's own complaint, from its log tail
+    again = httpx.post(gateway.url + "/v1/completions", json={"model": "badarg", "prompt": "x"})
+    assert again.status_code == 502  # the failure is remembered: no retry storm
+    assert [r["restarts"] for r in _backends(gateway, "badarg")] == [0]
     reply = client.chat.completions.create(model=VARIANT, messages=MESSAGES, max_tokens=4)  # type: ignore[arg-type]
     assert reply.choices[0].message.content is not None
+
+
+def _backends(gateway: Gateway, model: str) -> list[dict[str, Any]]:
+    rows = httpx.get(gateway.url + "/admin/backends").json()["data"]
+    return [r for r in rows if r["model"] == model]
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.5)
+
+
+def test_replica_killed_under_load_is_restarted_and_no_request_fails(gateway: Gateway) -> None:
+    scale = gateway.url + "/admin/variants/tiny/gptq-w4a8/scale"
+    assert httpx.post(scale, json={"replicas": 2}, timeout=900).json()["state"] == "ready"
+    rows = _backends(gateway, "tiny")
+    assert [r["state"] for r in rows] == ["ready", "ready"]
+    assert all(r["kernel"] == "Dynamic4bitLinearKernel" for r in rows)
+    victim = rows[0]
+    client = gateway.client()
+
+    def ask(_: int) -> str | None:
+        reply = client.chat.completions.create(model=VARIANT, messages=MESSAGES, max_tokens=24)  # type: ignore[arg-type]
+        return reply.choices[0].message.content
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(ask, i) for i in range(32)]
+        time.sleep(1.0)
+        os.kill(victim["pid"], signal.SIGKILL)
+        answers = [f.result(timeout=300) for f in futures]  # raises if any request failed
+    assert len(answers) == 32
+    _wait_for(lambda: _backends(gateway, "tiny")[0]["state"] == "ready", timeout=600)
+    row = _backends(gateway, "tiny")[0]
+    assert row["restarts"] == 1 and row["pid"] != victim["pid"]
+    assert gateway.metric("quantgate_upstream_retries_total", model="tiny") >= 1
+    assert httpx.post(scale, json={"replicas": 1}, timeout=120).json()["state"] == "ready"
+
+
+def test_idle_variant_stops_then_cold_starts_on_the_next_request(gateway: Gateway) -> None:
+    client = gateway.client()
+    first = client.completions.create(model="idle", prompt="The module", max_tokens=4)
+    assert first.usage is not None and first.usage.completion_tokens == 4
+    pid = _backends(gateway, "idle")[0]["pid"]
+    _wait_for(lambda: _backends(gateway, "idle") == [], timeout=120)
+    card = next(c for c in client.models.list().data if c.id == "idle")
+    assert card.model_extra is not None and card.model_extra["quantgate"]["state"] == "built"
+    t0 = time.perf_counter()
+    again = client.completions.create(model="idle", prompt="The module", max_tokens=4)
+    cold_start_s = time.perf_counter() - t0
+    assert again.usage is not None and again.usage.completion_tokens == 4
+    assert _backends(gateway, "idle")[0]["pid"] != pid
+    print(f"cold start answered in {cold_start_s:.1f} s")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
-from conftest import LiveServer
 
-from serving.hardware import Hardware
+from conftest import LiveServer
+from serving.hardware import Gpu, Hardware
 
 Start = Callable[..., LiveServer]
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 5}
@@ -168,6 +170,27 @@ def test_w4a16_refused_fast_on_a_cpu_without_avx512(gateway: Start) -> None:
     assert httpx.get(server.url + "/admin/jobs").json()["data"] == []
 
 
+def test_fp8_is_refused_on_the_cpu_and_quantized_at_load_on_a_gpu(
+    gateway: Start, model_dir: Path
+) -> None:
+    fp8 = "      fp8: {method: fp8}\n"
+    cpu = gateway(more_variants=fp8)
+    r = httpx.post(cpu.url + "/v1/chat/completions", json={**CHAT, "model": "tiny:fp8"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "variant_unsupported_here"
+    assert "static_scaled_fp8_quant" in r.json()["error"]["message"]
+    h100 = Hardware("cuda", gpus=(Gpu(0, "NVIDIA H100", 90, 81_559),))
+    gpu = gateway(hardware=h100, more_variants=fp8)
+    r = httpx.post(gpu.url + "/v1/chat/completions", json={**CHAT, "model": "tiny:fp8"}, timeout=60)
+    assert r.status_code == 200, r.text
+    row = next(
+        v for v in httpx.get(gpu.url + "/admin/variants").json()["data"] if v["variant"] == "fp8"
+    )
+    assert row["kernel"]["quantization"] == "fp8"  # vLLM's --quantization fp8 on the base weights
+    assert row["report"] is None and row["job"] is None  # nothing was built
+    log = Path(row["replicas"][0]["log"]).read_text()
+    assert f"fake vLLM for {model_dir}" in log
+
+
 def test_stream_that_breaks_ends_with_an_error_event(
     gateway: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,3 +215,63 @@ def test_metrics_and_health(gateway: Start) -> None:
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     text = httpx.get(server.url + "/metrics").text
     assert "quantgate_jobs" in text
+
+
+def test_client_disconnect_cancels_the_backend_stream(
+    gateway: Start, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    marker = tmp_path / "cancelled"
+    monkeypatch.setenv("FAKE_CANCEL_FILE", str(marker))
+    monkeypatch.setenv("FAKE_ITL_S", "0.1")
+    server = gateway()
+    body = {**CHAT, "stream": True, "max_tokens": 100}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")  # a token arrived; now hang up
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the backend kept generating for a gone client"
+        time.sleep(0.05)
+    labels = {"model": "tiny", "variant": "base", "endpoint": "chat", "status": "499"}
+    deadline = time.monotonic() + 5
+    while sample(server, "quantgate_requests_total", **labels) != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_client_that_leaves_after_done_counts_as_a_whole_answer(
+    gateway: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LINGER_S", "5")  # the backend holds the stream open after [DONE]
+    server = gateway()
+    body = {**CHAT, "stream": True, "max_tokens": 4}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        for line in r.iter_lines():
+            if line == "data: [DONE]":
+                break  # what Locust does at the end of a run: hang up once it has the answer
+    labels = {"model": "tiny", "variant": "base", "endpoint": "chat"}
+    deadline = time.monotonic() + 5
+    while not any(
+        sample(server, "quantgate_requests_total", **labels, status=s) for s in ("200", "499")
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert sample(server, "quantgate_requests_total", **labels, status="200") == 1
+    assert sample(server, "quantgate_completion_tokens_total", model="tiny", variant="base") == 4
+
+
+def test_graceful_shutdown_lets_an_open_stream_finish(
+    gateway: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_ITL_S", "0.05")
+    server = gateway()
+    body = {**CHAT, "stream": True, "max_tokens": 30}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        server.server.should_exit = True  # what SIGTERM does: stop accepting, drain, then exit
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+    assert len(rest) == 30  # 29 more tokens + [DONE]: nothing was cut off
+    with pytest.raises(httpx.TransportError):
+        httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=5)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serving.hardware import Hardware
+from serving.hardware import Gpu, Hardware, parse_nvidia_smi
 from serving.manifest import Method, Variant
 
 
@@ -13,15 +13,40 @@ def test_detect_reads_cpu_flags(tmp_path: Path) -> None:
     assert Hardware.detect(tmp_path / "absent").cpu_flags == frozenset()
 
 
+def test_parse_nvidia_smi() -> None:
+    out = "0, NVIDIA H100 80GB HBM3, 9.0, 81559\n1, NVIDIA L4, 8.9, 23034\n"
+    gpus = parse_nvidia_smi(out)
+    assert gpus == [Gpu(0, "NVIDIA H100 80GB HBM3", 90, 81559), Gpu(1, "NVIDIA L4", 89, 23034)]
+    assert Hardware("cuda", gpus=tuple(gpus)).capability == 89
+
+
+AVX2 = Hardware("cpu", frozenset({"avx2"}))
+AVX512 = Hardware("cpu", frozenset({"avx2", "avx512f"}))
+H100 = Hardware("cuda", gpus=(Gpu(0, "NVIDIA H100", 90, 81559),))
+
+
 def test_w4a16_needs_avx512_on_cpu_and_w4a8_does_not() -> None:
-    avx2 = Hardware("cpu", frozenset({"avx2"}))
-    avx512 = Hardware("cpu", frozenset({"avx2", "avx512f"}))
     w4a16 = Variant(method=Method.GPTQ, bits=4)
     awq = Variant(method=Method.AWQ, bits=4)
     w4a8 = Variant(method=Method.GPTQ, bits=4, activation_bits=8)
     base = Variant(method=Method.NONE)
-    assert "cpu_gemm_wna16" in (avx2.unsupported(w4a16) or "")
-    assert avx2.unsupported(awq)
-    assert avx2.unsupported(w4a8) is None and avx2.unsupported(base) is None
-    assert avx512.unsupported(w4a16) is None and avx512.unsupported(awq) is None
-    assert Hardware("cuda", frozenset()).unsupported(w4a16) is None
+    assert "cpu_gemm_wna16" in (AVX2.unsupported(w4a16) or "")
+    assert AVX2.unsupported(awq)
+    assert AVX2.unsupported(w4a8) is None and AVX2.unsupported(base) is None
+    assert AVX512.unsupported(w4a16) is None and AVX512.unsupported(awq) is None
+    assert H100.unsupported(w4a16) is None
+
+
+def test_fp8_is_refused_on_vllm_cpu_and_w8a8_is_not() -> None:
+    fp8, w8a8 = Variant(method=Method.FP8), Variant(method=Method.W8A8)
+    for cpu in (AVX2, AVX512):
+        assert "static_scaled_fp8_quant" in (cpu.unsupported(fp8) or "")
+        assert cpu.unsupported(w8a8) is None
+    assert H100.unsupported(fp8) is None
+
+
+def test_two_and_three_bit_weights_are_served_nowhere() -> None:
+    for hardware in (AVX2, AVX512, H100):
+        for bits in (2, 3):
+            variant = Variant(method=Method.GPTQ, bits=bits)
+            assert f"no kernel for {bits}-bit weights" in (hardware.unsupported(variant) or "")

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import FAKES, fake_worker
 
+from conftest import FAKES, fake_worker
 from serving.errors import JobFailed
 from serving.jobs import Job, JobRunner, JobState
 from serving.manifest import Model

@@ -68,7 +68,12 @@ def test_yaml_syntax_error_names_line() -> None:
 
 def test_missing_required_field() -> None:
     errors = _errors(GOOD.replace("    source: /models/tiny\n", ""))
-    assert errors == ["/m/bad.yaml:4: models.tiny.source: Field required"]
+    assert errors == [
+        "/m/bad.yaml:4: models.tiny: Value error, source is required: "
+        "variants base, gptq are served locally"
+    ]
+    errors = _errors(GOOD.replace("default_variant: base", "default_variant: base\n    sauce: 1"))
+    assert errors == ["/m/bad.yaml:7: models.tiny.sauce: Extra inputs are not permitted"]
 
 
 def test_not_a_mapping_and_missing_file(tmp_path: Path) -> None:

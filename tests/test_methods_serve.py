@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

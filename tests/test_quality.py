@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import LiveServer
 
+from conftest import LiveServer
 from serving.manifest import Variant
 from serving.quality import PerplexityCache, fingerprint, over_budget
 

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAKES
 
+from conftest import FAKES
 from gateway.cli import main
 
 

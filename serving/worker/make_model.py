@@ -77,7 +77,7 @@ def train(model: LlamaForCausalLM, data: torch.Tensor, steps: int, seq: int, bat
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        loss_value = float(loss)
+        loss_value = loss.detach().item()
         if step % 25 == 0 or step == steps - 1:
             print(f"train step {step + 1}/{steps} loss {loss_value:.3f}", flush=True)
     model.eval()

@@ -3,7 +3,12 @@
 Never proof that serving works (the slow tests use real vLLM); it lets gateway tests run
 real sockets through the real launcher in a second. Knobs (environment variables):
 FAKE_TTFT_S, FAKE_ITL_S (stream pacing), FAKE_EXIT_AT_START=1 (die while starting),
-FAKE_BREAK_AFTER=N (end a stream after N chunks, no [DONE]).
+FAKE_BREAK_AFTER=N (end a stream after N chunks, no [DONE]), FAKE_API_KEY (required key),
+FAKE_START_DELAY_S (slow start-up), FAKE_LINGER_S (keep a stream open after [DONE]),
+FAKE_CANCEL_FILE (written when a stream is cancelled by the client going away),
+FAKE_KERNELS (comma-separated kernel names in vLLM's order of preference: the first one not in
+VLLM_DISABLED_KERNELS is logged as ``Using <Kernel> for CompressedTensorsWNA16``, as vLLM does),
+FAKE_KERNEL_ITL_S (``Kernel=seconds,...``: FAKE_ITL_S of the kernel chosen that way).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -33,9 +39,23 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     }
 
 
+def _kernel() -> str | None:
+    """The kernel vLLM would choose: the first of FAKE_KERNELS that is not disabled."""
+    disabled = os.environ.get("VLLM_DISABLED_KERNELS", "").split(",")
+    offered = [k for k in os.environ.get("FAKE_KERNELS", "").split(",") if k]
+    return next((k for k in offered if k not in disabled), None)
+
+
+def _itl(kernel: str | None) -> float:
+    per_kernel = dict(
+        item.split("=") for item in os.environ.get("FAKE_KERNEL_ITL_S", "").split(",") if item
+    )
+    return float(per_kernel.get(kernel or "", os.environ.get("FAKE_ITL_S", "0")))
+
+
 def make_app(names: list[str]) -> Starlette:
     ttft = float(os.environ.get("FAKE_TTFT_S", "0"))
-    itl = float(os.environ.get("FAKE_ITL_S", "0"))
+    itl = _itl(_kernel())
     break_after = int(os.environ.get("FAKE_BREAK_AFTER", "-1"))
 
     async def health(request: Request) -> Response:
@@ -47,6 +67,10 @@ def make_app(names: list[str]) -> Starlette:
         )
 
     async def generate(request: Request) -> Response:
+        key = os.environ.get("FAKE_API_KEY")
+        if key and request.headers.get("authorization") != f"Bearer {key}":
+            err = {"message": "bad key", "type": "AuthenticationError", "code": 401}
+            return JSONResponse({"error": err}, status_code=401)
         body = await request.json()
         if body.get("model") not in names:
             err = {
@@ -59,6 +83,8 @@ def make_app(names: list[str]) -> Starlette:
         chat = request.url.path.endswith("chat/completions")
         prompt = json.dumps(body.get("messages") if chat else body.get("prompt"))
         n_prompt, n_out = len(prompt.split()), int(body.get("max_tokens") or 8)
+        if isinstance(body.get("prompt"), list) and all(isinstance(t, int) for t in body["prompt"]):
+            n_prompt = len(body["prompt"])  # token ids
         words = [WORDS[i % len(WORDS)] for i in range(n_out)]
         if not body.get("stream"):
             await asyncio.sleep(ttft + itl * n_out)
@@ -81,6 +107,15 @@ def make_app(names: list[str]) -> Starlette:
         include = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def events() -> AsyncIterator[bytes]:
+            try:
+                async for event in _events():
+                    yield event
+            except BaseException:
+                if os.environ.get("FAKE_CANCEL_FILE"):  # the gateway closed the connection
+                    Path(os.environ["FAKE_CANCEL_FILE"]).write_text("cancelled")  # noqa: ASYNC240
+                raise
+
+        async def _events() -> AsyncIterator[bytes]:
             await asyncio.sleep(ttft)
             for i, word in enumerate(words):
                 if i == break_after:
@@ -105,6 +140,7 @@ def make_app(names: list[str]) -> Starlette:
                 }
                 yield f"data: {json.dumps(last, separators=(',', ':'))}\n\n".encode()
             yield b"data: [DONE]\n\n"
+            await asyncio.sleep(float(os.environ.get("FAKE_LINGER_S", "0")))
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -125,6 +161,11 @@ def main() -> None:
     parser.add_argument("--port", type=int)
     args, _ = parser.parse_known_args()
     print(f"fake vLLM for {args.model} on {args.port}", flush=True)
+    for name in sorted(n for n in os.environ if n.startswith("VLLM_")):
+        print(f"env {name}={os.environ[name]}", flush=True)
+    if _kernel():
+        print(f"INFO Using {_kernel()} for CompressedTensorsWNA16", flush=True)
+    time.sleep(float(os.environ.get("FAKE_START_DELAY_S", "0")))
     if os.environ.get("FAKE_EXIT_AT_START"):
         print("ValueError: fake start-up failure (bad argument)", file=sys.stderr, flush=True)
         sys.exit(3)

@@ -1,0 +1,205 @@
+"""The Kubernetes objects of a variant (Deployment, Service) and of a quantization Job.
+
+Pure functions of a workload and the settings: no API calls, so every object can be checked
+against the Kubernetes schemas offline. vLLM runs as ``vllm serve`` on the variant's folder in
+the cache volume, answers ``/health`` on port 8000, and gets GPUs as ``nvidia.com/gpu``
+limits. One replica per variant and GPUs are scarce, so a changed variant is replaced
+(``Recreate``) rather than rolled with a surge pod that may never fit.
+"""
+
+from __future__ import annotations
+
+import math
+
+from kubernetes.aio.client import (
+    V1Container,
+    V1ContainerPort,
+    V1Deployment,
+    V1DeploymentSpec,
+    V1DeploymentStrategy,
+    V1EnvVar,
+    V1HTTPGetAction,
+    V1Job,
+    V1JobSpec,
+    V1LabelSelector,
+    V1ObjectMeta,
+    V1PodSpec,
+    V1PodTemplateSpec,
+    V1Probe,
+    V1ResourceRequirements,
+    V1Service,
+    V1ServicePort,
+    V1ServiceSpec,
+    V1Toleration,
+)
+
+from serving.kube import names
+from serving.kube.settings import KubernetesSettings
+from serving.kube.volume import cache_mount, cache_volume, shared_memory
+from serving.kube.workload import QuantizationWorkload, VariantWorkload
+from serving.manifest import KubernetesOptions
+
+PORT = 8000
+GPU = "nvidia.com/gpu"
+VLLM_CONTAINER = "vllm"
+QUANTIZER_CONTAINER = "quantize"
+
+
+def vllm_args(w: VariantWorkload) -> list[str]:
+    """Arguments of ``vllm serve``, the same settings the local launcher passes."""
+    args = [
+        str(w.model_path),
+        "--served-model-name", *w.served_names,
+        "--host", "0.0.0.0",
+        "--port", str(PORT),
+        "--max-model-len", str(w.serve.max_model_len),
+        "--dtype", w.serve.dtype,
+        "--tensor-parallel-size", str(w.tensor_parallel_size),
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    if w.kube.gpus or w.kube.gpu_memory_utilization is not None:
+        args += ["--gpu-memory-utilization", str(w.kube.gpu_memory_utilization or 0.9)]
+    if w.quantization:
+        args += ["--quantization", w.quantization]
+    if w.serve.enforce_eager:
+        args.append("--enforce-eager")
+    return [*args, *w.serve.extra_args]
+
+
+def vllm_env(w: VariantWorkload) -> list[V1EnvVar]:
+    env = []
+    if w.tensor_parallel_size > 1:  # NVLink multicast (NVLS) fails on many hosts: keep it off
+        env.append(V1EnvVar(name="NCCL_NVLS_ENABLE", value="0"))
+    if not w.kube.gpus:  # the CPU build sizes its KV cache from this
+        env.append(V1EnvVar(name="VLLM_CPU_KVCACHE_SPACE", value=str(w.serve.cpu_kv_cache_gib)))
+    return env
+
+
+def resources(kube: KubernetesOptions, gpus: int) -> V1ResourceRequirements:
+    """Requests and limits of the manifest, plus ``gpus`` GPUs (a limit: requests follow)."""
+    wanted = kube.resources
+    requests = {k: v for k, v in wanted.requests.model_dump().items() if v is not None}
+    limits = {k: v for k, v in wanted.limits.model_dump().items() if v is not None}
+    if gpus:
+        limits[GPU] = str(gpus)
+    return V1ResourceRequirements(requests=requests or None, limits=limits or None)
+
+
+def tolerations(kube: KubernetesOptions) -> list[V1Toleration] | None:
+    if not kube.tolerations:
+        return None
+    return [
+        V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect)
+        for t in kube.tolerations
+    ]
+
+
+def _health_probe(period_s: int, failures: int) -> V1Probe:
+    return V1Probe(
+        http_get=V1HTTPGetAction(path="/health", port="http"),
+        period_seconds=period_s,
+        timeout_seconds=5,
+        failure_threshold=failures,
+    )
+
+
+def vllm_container(w: VariantWorkload, settings: KubernetesSettings) -> V1Container:
+    mounts = [cache_mount(read_only=True)]
+    if w.tensor_parallel_size > 1:
+        mounts.append(shared_memory()[1])
+    return V1Container(
+        name=VLLM_CONTAINER,
+        image=settings.vllm_image,
+        command=["vllm", "serve"],
+        args=vllm_args(w),
+        ports=[V1ContainerPort(name="http", container_port=PORT, protocol="TCP")],
+        env=vllm_env(w) or None,
+        resources=resources(w.kube, w.kube.gpus),
+        volume_mounts=mounts,
+        # Loading may take long: liveness waits for the first success of the startup probe.
+        startup_probe=_health_probe(10, math.ceil(w.serve.startup_timeout_s / 10) + 1),
+        readiness_probe=_health_probe(5, 3),
+        liveness_probe=_health_probe(15, 4),
+    )
+
+
+def deployment(w: VariantWorkload, settings: KubernetesSettings, replicas: int = 1) -> V1Deployment:
+    labels = names.variant_labels(w.model, w.variant, w.recipe_hash)
+    volumes = [cache_volume(settings.cache_pvc)]
+    if w.tensor_parallel_size > 1:
+        volumes.append(shared_memory()[0])
+    pod = V1PodSpec(
+        containers=[vllm_container(w, settings)],
+        volumes=volumes,
+        node_selector=dict(w.kube.node_selector) or None,
+        tolerations=tolerations(w.kube),
+        automount_service_account_token=False,
+    )
+    return V1Deployment(
+        api_version="apps/v1",
+        kind="Deployment",
+        metadata=_metadata(w.name, settings, labels, names.exact_names(w.model, w.variant)),
+        spec=V1DeploymentSpec(
+            replicas=replicas,
+            selector=V1LabelSelector(match_labels=names.selector(w.model, w.variant)),
+            strategy=V1DeploymentStrategy(type="Recreate"),
+            template=V1PodTemplateSpec(
+                metadata=V1ObjectMeta(
+                    labels=labels, annotations=names.exact_names(w.model, w.variant)
+                ),
+                spec=pod,
+            ),
+        ),
+    )
+
+
+def service(w: VariantWorkload, settings: KubernetesSettings) -> V1Service:
+    labels = names.variant_labels(w.model, w.variant, w.recipe_hash)
+    return V1Service(
+        api_version="v1",
+        kind="Service",
+        metadata=_metadata(w.name, settings, labels, names.exact_names(w.model, w.variant)),
+        spec=V1ServiceSpec(
+            type="ClusterIP",
+            selector=names.selector(w.model, w.variant),
+            ports=[V1ServicePort(name="http", port=PORT, target_port="http", protocol="TCP")],
+        ),
+    )
+
+
+def quantization_job(q: QuantizationWorkload, settings: KubernetesSettings) -> V1Job:
+    """One try (``backoffLimit: 0``): a failed quantization is reported, not retried."""
+    labels = names.job_labels(q.model, q.variant, q.recipe_hash, q.job_id)
+    container = V1Container(
+        name=QUANTIZER_CONTAINER,
+        image=settings.quantizer_image,
+        command=["python", "-m", "serving.worker.quantize", str(q.spec_path)],
+        env=[V1EnvVar(name="PYTHONUNBUFFERED", value="1")],
+        resources=resources(q.kube, 1 if q.kube.gpus else 0),  # the worker uses one device
+        volume_mounts=[cache_mount(read_only=False)],
+    )
+    pod = V1PodSpec(
+        containers=[container],
+        restart_policy="Never",
+        volumes=[cache_volume(settings.cache_pvc)],
+        node_selector=dict(q.kube.node_selector) or None,
+        tolerations=tolerations(q.kube),
+        automount_service_account_token=False,
+    )
+    return V1Job(
+        api_version="batch/v1",
+        kind="Job",
+        metadata=_metadata(q.name, settings, labels, names.exact_names(q.model, q.variant)),
+        spec=V1JobSpec(
+            backoff_limit=0,
+            ttl_seconds_after_finished=settings.job_ttl_s,
+            active_deadline_seconds=settings.job_deadline_s,
+            template=V1PodTemplateSpec(metadata=V1ObjectMeta(labels=labels), spec=pod),
+        ),
+    )
+
+
+def _metadata(
+    name: str, settings: KubernetesSettings, labels: dict[str, str], notes: dict[str, str]
+) -> V1ObjectMeta:
+    return V1ObjectMeta(name=name, namespace=settings.namespace, labels=labels, annotations=notes)

@@ -1,0 +1,100 @@
+"""The fleet on Kubernetes: the launcher's Deployments and Jobs behind the fleet's interfaces.
+
+``launch`` turns a LaunchSpec into a ``KubeServer`` (a Deployment + Service that the replica
+supervisor drives like a local process); ``remote_job`` runs a quantization job as a Job.
+Kubernetes restarts crashed pods and schedules GPUs itself, so the fleet neither restarts nor
+places them (``Fleet(places_gpus=False)``). A variant is one Deployment: replica 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from serving.build import BuildSpec, OnProgress
+from serving.errors import BackendFailed
+from serving.jobs import Job
+from serving.kube.launcher import KubernetesLauncher, VllmDeployment
+from serving.kube.volume import CacheVolume
+from serving.kube.workload import QuantizationWorkload, VariantWorkload, quantization_spec
+from serving.launcher import LaunchSpec, Server
+from serving.manifest import Manifest, Model
+
+
+class KubeServer:
+    """A variant's Deployment with the face of a local vLLM process."""
+
+    def __init__(self, deployment: VllmDeployment, spec: LaunchSpec) -> None:
+        self.spec = spec
+        self._deployment = deployment
+        self._stopped = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return self._deployment.url
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    @property
+    def started_at(self) -> float | None:
+        return self._deployment.started_at
+
+    @property
+    def ready_at(self) -> float | None:
+        return self._deployment.ready_at
+
+    def alive(self) -> bool:
+        return self._deployment.alive()
+
+    async def start(self, timeout_s: float) -> None:
+        self._stopped.clear()
+        await self._deployment.start(timeout_s)
+
+    async def wait(self) -> int:
+        """Returns only once stopped: Kubernetes restarts a crashed vLLM pod by itself."""
+        await self._stopped.wait()
+        return 0
+
+    async def stop(self, grace_s: float = 15.0) -> None:
+        await self._deployment.stop(grace_s)
+        self._stopped.set()
+
+
+def launch(
+    launcher: KubernetesLauncher, volume: CacheVolume, manifest: Manifest
+) -> Callable[[LaunchSpec], Server]:
+    def make(spec: LaunchSpec) -> Server:
+        if spec.replica > 0:
+            raise BackendFailed(
+                f"{spec.model}:{spec.variant}: on Kubernetes a variant is one Deployment; "
+                "set serve.replicas to 1 (scale the Deployment's pods with Kubernetes)"
+            )
+        model = manifest.models[spec.model]
+        workload = VariantWorkload.of(
+            spec.model, model, spec.variant, spec.model_dir, volume, spec.quantization
+        )
+        return KubeServer(launcher.server(workload), spec)
+
+    return make
+
+
+def remote_job(launcher: KubernetesLauncher, volume: CacheVolume) -> Any:
+    """A JobRunner ``remote``: the worker runs in a Job on the shared cache volume."""
+
+    async def run(
+        job: Job, model: Model, build: BuildSpec, on_progress: OnProgress
+    ) -> dict[str, Any] | None:
+        worker = build.worker_spec()
+        spec = quantization_spec(
+            volume, build.source, build.staging, build.recipe, worker["evaluate"]
+        )
+        spec_file = job.log_path.parent / "spec.json"
+        spec_file.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+        workload = QuantizationWorkload.of(job.id, job.model, model, job.variant, spec_file, volume)
+        return await launcher.run_quantization_job(workload, lambda s: on_progress({"stage": s}))
+
+    return run

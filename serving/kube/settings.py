@@ -1,0 +1,48 @@
+"""Process settings of the Kubernetes launcher (``QUANTGATE_*``; the Helm chart sets them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serving.hardware import Gpu, Hardware
+
+
+class KubernetesSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QUANTGATE_", extra="ignore")
+
+    namespace: str = Field(
+        "default",
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Where the Deployments, Services and Jobs go.",
+    )
+    vllm_image: str = Field(
+        "vllm/vllm-openai:latest",
+        description="vLLM's OpenAI server image (a CUDA image; CPU variants need a CPU build).",
+    )
+    quantizer_image: str = Field(
+        "quantgate-quantizer:latest",
+        description="An image with llm-compressor and `serving.worker` on its Python path.",
+    )
+    cache_pvc: str = Field(
+        "quantgate-cache",
+        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="The claim holding the cache: variants, job specs and logs (ReadWriteMany "
+        "when the gateway, vLLM and jobs may land on different nodes).",
+    )
+    job_ttl_s: int = Field(3600, ge=0, description="Finished Jobs are removed after this.")
+    job_deadline_s: int = Field(6 * 3600, ge=1, description="A Job running longer fails.")
+
+    device: Literal["cpu", "cuda"] = Field(
+        "cuda", description="What the vLLM pods run on: decides the kernels (QUANTGATE_DEVICE)."
+    )
+    gpu_name: str = Field("NVIDIA H100", description="The GPU the vLLM pods get, for kernels")
+    gpu_capability: int = Field(90, ge=0, description="Its compute capability x 10 (9.0 -> 90)")
+
+    def hardware(self) -> Hardware:
+        """The hardware the pods run on, as configured: the gateway's own pod has no GPU."""
+        if self.device == "cpu":
+            return Hardware("cpu", Hardware.detect().cpu_flags)
+        return Hardware("cuda", gpus=(Gpu(0, self.gpu_name, self.gpu_capability, 0),))

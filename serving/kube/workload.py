@@ -1,0 +1,133 @@
+"""What the cluster objects of a variant or a quantization job are made from.
+
+Plain values read off the manifest, with every path already translated into the cache volume;
+``serving.kube.objects`` turns them into Kubernetes objects without looking anywhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from serving.errors import BackendFailed, JobFailed
+from serving.kube import names
+from serving.kube.volume import CacheVolume
+from serving.manifest import KubernetesOptions, Model, ServeOptions
+
+
+@dataclass(frozen=True)
+class VariantWorkload:
+    model: str
+    variant: str
+    recipe_hash: str
+    model_path: PurePosixPath  # inside the cache volume
+    served_names: tuple[str, ...]
+    serve: ServeOptions
+    kube: KubernetesOptions
+    tensor_parallel_size: int = 1
+    quantization: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        model_name: str,
+        model: Model,
+        variant: str,
+        model_dir: Path,
+        volume: CacheVolume,
+        quantization: str | None = None,
+    ) -> VariantWorkload:
+        """The workload of ``model_name:variant`` served from ``model_dir`` (a cache path).
+
+        Raises BackendFailed when ``model_dir`` is outside the cache (e.g. a base model's
+        ``source`` elsewhere on the gateway's disk).
+        """
+        try:
+            path = volume.path(model_dir)
+        except ValueError as exc:
+            raise BackendFailed(
+                f"cannot serve {model_name}:{variant} on Kubernetes: {exc}"
+            ) from exc
+        served = f"{model_name}:{variant}"
+        return cls(
+            model=model_name,
+            variant=variant,
+            recipe_hash=model.variants[variant].recipe_hash(),
+            model_path=path,
+            served_names=(served, model_name) if variant == model.default_variant else (served,),
+            serve=model.serve,
+            kube=model.kubernetes,
+            tensor_parallel_size=model.tensor_parallel_size,
+            quantization=quantization,
+        )
+
+    @property
+    def name(self) -> str:
+        """The Deployment's and the Service's name."""
+        return names.variant_name(self.model, self.variant)
+
+
+@dataclass(frozen=True)
+class QuantizationWorkload:
+    job_id: str
+    model: str
+    variant: str
+    recipe_hash: str
+    spec_path: PurePosixPath  # inside the cache volume
+    kube: KubernetesOptions
+
+    @classmethod
+    def of(
+        cls,
+        job_id: str,
+        model_name: str,
+        model: Model,
+        variant: str,
+        spec_file: Path,
+        volume: CacheVolume,
+    ) -> QuantizationWorkload:
+        """The Job that runs the worker on ``spec_file`` (written in the cache beforehand)."""
+        try:
+            spec_path = volume.path(spec_file)
+        except ValueError as exc:
+            raise JobFailed(f"cannot quantize on Kubernetes: {exc}") from exc
+        return cls(
+            job_id=job_id,
+            model=model_name,
+            variant=variant,
+            recipe_hash=model.variants[variant].recipe_hash(),
+            spec_path=spec_path,
+            kube=model.kubernetes,
+        )
+
+    @property
+    def name(self) -> str:
+        return names.job_name(self.job_id)
+
+
+def quantization_spec(
+    volume: CacheVolume,
+    source: Path,
+    output: Path,
+    recipe: dict[str, Any],
+    evaluate: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The worker's spec.json (``serving.worker.quantize``) with the paths a pod sees;
+    ``evaluate``: the held-out perplexity to measure after the build (``BuildSpec``).
+
+    Raises JobFailed when the source or the output is outside the cache. A calibration
+    dataset given as a local path must be in the cache as well.
+    """
+    try:
+        calibration = dict(recipe.get("calibration") or {})
+        if calibration.get("dataset"):
+            calibration["dataset"] = str(volume.path(Path(calibration["dataset"])))
+        return {
+            "source": str(volume.path(source)),
+            "output": str(volume.path(output)),
+            "recipe": {**recipe, "calibration": calibration} if calibration else recipe,
+            "evaluate": evaluate,
+        }
+    except ValueError as exc:
+        raise JobFailed(f"cannot quantize on Kubernetes: {exc}") from exc

@@ -1,0 +1,114 @@
+"""The replicas of one variant: scaling, choosing one for a request, draining, idleness."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from serving.errors import BackendFailed, QuantgateError
+from serving.launcher import LaunchSpec, Server
+from serving.replica import Replica, ReplicaState, RestartPolicy, StaticReplica, unlaunchable
+
+SpecFactory = Callable[[int], LaunchSpec]
+
+
+class VariantPool:
+    def __init__(
+        self,
+        name: str,
+        spec: SpecFactory,
+        launch: Callable[[LaunchSpec], Server],
+        policy: RestartPolicy,
+    ) -> None:
+        self.name = name
+        self._spec = spec
+        self._launch = launch
+        self._policy = policy
+        self.replicas: list[Replica] = []
+        self._turn = 0
+
+    @classmethod
+    def static(cls, name: str, url: str) -> VariantPool:
+        """A pool of one already-running upstream."""
+        pool = cls(name, unlaunchable, unlaunchable, RestartPolicy())
+        pool.replicas = [StaticReplica(url)]
+        return pool
+
+    @property
+    def static_upstream(self) -> bool:
+        return any(isinstance(r, StaticReplica) for r in self.replicas)
+
+    @property
+    def running(self) -> bool:
+        return any(
+            r.state not in (ReplicaState.STOPPED, ReplicaState.FAILED) for r in self.replicas
+        )
+
+    def ready(self) -> list[Replica]:
+        return [r for r in self.replicas if r.routable]
+
+    def failed(self) -> bool:
+        return bool(self.replicas) and all(r.state is ReplicaState.FAILED for r in self.replicas)
+
+    async def scale(self, count: int) -> None:
+        """Start replicas up to ``count`` (all at once) or drain and stop those above it.
+
+        Returns when every new replica is ready; raises BackendFailed if none of them is.
+        """
+        if self.static_upstream:
+            return
+        live = [r for r in self.replicas if r.state is not ReplicaState.STOPPED]
+        if count < len(live):
+            await asyncio.gather(*(r.stop() for r in live[count:]))
+            self.replicas = [r for r in self.replicas if r.state is not ReplicaState.STOPPED]
+            return
+        used = {r.index for r in self.replicas}
+        fresh = [i for i in range(count + len(used)) if i not in used][: count - len(live)]
+        new = [self._replica(i) for i in fresh]
+        self.replicas = sorted(
+            [r for r in self.replicas if r.state is not ReplicaState.STOPPED] + new,
+            key=lambda r: r.index,
+        )
+        results = await asyncio.gather(*(r.start() for r in new), return_exceptions=True)
+        errors = [e for e in results if isinstance(e, BaseException)]
+        if new and len(errors) == len(new):
+            first = errors[0]
+            raise first if isinstance(first, QuantgateError) else BackendFailed(str(first))
+
+    def _replica(self, index: int) -> Replica:
+        return Replica(index, lambda: self._spec(index), self._launch, self._policy)
+
+    def pick(
+        self, exclude: frozenset[int] = frozenset(), key: str | None = None, load_cap: int = 4
+    ) -> Replica | None:
+        """Least outstanding requests among ready replicas (ties round-robin). With a ``key``
+        (session, user or prompt prefix) the same replica while it stays within ``load_cap``
+        requests of the least loaded one, so affinity cannot build a hot spot."""
+        ready = [r for r in self.ready() if r.index not in exclude]
+        if not ready:
+            return None
+        self._turn += 1
+        least = min(ready, key=lambda r: (r.in_flight, (r.index - self._turn) % len(ready)))
+        if key is None or len(ready) == 1:
+            return least
+        sticky = max(ready, key=lambda r: zlib.crc32(f"{r.index}:{key}".encode()))
+        return sticky if sticky.in_flight <= least.in_flight + load_cap else least
+
+    def idle_for(self) -> float:
+        """Seconds since the last request ended; 0 while one is in flight or a replica starts."""
+        busy = (ReplicaState.STARTING, ReplicaState.RESTARTING)
+        if not self.replicas or any(r.in_flight or r.state in busy for r in self.replicas):
+            return 0.0
+        return time.monotonic() - max(r.last_used for r in self.replicas)
+
+    async def stop(self, drain_s: float = 30.0) -> None:
+        if self.static_upstream:
+            return
+        await asyncio.gather(*(r.stop(drain_s) for r in self.replicas))
+        self.replicas = []
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [r.describe() for r in self.replicas]

@@ -1,0 +1,230 @@
+"""One supervised vLLM replica: started, watched, restarted with backoff, drained, stopped.
+
+A replica that was ready and then exits (a crash, ``kill -9``) is restarted after a backoff
+(1 s, 2 s, 4 s, ... capped), at most ``max_restarts`` times within ``restart_window_s``; past
+that it is marked failed. A replica that fails its *first* start is not retried: a bad argument
+would only fail again, so the error (with vLLM's log tail) goes straight to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, NoReturn
+
+from serving.errors import BackendFailed
+from serving.launcher import LaunchSpec, Server
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    max_restarts: int = 5
+    restart_window_s: float = 600.0
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+    startup_timeout_s: float = 600.0
+
+
+class Replica:
+    def __init__(
+        self,
+        index: int,
+        spec: Callable[[], LaunchSpec],
+        launch: Callable[[LaunchSpec], Server],
+        policy: RestartPolicy,
+    ) -> None:
+        self.index = index
+        self._spec = spec
+        self._launch = launch
+        self._policy = policy
+        self.state = ReplicaState.STOPPED
+        self.server: Server | None = None
+        self.restarts = 0
+        self._restart_times: deque[float] = deque()
+        self.in_flight = 0
+        self.last_used = time.monotonic()
+        self.error: str | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._failures = 0
+        self._open_until = 0.0
+
+    @property
+    def routable(self) -> bool:
+        return self.state is ReplicaState.READY and time.monotonic() >= self._open_until
+
+    # -- circuit breaker -------------------------------------------------------------------
+    def record_failure(self, threshold: int, open_s: float) -> None:
+        """Count a failed request; ``threshold`` in a row keep it out of routing ``open_s``.
+
+        After that window one request may try it (half-open); one more failure reopens it.
+        """
+        self._failures += 1
+        if self._failures >= threshold:
+            self._open_until = time.monotonic() + open_s
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._open_until = 0.0
+
+    @property
+    def circuit(self) -> str:
+        if time.monotonic() < self._open_until:
+            return "open"
+        return "half-open" if self._open_until else "closed"
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """First start: raise BackendFailed with the log tail if vLLM never becomes healthy."""
+        self.state, self.error = ReplicaState.STARTING, None
+        try:
+            await self._spawn()
+        except BaseException as exc:
+            self.state, self.error = ReplicaState.FAILED, str(exc)
+            raise
+        self._monitor = asyncio.create_task(self._watch(), name=f"replica-{self.index}")
+
+    async def _spawn(self) -> None:
+        self.server = self._launch(self._spec())
+        await self.server.start(self._policy.startup_timeout_s)
+        self.state = ReplicaState.READY
+        self.last_used = time.monotonic()
+
+    async def _watch(self) -> None:
+        """Wait for the process to exit; unless we stopped it, restart it with backoff."""
+        while True:
+            assert self.server is not None
+            code = await self.server.wait()
+            if self.state in (ReplicaState.DRAINING, ReplicaState.STOPPED):
+                return
+            log.warning("replica %s exited with code %s; restarting", self.index, code)
+            await self.server.stop(grace_s=0)  # reap what is left of its process group
+            if not await self._restart():
+                return
+
+    async def _restart(self) -> bool:
+        policy = self._policy
+        while True:
+            now = time.monotonic()
+            while self._restart_times and now - self._restart_times[0] > policy.restart_window_s:
+                self._restart_times.popleft()
+            if len(self._restart_times) >= policy.max_restarts:
+                self.state = ReplicaState.FAILED
+                self.error = (
+                    f"crashed {policy.max_restarts} times within {policy.restart_window_s:.0f} s;"
+                    f" not restarting (last error: {self.error or 'process exited'})"
+                )
+                return False
+            self.state = ReplicaState.RESTARTING
+            delay = min(policy.backoff_s * 2 ** len(self._restart_times), policy.backoff_max_s)
+            self._restart_times.append(now)
+            self.restarts += 1
+            await asyncio.sleep(delay)
+            try:
+                await self._spawn()
+                return True
+            except BackendFailed as exc:
+                self.error = str(exc)
+
+    async def stop(self, drain_s: float = 30.0) -> None:
+        """Stop routing to it, wait up to ``drain_s`` for in-flight requests, then stop."""
+        if self.state in (ReplicaState.STOPPED, ReplicaState.FAILED) and not self._alive():
+            self.state = ReplicaState.STOPPED
+            return
+        self.state = ReplicaState.DRAINING
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), drain_s)
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        if self.server is not None:
+            await self.server.stop()
+        self.state = ReplicaState.STOPPED
+
+    def _alive(self) -> bool:
+        return self.server is not None and self.server.alive()
+
+    # -- traffic ---------------------------------------------------------------------------
+    def acquire(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+        self.last_used = time.monotonic()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.last_used = time.monotonic()
+        if self.in_flight == 0:
+            self._idle.set()
+
+    def describe(self) -> dict[str, Any]:
+        server = self.server
+        alive = server is not None and server.alive()
+        return {
+            "index": self.index,
+            "state": self.state.value,
+            "url": server.url if server else None,
+            "port": server.spec.port if server else None,
+            "pid": server.pid if alive and server else None,
+            "gpus": server.spec.env.get("CUDA_VISIBLE_DEVICES") if server else None,
+            "uptime_s": round(time.time() - server.ready_at, 1)
+            if alive and server and server.ready_at
+            else None,
+            "ready_s": round(server.ready_at - server.started_at, 1)
+            if server and server.ready_at and server.started_at
+            else None,
+            "restarts": self.restarts,
+            "in_flight": self.in_flight,
+            "circuit": self.circuit,
+            "log": str(server.spec.log_path) if server else None,
+            "error": self.error,
+        }
+
+
+class StaticReplica(Replica):
+    """An upstream that is already running: always routable, never started or stopped."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(0, unlaunchable, unlaunchable, RestartPolicy())
+        self._url = url.rstrip("/")
+        self.state = ReplicaState.READY
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def start(self) -> None:
+        self.state = ReplicaState.READY
+
+    async def stop(self, drain_s: float = 30.0) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "url": self._url, "state": self.state.value}
+
+
+def unlaunchable(*_: object) -> NoReturn:
+    raise AssertionError("a static upstream is never launched")

@@ -1,0 +1,127 @@
+"""How one replica of a variant is launched: its GPUs, port, environment and vLLM arguments."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from serving.errors import BackendFailed
+from serving.hardware import Hardware
+from serving.kernels import KernelChoice
+from serving.launcher import LaunchSpec, free_port, port_in_use
+from serving.manifest import Manifest
+from serving.placement import Placement, PlacementError
+from serving.store import VariantStore
+
+# NVLink multicast stays off in every library vLLM may reach it through: on shared hosts a
+# program that uses it can take the host's GPUs out of service (vLLM's symmetric-memory
+# all-reduce is the one that would). CUDA numbers GPUs as nvidia-smi does (PCI order).
+CUDA_ENV = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+    "VLLM_ALLREDUCE_USE_SYMM_MEM": "0",
+    "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+}
+
+
+class LaunchPlanner:
+    def __init__(
+        self,
+        manifest: Manifest,
+        store: VariantStore,
+        hardware: Hardware,
+        placement: Placement,
+        host: str,
+        places_gpus: bool,
+    ) -> None:
+        self._manifest = manifest
+        self._store = store
+        self._hardware = hardware
+        self._placement = placement
+        self._host = host
+        self._places_gpus = places_gpus
+
+    def model_dir(self, model_name: str, name: str) -> Path:
+        model = self._manifest.models[model_name]
+        variant = model.variants[name]
+        if variant.needs_build:
+            return self._store.variant_dir(model_name, variant)
+        return model.source_path  # the base weights; FP8 is quantized by vLLM at load
+
+    def replica(self, model_name: str, name: str, index: int, kernel: KernelChoice) -> LaunchSpec:
+        """Replica ``index`` of a variant: claims its GPUs (if this fleet places them)."""
+        model = self._manifest.models[model_name]
+        opts = model.serve
+        owner = f"{model_name}:{name}#{index}"
+        gpus: tuple[int, ...] = ()
+        if self._places_gpus:
+            tp, share = model.tensor_parallel_size, opts.gpu_memory_utilization
+            gpus = self._placement.place(owner, tp, share)
+        port = self._port(opts.base_port, index, owner)
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(opts.cpu_kv_cache_gib), **opts.env, **kernel.env}
+        if self._hardware.device == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+            env.update(CUDA_ENV)
+        elif opts.replicas > 1:
+            # vllm-cpu binds its compute threads to core 0 by default: spread the replicas.
+            env["VLLM_CPU_OMP_THREADS_BIND"] = str(index % (os.cpu_count() or 1))
+        names: tuple[str, ...] = (f"{model_name}:{name}",)
+        if name == model.default_variant:
+            names += (model_name,)
+        args = list(opts.extra_args)
+        if self._hardware.device == "cuda":
+            args += ["--tensor-parallel-size", str(model.tensor_parallel_size)]
+            args += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
+        return LaunchSpec(
+            model=model_name,
+            variant=name,
+            replica=index,
+            model_dir=self.model_dir(model_name, name),
+            served_names=names,
+            port=port,
+            host=self._host,
+            log_path=self._store.log_dir() / f"{model_name}-{name}-r{index}-{int(time.time())}.log",
+            max_model_len=opts.max_model_len,
+            dtype=opts.dtype,
+            quantization=kernel.quantization,
+            enforce_eager=opts.enforce_eager,
+            extra_args=tuple(args),
+            env=env,
+        )
+
+    def side(self, first: LaunchSpec, i: int) -> LaunchSpec | None:
+        """``first`` on other idle GPUs of the same kind (claimed as ``<variant>#tune<i>``), for
+        kernel tuning; None when there are none, or when this fleet does not place GPUs."""
+        model = self._manifest.models[first.model]
+        if not self._places_gpus or self._hardware.device != "cuda":
+            return None
+        owner = f"{first.model}:{first.variant}#tune{i}"
+        share = model.serve.gpu_memory_utilization
+        try:
+            gpus = self._placement.place(owner, model.tensor_parallel_size, share)
+        except PlacementError:
+            return None
+        kinds = {g.index: g.name for g in self._hardware.gpus}
+        wanted = [int(g) for g in first.env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
+        if sorted(kinds.get(g, "") for g in gpus) != sorted(kinds.get(g, "") for g in wanted):
+            self._placement.release(owner)
+            return None
+        env = {**first.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
+        return dataclasses.replace(first, port=free_port(self._host), env=env)
+
+    def release(self, prefix: str) -> None:
+        """Give back the GPUs of every owner starting with ``prefix``."""
+        for owner in list(self._placement.claims()):
+            if owner.startswith(prefix):
+                self._placement.release(owner)
+
+    def _port(self, base: int | None, index: int, owner: str) -> int:
+        if base is None:
+            return free_port(self._host)
+        port = base + index
+        if port_in_use(self._host, port):
+            raise BackendFailed(f"{owner}: port {port} (base_port + {index}) is already in use")
+        return port

@@ -1,0 +1,106 @@
+"""The fleet on Kubernetes (what `quantgate serve` does with QUANTGATE_LAUNCHER=kubernetes):
+a missing variant becomes a quantization Job, then a Deployment + Service, on the fake API
+server; the test plays the Job's pod and the Deployment controller."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from fakes.kube_api import FakeKubernetes
+from kubernetes.aio.client import ApiClient, Configuration
+from test_kube_launcher import DEPLOYMENTS, JOBS, NS, WORKER_LOG, Scene, until_stored
+
+from serving.fleet import Fleet
+from serving.hardware import Gpu, Hardware
+from serving.jobs import JobRunner
+from serving.kube import names, runtime
+from serving.kube.launcher import KubernetesLauncher
+from serving.kube.settings import KubernetesSettings
+from serving.kube.volume import CacheVolume
+from serving.manifest import parse_manifest
+from serving.store import VariantStore
+
+H100 = Hardware("cuda", gpus=(Gpu(0, "NVIDIA H100", 90, 0),))
+W4A16 = {"weights": {"num_bits": 4, "type": "int"}, "input_activations": None}
+QUANTIZED = {
+    "quantization_config": {"quant_method": "compressed-tensors", "config_groups": {"g": W4A16}}
+}
+
+
+def test_a_missing_variant_is_built_by_a_job_then_served_by_a_deployment(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / "models" / "tiny").mkdir(parents=True)
+    (cache / "models" / "tiny" / "config.json").write_text("{}")
+    text = f"""
+cache_dir: {cache}
+models:
+  tiny:
+    source: {cache / "models" / "tiny"}
+    default_variant: gptq
+    kubernetes: {{gpus: 1}}
+    variants:
+      gptq: {{method: gptq, bits: 4}}
+"""
+    manifest = parse_manifest(text, tmp_path / "m.yaml")
+
+    async def scenario(cluster: FakeKubernetes) -> dict[str, Any]:
+        async with ApiClient(Configuration(host=cluster.url)) as api:
+            s = Scene(api)
+            launcher = KubernetesLauncher(api, KubernetesSettings(namespace=NS), poll_s=0.02)
+            volume = CacheVolume("quantgate-cache", cache)
+            store = VariantStore(cache)
+            jobs = JobRunner(store, lambda spec: [], remote=runtime.remote_job(launcher, volume))
+            fleet = Fleet(
+                manifest, store, jobs, Path("/unused"), H100,
+                launch=runtime.launch(launcher, volume, manifest), places_gpus=False,
+            )  # fmt: skip
+            job = fleet.build("tiny", "gptq")
+            assert job is not None
+            job_name = names.job_name(job.id)
+            await until_stored(cluster, JOBS, job_name)
+            # the Job's pod: the worker writes the variant into the staging folder, logs, ends
+            spec = json.loads((job.log_path.parent / "spec.json").read_text())
+            # the pod's paths, and the same perplexity measurement as a local build
+            assert spec["source"] == "/var/cache/quantgate/models/tiny"
+            assert spec["evaluate"] == {"context": 256, "stride": 128, "base": True}
+            staging = cache / Path(spec["output"]).relative_to("/var/cache/quantgate")
+            staging.mkdir(parents=True)
+            (staging / "config.json").write_text(json.dumps(QUANTIZED))
+            cluster.serve_log(NS, f"{job_name}-abcde", WORKER_LOG)
+            labels = names.job_labels("tiny", "gptq", job.recipe_hash, job.id)
+            await s.pod(f"{job_name}-abcde", labels, {"phase": "Succeeded"})
+            await s.job_status(
+                job_name, succeeded=1, conditions=[{"type": "Complete", "status": "True"}]
+            )
+            # then the Deployment controller
+            deployment = names.variant_name("tiny", "gptq")
+            await until_stored(cluster, DEPLOYMENTS, deployment)
+            assert fleet.state("tiny", "gptq").value == "starting"
+            await s.deployment_status(deployment, replicas=1, readyReplicas=1)
+            for _ in range(200):
+                if fleet.state("tiny", "gptq").value == "ready":
+                    break
+                await asyncio.sleep(0.02)
+            described = fleet.describe("tiny", "gptq")
+            stored = cluster.stored(DEPLOYMENTS, NS, deployment)
+            await fleet.stop("tiny", "gptq")
+            scaled = cluster.stored(DEPLOYMENTS, NS, deployment)
+            await fleet.aclose()
+            return {"described": described, "stored": stored, "scaled": scaled}
+
+    with FakeKubernetes() as cluster:
+        out = asyncio.run(scenario(cluster))
+    described = out["described"]
+    assert described["state"] == "ready"
+    assert described["job"]["state"] == "succeeded"
+    assert described["report"]["recipe_hash"] == described["recipe_hash"]  # committed here
+    assert described["kernel"]["kernel"] == "MacheteLinearKernel"
+    [replica] = described["replicas"]
+    assert replica["url"] == f"http://{names.variant_name('tiny', 'gptq')}.{NS}.svc:8000"
+    container = out["stored"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
+    assert "--quantization" in container["args"] or "--quantization" in container.get("command", [])
+    assert out["scaled"]["spec"]["replicas"] == 0  # stop scales to zero, keeps the objects

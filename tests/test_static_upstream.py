@@ -1,0 +1,83 @@
+"""A variant that points at an already-running OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from conftest import AVX512, FAKES, LiveServer, free_port, make_fleet
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from serving.manifest import parse_manifest
+
+
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    port = free_port()
+    monkeypatch.setenv("UPSTREAM_KEY", "k-123")
+    env = {"PYTHONPATH": str(FAKES), "FAKE_API_KEY": "k-123", "PATH": "/usr/bin:/bin"}
+    args = ["--model", "x", "--served-model-name", "real-name", "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args], env=env
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_static_upstream_is_routed_renamed_keyed_and_metered(
+    tmp_path: Path, upstream: str, fake_vllm_python: Path
+) -> None:
+    text = f"""
+cache_dir: {tmp_path}
+models:
+  ext:
+    default_variant: main
+    variants:
+      main:
+        method: none
+        upstream: {{url: "{upstream}", api_key_env: UPSTREAM_KEY, model: real-name}}
+"""
+    manifest = parse_manifest(text, tmp_path / "m.yaml")
+    registry = CollectorRegistry()
+    app = create_app(make_fleet(manifest, fake_vllm_python, AVX512), GatewaySettings(), registry)
+    with LiveServer(app, registry) as server:
+        card = httpx.get(server.url + "/v1/models").json()["data"][0]
+        assert card["quantgate"]["state"] == "ready"
+        assert card["quantgate"]["kernel"] == "external"
+        body = {"model": "ext", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "real-name"
+        labels = {"model": "ext", "variant": "main"}
+        assert registry.get_sample_value("quantgate_completion_tokens_total", labels) == 3
+
+
+def test_upstream_variant_needs_no_source_but_local_ones_do(tmp_path: Path) -> None:
+    text = f"""
+cache_dir: {tmp_path}
+models:
+  ext:
+    default_variant: main
+    variants:
+      main: {{method: none, upstream: {{url: "http://127.0.0.1:1"}}}}
+      local: {{method: none}}
+"""
+    with pytest.raises(Exception, match="source is required: variants local"):
+        parse_manifest(text, tmp_path / "m.yaml")

@@ -1,0 +1,174 @@
+"""Replicas under supervision, on real sockets: the fake vLLM started by the real launcher.
+
+The same behaviours are shown on real vLLM in tests/test_replicas_real.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from conftest import LiveServer
+from serving.hardware import Gpu, Hardware
+
+Start = Callable[..., LiveServer]
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def backends(server: LiveServer) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = httpx.get(server.url + "/admin/backends").json()["data"]
+    return rows
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_two_replicas_share_the_load(gateway: Start) -> None:
+    server = gateway(serve=", replicas: 2")
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    wait_for(lambda: [r["state"] for r in backends(server)] == ["ready", "ready"])
+    for _ in range(6):
+        assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    rows = backends(server)
+    assert len({r["port"] for r in rows}) == 2
+    assert [r["in_flight"] for r in rows] == [0, 0]
+
+
+def test_killed_replica_is_restarted_and_no_request_fails(
+    gateway: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_TTFT_S", "0.05")
+    server = gateway(serve=", replicas: 2")
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    victim = backends(server)[0]
+
+    async def load() -> list[int]:
+        async with httpx.AsyncClient(timeout=60) as client:
+
+            async def one(i: int) -> int:
+                await asyncio.sleep(i * 0.01)
+                r = await client.post(server.url + "/v1/chat/completions", json=CHAT)
+                return r.status_code
+
+            tasks = [asyncio.create_task(one(i)) for i in range(120)]
+            await asyncio.sleep(0.2)
+            os.kill(int(str(victim["pid"])), signal.SIGKILL)
+            return await asyncio.gather(*tasks)
+
+    statuses = asyncio.run(load())
+    assert statuses == [200] * 120
+    wait_for(lambda: backends(server)[0]["state"] == "ready")
+    row = backends(server)[0]
+    assert row["restarts"] == 1 and row["pid"] != victim["pid"]
+    text = httpx.get(server.url + "/metrics").text
+    assert "quantgate_upstream_retries_total" in text
+
+
+def test_crash_loop_stops_after_the_restart_limit(
+    gateway: Start, monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    server = gateway(serve=", max_restarts: 2")
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    monkeypatch.setenv("FAKE_EXIT_AT_START", "1")  # every restart now fails at start
+    os.kill(int(str(backends(server)[0]["pid"])), signal.SIGKILL)
+    wait_for(lambda: backends(server)[0]["state"] == "failed", timeout=40)
+    row = backends(server)[0]
+    assert row["restarts"] == 2
+    assert "crashed 2 times" in str(row["error"])
+    r = httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30)
+    assert r.status_code == 502 and "every replica" in r.json()["error"]["message"]
+
+
+def test_idle_stop_then_cold_start(gateway: Start) -> None:
+    server = gateway(serve=", idle_stop_s: 1")
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    pid = backends(server)[0]["pid"]
+    wait_for(lambda: backends(server) == [], timeout=10)
+    card = next(c for c in httpx.get(server.url + "/v1/models").json()["data"] if c["id"] == "tiny")
+    assert card["quantgate"]["state"] == "built"
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    assert backends(server)[0]["pid"] != pid
+
+
+def test_admin_scale_stop_and_start(gateway: Start) -> None:
+    server = gateway()
+    url = server.url + "/admin/variants/tiny/base"
+    assert httpx.post(url + "/scale", json={"replicas": 2}, timeout=30).json()["state"] == "ready"
+    assert len(backends(server)) == 2
+    assert httpx.post(url + "/scale", json={"replicas": 1}, timeout=30).is_success
+    assert len(backends(server)) == 1
+    assert httpx.post(url + "/stop", timeout=30).json()["state"] == "built"
+    assert backends(server) == []
+    assert httpx.post(url + "/start", timeout=30).json()["state"] == "ready"
+    assert httpx.post(url + "/scale", json={"replicas": -1}).status_code == 422
+
+
+def test_port_in_use_is_a_clear_error(gateway: Start) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = gateway(serve=f", base_port: {port}")
+        r = httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30)
+    assert r.status_code == 502
+    assert f"port {port} (base_port + 0) is already in use" in r.json()["error"]["message"]
+
+
+def test_more_gpus_than_exist_is_a_clear_error(gateway: Start) -> None:
+    one_gpu = Hardware("cuda", gpus=(Gpu(0, "H100", 90, 81_559),))
+    server = gateway(hardware=one_gpu, serve=", tensor_parallel_size: 2")
+    r = httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30)
+    assert r.status_code == 503
+    error = r.json()["error"]
+    assert error["code"] == "insufficient_resources"
+    assert "tensor_parallel_size 2 needs 2 GPUs; this machine has 1" in error["message"]
+    [row] = backends(server)  # nothing was started, nothing retries
+    assert (row["state"], row["pid"], row["restarts"]) == ("failed", None, 0)
+
+
+def test_a_starting_replica_is_not_idle(gateway: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_START_DELAY_S", "2")
+    server = gateway(serve=", idle_stop_s: 0.5")
+    r = httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def test_replica_states_are_exported_as_metrics(gateway: Start) -> None:
+    server = gateway(serve=", replicas: 2")
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    wait_for(lambda: [r["state"] for r in backends(server)] == ["ready", "ready"])
+    text = httpx.get(server.url + "/metrics").text
+    assert 'quantgate_replicas{model="tiny",state="ready",variant="base"} 2.0' in text
+    assert 'quantgate_circuit_open_replicas{model="tiny",variant="base"} 0.0' in text
+
+
+def test_circuit_breaker_opens_then_half_opens(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving import replica as replica_module
+    from serving.replica import Replica, ReplicaState, RestartPolicy
+
+    now = [1000.0]
+    monkeypatch.setattr(replica_module.time, "monotonic", lambda: now[0])
+    r = Replica(0, lambda: None, lambda spec: None, RestartPolicy())  # type: ignore[arg-type, return-value]
+    r.state = ReplicaState.READY
+    for _ in range(2):
+        r.record_failure(threshold=3, open_s=10)
+    assert r.routable and r.circuit == "closed"
+    r.record_failure(threshold=3, open_s=10)
+    assert not r.routable and r.circuit == "open"
+    now[0] += 10
+    assert r.routable and r.circuit == "half-open"  # one request may try it
+    r.record_failure(threshold=3, open_s=10)
+    assert not r.routable  # and one more failure shuts it again
+    now[0] += 10
+    r.record_success()
+    assert r.routable and r.circuit == "closed"
