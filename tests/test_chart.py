@@ -298,6 +298,28 @@ def test_static_defaults_match_the_manifest_defaults(tmp_path: Path) -> None:
     assert "nvidia.com/gpu" not in vllm["resources"].get("limits", {})
 
 
+def test_static_fp8_serves_the_source_quantized_at_load(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    variants = {"base": {"method": "none"}, "fp8": {"method": "fp8"}}
+    model = {"source": "/var/cache/quantgate/models/m", "default_variant": "base"}
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "mode": "static",
+                "manifest": {"models": {"m": {**model, "variants": variants}}},
+                "static": {"backends": [{"model": "m", "variant": v} for v in variants]},
+            }
+        )
+    )
+    args = {
+        labels(d)["quantgate.io/variant"]: container(d, "vllm")["args"]
+        for d in find(render(values), "Deployment", "vllm")
+    }
+    assert args["fp8"][0] == args["base"][0] == "/var/cache/quantgate/models/m"
+    assert "--quantization=fp8" in args["fp8"]
+    assert not any(a.startswith("--quantization") for a in args["base"])
+
+
 @pytest.mark.parametrize("name", ["single-gpu", "multi-gpu-tp"])
 def test_static_model_dirs_are_where_the_variant_store_puts_the_variants(name: str) -> None:
     values = values_of(example(name))
