@@ -84,7 +84,7 @@ def _pick(base: str, model: str) -> str:
     usable = [
         c for c in cards
         if ":" in c["id"] and c["quantgate"]["method"] != "none"
-        and c["quantgate"]["state"] != "unsupported"
+        and c["quantgate"]["state"] not in ("unsupported", "over_budget")
     ]  # fmt: skip
     for card in cards:
         if ":" not in card["id"]:
