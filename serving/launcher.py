@@ -98,6 +98,7 @@ class VllmServer:
         self.spec = spec
         self._python = python
         self._proc: asyncio.subprocess.Process | None = None
+        self._group_reaped = False
         self.started_at: float | None = None
         self.ready_at: float | None = None
 
@@ -121,6 +122,7 @@ class VllmServer:
         self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.spec.env}
         with self.spec.log_path.open("ab") as log:
+            self._group_reaped = False
             self._proc = await asyncio.create_subprocess_exec(
                 *self.spec.argv(self._python),
                 stdout=log,
@@ -163,17 +165,21 @@ class VllmServer:
         return await self._proc.wait()
 
     async def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM the process group, wait up to ``grace_s``, then SIGKILL it."""
+        """SIGTERM the process group, wait up to ``grace_s``, then SIGKILL it. A server that
+        died by itself (``kill -9``, a crash) leaves vLLM's engine processes behind in its
+        group: those are killed too, once."""
         proc = self._proc
-        if proc is None or proc.returncode is not None:
+        if proc is None or self._group_reaped:
             return
-        _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace_s)
-        except TimeoutError:
-            _signal_group(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        if proc.returncode is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), grace_s)
+            except TimeoutError:
+                _signal_group(proc.pid, signal.SIGKILL)
+                await proc.wait()
         _signal_group(proc.pid, signal.SIGKILL)  # stragglers of the group, if any
+        self._group_reaped = True  # the group id may belong to someone else from now on
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

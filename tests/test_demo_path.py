@@ -223,6 +223,18 @@ def _backends(gateway: Gateway, model: str) -> list[dict[str, Any]]:
     return [r for r in rows if r["model"] == model]
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether any live process (zombies aside) is left in the process group."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 def _wait_for(predicate: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -252,6 +264,7 @@ def test_replica_killed_under_load_is_restarted_and_no_request_fails(gateway: Ga
     _wait_for(lambda: _backends(gateway, "tiny")[0]["state"] == "ready", timeout=600)
     row = _backends(gateway, "tiny")[0]
     assert row["restarts"] == 1 and row["pid"] != victim["pid"]
+    _wait_for(lambda: not _group_alive(victim["pid"]), timeout=60)  # its engine processes too
     assert gateway.metric("quantgate_upstream_retries_total", model="tiny") >= 1
     assert httpx.post(scale, json={"replicas": 1}, timeout=120).json()["state"] == "ready"
 

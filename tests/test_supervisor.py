@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -73,6 +75,31 @@ def test_killed_replica_is_restarted_and_no_request_fails(
     assert row["restarts"] == 1 and row["pid"] != victim["pid"]
     text = httpx.get(server.url + "/metrics").text
     assert "quantgate_upstream_retries_total" in text
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (an unreaped zombie counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_killed_replica_leaves_no_engine_process_behind(
+    gateway: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_ENGINE_CHILD", "1")  # like vLLM's EngineCore, in the server's group
+    server = gateway()
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    (victim,) = backends(server)
+    found = re.search(r"engine pid (\d+)", Path(str(victim["log"])).read_text())
+    assert found is not None
+    engine = int(found.group(1))
+    assert running(engine)
+    os.kill(int(str(victim["pid"])), signal.SIGKILL)
+    wait_for(lambda: backends(server)[0]["restarts"] == 1)
+    wait_for(lambda: not running(engine))
 
 
 def test_crash_loop_stops_after_the_restart_limit(

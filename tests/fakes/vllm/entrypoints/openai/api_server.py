@@ -8,7 +8,9 @@ FAKE_START_DELAY_S (slow start-up), FAKE_LINGER_S (keep a stream open after [DON
 FAKE_CANCEL_FILE (written when a stream is cancelled by the client going away),
 FAKE_KERNELS (comma-separated kernel names in vLLM's order of preference: the first one not in
 VLLM_DISABLED_KERNELS is logged as ``Using <Kernel> for CompressedTensorsWNA16``, as vLLM does),
-FAKE_KERNEL_ITL_S (``Kernel=seconds,...``: FAKE_ITL_S of the kernel chosen that way).
+FAKE_KERNEL_ITL_S (``Kernel=seconds,...``: FAKE_ITL_S of the kernel chosen that way),
+FAKE_ENGINE_CHILD=1 (start a child process in the server's process group, as vLLM's engine
+core is, and log ``engine pid N``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -165,6 +168,9 @@ def main() -> None:
         print(f"env {name}={os.environ[name]}", flush=True)
     if _kernel():
         print(f"INFO Using {_kernel()} for CompressedTensorsWNA16", flush=True)
+    if os.environ.get("FAKE_ENGINE_CHILD"):
+        engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        print(f"engine pid {engine.pid}", flush=True)
     time.sleep(float(os.environ.get("FAKE_START_DELAY_S", "0")))
     if os.environ.get("FAKE_EXIT_AT_START"):
         print("ValueError: fake start-up failure (bad argument)", file=sys.stderr, flush=True)
