@@ -23,6 +23,7 @@ from llmcompressor import oneshot
 from llmcompressor.core import LifecycleCallbacks
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
+from serving.worker.memory import awq_cache_bytes, awq_offload
 from serving.worker.protocol import fail, progress
 
 CALIBRATION_TOKENS_PER_BATCH = 2048  # batching only cuts per-call overhead; results are the same
@@ -74,7 +75,7 @@ def scheme(recipe: dict[str, Any]) -> QuantizationScheme:
     return QuantizationScheme(targets=["Linear"], weights=weights, input_activations=activations)
 
 
-def modifiers(recipe: dict[str, Any]) -> list[Any]:
+def modifiers(recipe: dict[str, Any], offload_cache: bool = False) -> list[Any]:
     groups = {"group_0": scheme(recipe)}
     ignore, method = recipe["ignore"], recipe["method"]
     if method in ("gptq", "w8a8"):
@@ -90,7 +91,8 @@ def modifiers(recipe: dict[str, Any]) -> list[Any]:
         from llmcompressor.modifiers.awq import AWQModifier
 
         allow_cpu_awq()
-        return [AWQModifier(config_groups=groups, ignore=ignore)]
+        offload = {"offload_device": "cpu"} if offload_cache else {}  # see memory.py
+        return [AWQModifier(config_groups=groups, ignore=ignore, **offload)]
     if method == "rtn":
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
@@ -154,7 +156,7 @@ def build(
     saved_dtype = source_dtype(source)
     check_group_size(model, recipe)
     t1 = time.perf_counter()
-    steps = modifiers(recipe)
+    steps = modifiers(recipe, offload_cache=recipe["method"] == "awq" and _awq_offload(model, rows))
     with layer_progress(model, passes=len(steps) if rows else 1):
         _oneshot(model, steps, rows)
     t2 = time.perf_counter()
@@ -163,6 +165,20 @@ def build(
     tok.save_pretrained(str(output))
     timings = {"load_s": t1 - t0, "quantize_s": t2 - t1, "save_s": time.perf_counter() - t2}
     return None, timings
+
+
+def _awq_offload(model: torch.nn.Module, rows: list[list[int]] | None) -> bool:
+    """AWQ's activation cache goes to host memory when it would crowd the GPU (memory.py)."""
+    if not rows or not torch.cuda.is_available():
+        return False
+    tokens = len(rows) * len(rows[0])
+    free, _ = torch.cuda.mem_get_info()
+    offload = awq_offload(tokens, model.config.to_dict(), free)
+    if offload:
+        need = awq_cache_bytes(tokens, model.config.to_dict()) / 2**30
+        print(f"AWQ: caching {need:.1f} GiB of activations in host memory "
+              f"({free / 2**30:.1f} GiB free on the GPU)", flush=True)  # fmt: skip
+    return offload
 
 
 def source_dtype(source: Path) -> torch.dtype:
