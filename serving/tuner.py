@@ -173,7 +173,10 @@ class DecodeBench:
         }
 
     async def run(self, url: str, model: str) -> tuple[float, float]:
-        limits = httpx.Limits(max_connections=self.streams, max_keepalive_connections=self.streams)
+        # No keep-alive: a connection left idle between waves may be closed by the server
+        # (uvicorn's keep-alive timeout, 5 s in vLLM) just as the next wave reuses it, failing
+        # that request with a ReadError. A new connection costs far less than a decode.
+        limits = httpx.Limits(max_connections=self.streams, max_keepalive_connections=0)
         async with httpx.AsyncClient(base_url=url, timeout=self.timeout_s, limits=limits) as c:
             await self._one(c, model, 8, 0)  # warm-up
             t0, tokens = time.perf_counter(), 0
