@@ -1,6 +1,6 @@
 """Gateway overhead: the gateway vs a direct call to a fast fake upstream, same load, same run.
 
-    python benchmarks/overhead.py [--duration 10] [--out FILE.md]
+    python benchmarks/overhead.py [--duration 10] [--out FILE.md] [--only chat|stream|paced]
 
 The fake upstream and the gateway share CPU core 0; the load generator (wrk, C) runs on core 1.
 Scenarios: non-streamed chat at 1, 32 and 128 connections, streamed chat (64 tokens) at 32.
@@ -107,6 +107,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per run")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument(
+        "--only", choices=sorted({kind for kind, _ in SCENARIOS}), help="run one scenario kind"
+    )
     args = parser.parse_args()
     up_port, paced_port, gw_port = _free_port(), _free_port(), _free_port()
     tmp = Path(tempfile.mkdtemp())
@@ -132,13 +135,18 @@ def main() -> None:
         _wait(f"http://127.0.0.1:{gw_port}/health", gateway)
         rows = []
         for kind, conns in SCENARIOS:
+            if args.only and kind != args.only:
+                continue
             stream, model = kind != "chat", "paced" if kind == "paced" else "bench"
             port = paced_port if kind == "paced" else up_port
             gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
             _wrk(gw_url, conns, 2, stream, model)  # warm-up
+            server = paced if kind == "paced" else upstream
+            before = _cpu_seconds(server.pid)
             direct = _wrk(
                 f"http://127.0.0.1:{port}/v1/chat/completions", conns, args.duration, stream, model
             )
+            direct.cpu_s = _cpu_seconds(server.pid) - before
             before = _cpu_seconds(gateway.pid)
             via = _wrk(gw_url, conns, args.duration, stream, model)
             via.cpu_s = _cpu_seconds(gateway.pid) - before
@@ -158,17 +166,19 @@ def _table(rows: list[tuple[str, int, Run, Run]]) -> str:
         f"Machine: {_machine()}. Gateway + fake upstream pinned to core 0, wrk to core 1.",
         "",
         "| scenario | in flight | direct p50 / p99 ms | gateway p50 / p99 ms | added p50 / p99 ms "
-        "| req/s direct | req/s gateway | ratio (= tokens/s ratio for streams) | gateway CPU ms/req |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| req/s direct | req/s gateway | ratio (= tokens/s ratio for streams) | gateway CPU ms/req "
+        "| fake upstream CPU ms/req (direct) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, conns, d, g in rows:
         name = {"chat": "chat, non-streamed", "stream": "chat, streamed 64 tokens",
                 "paced": f"streamed 64 tokens, {ITL_MS} ms/token upstream"}[kind]  # fmt: skip
         cpu = 1000 * (g.cpu_s or 0) / max(g.requests, 1)
+        fake_cpu = 1000 * (d.cpu_s or 0) / max(d.requests, 1)
         lines.append(
             f"| {name} | {conns} | {d.p50_ms:.2f} / {d.p99_ms:.2f} | {g.p50_ms:.2f} / {g.p99_ms:.2f} "
             f"| {g.p50_ms - d.p50_ms:+.2f} / {g.p99_ms - d.p99_ms:+.2f} | {d.rps:,.0f} | {g.rps:,.0f} "
-            f"| {g.rps / d.rps:.2f} | {cpu:.3f} |"
+            f"| {g.rps / d.rps:.2f} | {cpu:.3f} | {fake_cpu:.3f} |"
         )
     return "\n".join(lines)
 

@@ -61,12 +61,16 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.error: BaseException | None = None
         self.keep_alive = True
+        self._loop = asyncio.get_running_loop()  # made by create_connection, in the loop
+        self._last_data = 0.0  # loop time of the last bytes from the backend
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self._last_data = self._loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -103,6 +107,7 @@ class _Connection(asyncio.Protocol):
 
     # -- for the response ------------------------------------------------------------------
     def reset(self) -> None:
+        self.stop_watchdog()
         self._chunks.clear()
         self._buffered = 0
         self.status, self.headers = 0, []
@@ -126,6 +131,38 @@ class _Connection(asyncio.Protocol):
         if not waiter.done():
             waiter.set_exception(UpstreamTimeout(f"no {what} from the backend in {timeout:g} s"))
 
+    async def wait_data(self, idle_s: float) -> None:
+        """Wait for more body bytes, at most ``idle_s`` after the last ones arrived.
+
+        One timer per stream, re-armed only when it fires early, rather than a timer made and
+        cancelled for every chunk: a stream of one token per chunk wakes up once per token.
+        """
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self._last_data + idle_s, self._check_idle, idle_s)
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _check_idle(self, idle_s: float) -> None:
+        self._watchdog = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting now: the next wait_data arms it again
+        due = self._last_data + idle_s
+        loop = asyncio.get_running_loop()
+        if loop.time() < due:
+            self._watchdog = loop.call_at(due, self._check_idle, idle_s)
+        else:
+            waiter.set_exception(UpstreamTimeout(f"no data from the backend in {idle_s:g} s"))
+
+    def stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
     def take(self) -> bytes:
         data = b"".join(self._chunks)
         self._chunks.clear()
@@ -139,6 +176,7 @@ class _Connection(asyncio.Protocol):
         return bool(self._chunks)
 
     def close(self) -> None:
+        self.stop_watchdog()
         self.keep_alive = False
         if self.transport is not None:
             self.transport.close()
@@ -168,7 +206,7 @@ class UpstreamResponse:
                 return None
             if conn.error is not None:
                 raise conn.error
-            await conn.wait(idle_timeout, "data")
+            await conn.wait_data(idle_timeout)
         return conn.take()
 
     async def read(self, idle_timeout: float) -> bytes:
@@ -189,6 +227,7 @@ class UpstreamResponse:
             return
         self._released = True
         conn = self._conn
+        conn.stop_watchdog()
         if conn.complete and conn.keep_alive and conn.error is None:
             self._pool.put_back(self._key, conn)
         else:

@@ -147,3 +147,37 @@ def test_a_pooled_connection_closed_by_the_backend_is_replaced() -> None:
 def test_parse_address() -> None:
     assert parse_address("http://127.0.0.1:8000") == (("127.0.0.1", 8000, False), "")
     assert parse_address("https://api.example/v0/") == (("api.example", 443, True), "/v0")
+
+
+def test_the_idle_limit_counts_from_the_last_bytes_not_from_the_start() -> None:
+    """Chunks every 0.1 s with a 0.25 s idle limit: a 0.6 s stream completes; a backend that
+    then goes quiet is cut off after about the idle limit."""
+
+    async def steady(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for i in range(6):
+            await asyncio.sleep(0.1)
+            part = b"data: %d\n\n" % i
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+        await asyncio.sleep(5)  # silence, connection left open
+
+    async def main() -> tuple[list[bytes], float]:
+        server, address, _ = await _serve(steady)
+        pool = UpstreamPool(1.0)
+        r = await pool.post(address, "/s", b"{}", {}, 5.0)
+        chunks = []
+        loop = asyncio.get_running_loop()
+        with pytest.raises(UpstreamTimeout, match=r"no data from the backend in 0\.25 s"):
+            while (chunk := await r.next_chunk(0.25)) is not None:
+                chunks.append(chunk)
+                last = loop.time()
+        waited = loop.time() - last
+        r.release()
+        server.close()
+        return chunks, waited
+
+    chunks, waited = asyncio.run(main())
+    assert b"".join(chunks) == b"".join(b"data: %d\n\n" % i for i in range(6))
+    assert 0.2 <= waited < 1.0
