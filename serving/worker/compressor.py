@@ -26,7 +26,11 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from serving.worker.memory import awq_cache_bytes, awq_offload
 from serving.worker.protocol import fail, progress
 
-CALIBRATION_TOKENS_PER_BATCH = 2048  # batching only cuts per-call overhead; results are the same
+# Calibration tokens per forward batch. Batching changes no result (GPTQ's Hessians and AWQ's
+# losses are sums over tokens); it only cuts per-call overhead. On the CPU one 2048-token row
+# already fills the cores; a GPU ran a 2048-token row through one 8B layer at ~130 rows/s,
+# far from its throughput.
+CALIBRATION_TOKENS_PER_BATCH = {"cpu": 2048, "cuda": 16384}
 
 
 @contextlib.contextmanager
@@ -149,6 +153,12 @@ def build(
     the timings."""
     t0 = time.perf_counter()
     cuda = torch.cuda.is_available()
+    if cuda:
+        # GPTQ accumulates each layer's Hessian (X^T X over every calibration token) in fp32:
+        # at 512 x 2048 tokens on an 8B shape that was 3/4 of an H200's time per layer.
+        # TF32 tensor cores do it several times faster; the Hessian is damped and inverted
+        # afterwards, and GPTQ's per-module error is compared with fp32 in docs/benchmarks.md.
+        torch.backends.cuda.matmul.allow_tf32 = True
     # float32 on the CPU: bf16 matmuls are emulated without AVX-512 BF16/AMX (~10x slower)
     model = AutoModelForCausalLM.from_pretrained(
         str(source), dtype="auto" if cuda else torch.float32, device_map="cuda" if cuda else None
@@ -190,6 +200,8 @@ def source_dtype(source: Path) -> torch.dtype:
 
 
 def _oneshot(model: torch.nn.Module, steps: list[Any], rows: list[list[int]] | None) -> None:
+    device = next(model.parameters()).device.type
+    tokens_per_batch = CALIBRATION_TOKENS_PER_BATCH.get(device, CALIBRATION_TOKENS_PER_BATCH["cpu"])
     if rows is None:
         oneshot(model=model, recipe=steps)
     else:
@@ -202,5 +214,5 @@ def _oneshot(model: torch.nn.Module, steps: list[Any], rows: list[list[int]] | N
             recipe=steps,
             max_seq_length=seq,
             num_calibration_samples=len(rows),
-            batch_size=max(1, min(len(rows), CALIBRATION_TOKENS_PER_BATCH // seq)),
+            batch_size=max(1, min(len(rows), tokens_per_batch // seq)),
         )
