@@ -23,7 +23,7 @@ from llmcompressor import oneshot
 from llmcompressor.core import LifecycleCallbacks
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from serving.worker.memory import awq_cache_bytes, awq_offload
+from serving.worker.memory import Offload, awq_cache_bytes, pipeline_cache_bytes, plan
 from serving.worker.protocol import fail, progress
 
 # Calibration tokens per forward batch. Batching changes no result (GPTQ's Hessians and AWQ's
@@ -95,6 +95,7 @@ def modifiers(recipe: dict[str, Any], offload_cache: bool = False) -> list[Any]:
         from llmcompressor.modifiers.awq import AWQModifier
 
         allow_cpu_awq()
+        lean_awq_outputs()
         offload = {"offload_device": "cpu"} if offload_cache else {}  # see memory.py
         return [AWQModifier(config_groups=groups, ignore=ignore, **offload)]
     if method == "rtn":
@@ -113,6 +114,29 @@ def allow_cpu_awq() -> None:
     from llmcompressor.pipelines.cache import IntermediatesCache
 
     IntermediatesCache.pin_memory = lambda self, *a, **k: None
+
+
+def lean_awq_outputs() -> None:
+    """llm-compressor 0.14's AWQ runs every cached batch through a mapping's parent module and
+    keeps each whole output until the last batch is done; only then does it take the first
+    element of tuples. Under the calibration's eager attention a Llama attention block returns
+    its attention weights as the second element (batch x heads x seq x seq): 128 GiB at
+    512 x 2048 tokens on an 8B shape, which ran a 140 GiB H200 out of memory. Here the first
+    element is taken as each batch finishes; the result is the same."""
+    from llmcompressor.core import active_session
+    from llmcompressor.modifiers.transform.awq.base import AWQModifier
+
+    @torch.no_grad()  # type: ignore[untyped-decorator]
+    def run_samples(self: Any, module: torch.nn.Module) -> list[torch.Tensor]:
+        cache = self._parent_args_cache[module]
+        batches = cache.iter_prefetch() if active_session().state.sequential_prefetch else cache
+        outputs = []
+        for batch in batches:
+            output = module(**batch)
+            outputs.append(output[0] if isinstance(output, tuple) else output)
+        return outputs
+
+    AWQModifier._run_samples = run_samples
 
 
 def ignored(name: str, patterns: list[str]) -> bool:
@@ -166,9 +190,10 @@ def build(
     saved_dtype = source_dtype(source)
     check_group_size(model, recipe)
     t1 = time.perf_counter()
-    steps = modifiers(recipe, offload_cache=recipe["method"] == "awq" and _awq_offload(model, rows))
+    offload = _offload(model, rows, awq=recipe["method"] == "awq")
+    steps = modifiers(recipe, offload_cache=offload.awq)
     with layer_progress(model, passes=len(steps) if rows else 1):
-        _oneshot(model, steps, rows)
+        _oneshot(model, steps, rows, offload.pipeline)
     t2 = time.perf_counter()
     model.to(saved_dtype)
     model.save_pretrained(str(output), save_compressed=True)
@@ -177,18 +202,22 @@ def build(
     return None, timings
 
 
-def _awq_offload(model: torch.nn.Module, rows: list[list[int]] | None) -> bool:
-    """AWQ's activation cache goes to host memory when it would crowd the GPU (memory.py)."""
+def _offload(model: torch.nn.Module, rows: list[list[int]] | None, awq: bool) -> Offload:
+    """What calibration caches in host memory rather than on the GPU (memory.py)."""
     if not rows or not torch.cuda.is_available():
-        return False
-    tokens = len(rows) * len(rows[0])
+        return Offload(pipeline=False, awq=False)
     free, _ = torch.cuda.mem_get_info()
-    offload = awq_offload(tokens, model.config.to_dict(), free)
-    if offload:
-        need = awq_cache_bytes(tokens, model.config.to_dict()) / 2**30
-        print(f"AWQ: caching {need:.1f} GiB of activations in host memory "
-              f"({free / 2**30:.1f} GiB free on the GPU)", flush=True)  # fmt: skip
-    return offload
+    config = model.config.to_dict()
+    where = plan(len(rows), len(rows[0]), config, free, awq)
+    rows_n, seq, gib = len(rows), len(rows[0]), 2**30
+    sizes = f"pipeline {pipeline_cache_bytes(rows_n, seq, config) / gib:.1f} GiB in " + (
+        "host" if where.pipeline else "GPU"
+    )
+    if awq:
+        awq_gib = awq_cache_bytes(rows_n * seq, config) / gib
+        sizes += f", AWQ {awq_gib:.1f} GiB in " + ("host" if where.awq else "GPU")
+    print(f"calibration caches: {sizes} memory ({free / gib:.1f} GiB free on the GPU)", flush=True)
+    return where
 
 
 def source_dtype(source: Path) -> torch.dtype:
@@ -199,7 +228,9 @@ def source_dtype(source: Path) -> torch.dtype:
     return dtype if isinstance(dtype, torch.dtype) else torch.bfloat16
 
 
-def _oneshot(model: torch.nn.Module, steps: list[Any], rows: list[list[int]] | None) -> None:
+def _oneshot(
+    model: torch.nn.Module, steps: list[Any], rows: list[list[int]] | None, offload: bool
+) -> None:
     device = next(model.parameters()).device.type
     tokens_per_batch = CALIBRATION_TOKENS_PER_BATCH.get(device, CALIBRATION_TOKENS_PER_BATCH["cpu"])
     if rows is None:
@@ -215,4 +246,5 @@ def _oneshot(model: torch.nn.Module, steps: list[Any], rows: list[list[int]] | N
             max_seq_length=seq,
             num_calibration_samples=len(rows),
             batch_size=max(1, min(len(rows), tokens_per_batch // seq)),
+            sequential_offload_device="cpu" if offload else str(next(model.parameters()).device),
         )
