@@ -289,8 +289,11 @@ class Fleet:
                 return replica
             if slot.failure is not None:
                 raise slot.failure
-            if slot.pool.failed():
-                raise BackendFailed(f"every replica of {model_name}:{name} has failed")
+            if slot.pool.failed():  # before the bring-up task has recorded slot.failure
+                why = slot.pool.last_error()
+                raise BackendFailed(
+                    f"every replica of {model_name}:{name} has failed" + (f": {why}" if why else "")
+                )
             if not slot.pool.running and (slot.bring_up is None or slot.bring_up.done()):
                 self._ensure_bring_up(model_name, name)
             await asyncio.sleep(0.1)
