@@ -55,6 +55,9 @@ def register(sub: Any) -> None:
         "--symmetric", action=argparse.BooleanOptionalAction, help="default: yes, AWQ no"
     )
     p.add_argument("--ignore", nargs="+", help="layers left unquantized (default: lm_head)")
+    p.add_argument(
+        "--log", type=Path, help="keep the quantizer's whole log in this file (default: not kept)"
+    )
     cal = p.add_argument_group("calibration (gptq, awq, w8a8)")
     cal.add_argument(
         "--dataset",
@@ -96,7 +99,8 @@ def quantize(args: argparse.Namespace) -> int:
     settings = ServingSettings()
     with tempfile.TemporaryDirectory(prefix="quantgate-") as tmp:
         try:
-            spec = folder_spec(args.model_path, variant, args.output_dir, Path(tmp) / "job.log")
+            log = args.log.resolve() if args.log else Path(tmp) / "job.log"
+            spec = folder_spec(args.model_path, variant, args.output_dir, log)
         except InvalidRecipe as exc:
             print(f"quantgate: {exc}", file=sys.stderr)
             return 2

@@ -1,7 +1,7 @@
 """Real quantization of the trained demo model on the CPU, through ``quantgate quantize``.
 
 Slow (minutes): needs ``make install`` and ``make model``. What it shows, measured on the
-held-out text (see docs/quantization.md for the numbers and why):
+held-out text (docs/quantization.md has the numbers and why):
 
 - at 4 bits (group 128) RTN, GPTQ and AWQ each stay within 5 % of the base's perplexity; on
   this small model 4-bit weights are lossless within noise, so no ordering is asserted there;

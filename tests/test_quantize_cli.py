@@ -96,9 +96,12 @@ def test_failed_build_exits_1_with_the_log_tail(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FAKE_QUANT_FAIL", "1")
-    assert quantize(model_dir, tmp_path / "out", "--method", "rtn") == 1
+    log = tmp_path / "logs" / "build.log"
+    log.parent.mkdir()
+    assert quantize(model_dir, tmp_path / "out", "--method", "rtn", "--log", str(log)) == 1
     assert "fake calibration failure" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and list(tmp_path.glob(".out*")) == []
+    assert "fake calibration failure" in log.read_text()  # --log keeps the whole log
 
 
 def test_sigterm_kills_the_worker_and_writes_nothing(
