@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,6 +87,43 @@ async def open_store(url: str | None, cache_dir: Path) -> LedgerStore:
     if url.startswith("sqlite:///"):
         return await SQLiteStore.open(Path(url.removeprefix("sqlite:///")))
     raise ValueError("QUANTGATE_LEDGER_URL must start with postgresql:// or sqlite:///")
+
+
+INSERT_COLUMNS = (
+    "id, ts, key_name, model, variant, replica, endpoint, status, "
+    "prompt_tokens, completion_tokens, latency_s, ttft_s"
+)
+
+
+def insert_sql(placeholder: str) -> str:
+    """The one insert both stores run, with their DB-API placeholder (``?`` or ``%s``)."""
+    values = ", ".join([placeholder] * len(INSERT_COLUMNS.split(",")))
+    return (
+        f"INSERT INTO quantgate_usage ({INSERT_COLUMNS}) VALUES ({values}) "
+        "ON CONFLICT (id) DO NOTHING"
+    )
+
+
+def insert_params(row: UsageRow, ts: Any) -> tuple[Any, ...]:
+    """A row's values in ``INSERT_COLUMNS`` order, its timestamp as the store keeps it."""
+    return (
+        row.id, ts, row.key, row.model, row.variant, row.replica, row.endpoint, row.status,
+        row.prompt_tokens, row.completion_tokens, row.latency_s, row.ttft_s,
+    )  # fmt: skip
+
+
+def window_sql(
+    since: datetime | None, until: datetime | None, placeholder: str, ts: Callable[[datetime], Any]
+) -> tuple[str, list[Any]]:
+    """The ``WHERE`` clause (or "") and its parameters for ``since <= ts < until``."""
+    clauses, params = [], []
+    if since is not None:
+        clauses.append(f"ts >= {placeholder}")
+        params.append(ts(since))
+    if until is not None:
+        clauses.append(f"ts < {placeholder}")
+        params.append(ts(until))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
 def aggregate_sql(group_by: Sequence[str], where: str) -> str:

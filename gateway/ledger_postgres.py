@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from gateway.ledger import UsageRow, aggregate_sql
+from gateway.ledger import UsageRow, aggregate_sql, insert_params, insert_sql, window_sql
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quantgate_usage (
@@ -33,11 +33,7 @@ CREATE TABLE IF NOT EXISTS quantgate_usage (
 );
 CREATE INDEX IF NOT EXISTS quantgate_usage_ts ON quantgate_usage (ts);
 """
-INSERT = (
-    "INSERT INTO quantgate_usage (id, ts, key_name, model, variant, replica, endpoint, status, "
-    "prompt_tokens, completion_tokens, latency_s, ttft_s) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING"
-)
+INSERT = insert_sql("%s")
 
 
 def _utc(ts: datetime) -> datetime:
@@ -58,11 +54,7 @@ class PostgresStore:
         return store
 
     async def insert(self, rows: Sequence[UsageRow]) -> None:
-        params = [
-            (r.id, _utc(r.ts), r.key, r.model, r.variant, r.replica, r.endpoint, r.status,
-             r.prompt_tokens, r.completion_tokens, r.latency_s, r.ttft_s)
-            for r in rows
-        ]  # fmt: skip
+        params = [insert_params(r, _utc(r.ts)) for r in rows]
         conn = await self._connection()
         try:
             async with conn.transaction(), conn.cursor() as cursor:
@@ -74,14 +66,7 @@ class PostgresStore:
     async def query(
         self, group_by: Sequence[str], since: datetime | None, until: datetime | None
     ) -> list[dict[str, Any]]:
-        clauses, params = [], []
-        if since is not None:
-            clauses.append("ts >= %s")
-            params.append(_utc(since))
-        if until is not None:
-            clauses.append("ts < %s")
-            params.append(_utc(until))
-        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        where, params = window_sql(since, until, "%s", _utc)
         async with await psycopg.AsyncConnection.connect(self._url, row_factory=dict_row) as conn:
             cursor = await conn.execute(aggregate_sql(group_by, where), params)
             return await cursor.fetchall()

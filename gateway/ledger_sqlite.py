@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.ledger import UsageRow, aggregate_sql
+from gateway.ledger import UsageRow, aggregate_sql, insert_params, insert_sql, window_sql
 
 T = TypeVar("T")
 
@@ -37,11 +37,7 @@ CREATE TABLE IF NOT EXISTS quantgate_usage (
 );
 CREATE INDEX IF NOT EXISTS quantgate_usage_ts ON quantgate_usage (ts);
 """
-INSERT = (
-    "INSERT INTO quantgate_usage (id, ts, key_name, model, variant, replica, endpoint, status, "
-    "prompt_tokens, completion_tokens, latency_s, ttft_s) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
-)
+INSERT = insert_sql("?")
 
 
 def iso(ts: datetime) -> str:
@@ -92,11 +88,7 @@ class SQLiteStore:
         return self._conn
 
     def _insert(self, rows: Sequence[UsageRow]) -> None:
-        params = [
-            (r.id, iso(r.ts), r.key, r.model, r.variant, r.replica, r.endpoint, r.status,
-             r.prompt_tokens, r.completion_tokens, r.latency_s, r.ttft_s)
-            for r in rows
-        ]  # fmt: skip
+        params = [insert_params(r, iso(r.ts)) for r in rows]
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -109,14 +101,7 @@ class SQLiteStore:
     def _query(
         self, group_by: Sequence[str], since: datetime | None, until: datetime | None
     ) -> list[dict[str, Any]]:
-        clauses, params = [], []
-        if since is not None:
-            clauses.append("ts >= ?")
-            params.append(iso(since))
-        if until is not None:
-            clauses.append("ts < ?")
-            params.append(iso(until))
-        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        where, params = window_sql(since, until, "?", iso)
         cursor = self._db().execute(aggregate_sql(group_by, where), params)
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
