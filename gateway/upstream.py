@@ -137,10 +137,9 @@ class _Connection(asyncio.Protocol):
         One timer per stream, re-armed only when it fires early, rather than a timer made and
         cancelled for every chunk: a stream of one token per chunk wakes up once per token.
         """
-        loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
+        self._waiter = self._loop.create_future()
         if self._watchdog is None:
-            self._watchdog = loop.call_at(self._last_data + idle_s, self._check_idle, idle_s)
+            self._watchdog = self._loop.call_at(self._last_data + idle_s, self._check_idle, idle_s)
         try:
             await self._waiter
         finally:
@@ -152,9 +151,8 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return  # not waiting now: the next wait_data arms it again
         due = self._last_data + idle_s
-        loop = asyncio.get_running_loop()
-        if loop.time() < due:
-            self._watchdog = loop.call_at(due, self._check_idle, idle_s)
+        if self._loop.time() < due:
+            self._watchdog = self._loop.call_at(due, self._check_idle, idle_s)
         else:
             waiter.set_exception(UpstreamTimeout(f"no data from the backend in {idle_s:g} s"))
 

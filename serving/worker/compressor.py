@@ -208,13 +208,13 @@ def _offload(model: torch.nn.Module, rows: list[list[int]] | None, awq: bool) ->
         return Offload(pipeline=False, awq=False)
     free, _ = torch.cuda.mem_get_info()
     config = model.config.to_dict()
-    where = plan(len(rows), len(rows[0]), config, free, awq)
-    rows_n, seq, gib = len(rows), len(rows[0]), 2**30
-    sizes = f"pipeline {pipeline_cache_bytes(rows_n, seq, config) / gib:.1f} GiB in " + (
+    count, seq, gib = len(rows), len(rows[0]), 2**30
+    where = plan(count, seq, config, free, awq)
+    sizes = f"pipeline {pipeline_cache_bytes(count, seq, config) / gib:.1f} GiB in " + (
         "host" if where.pipeline else "GPU"
     )
     if awq:
-        awq_gib = awq_cache_bytes(rows_n * seq, config) / gib
+        awq_gib = awq_cache_bytes(count * seq, config) / gib
         sizes += f", AWQ {awq_gib:.1f} GiB in " + ("host" if where.awq else "GPU")
     print(f"calibration caches: {sizes} memory ({free / gib:.1f} GiB free on the GPU)", flush=True)
     return where
@@ -231,8 +231,10 @@ def source_dtype(source: Path) -> torch.dtype:
 def _oneshot(
     model: torch.nn.Module, steps: list[Any], rows: list[list[int]] | None, offload: bool
 ) -> None:
-    device = next(model.parameters()).device.type
-    tokens_per_batch = CALIBRATION_TOKENS_PER_BATCH.get(device, CALIBRATION_TOKENS_PER_BATCH["cpu"])
+    device = next(model.parameters()).device
+    tokens_per_batch = CALIBRATION_TOKENS_PER_BATCH.get(
+        device.type, CALIBRATION_TOKENS_PER_BATCH["cpu"]
+    )
     if rows is None:
         oneshot(model=model, recipe=steps)
     else:
@@ -246,5 +248,5 @@ def _oneshot(
             max_seq_length=seq,
             num_calibration_samples=len(rows),
             batch_size=max(1, min(len(rows), tokens_per_batch // seq)),
-            sequential_offload_device="cpu" if offload else str(next(model.parameters()).device),
+            sequential_offload_device="cpu" if offload else str(device),
         )
