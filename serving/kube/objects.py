@@ -31,6 +31,7 @@ from kubernetes.aio.client import (
     V1ServicePort,
     V1ServiceSpec,
     V1Toleration,
+    V1Volume,
 )
 
 from serving.kube import names
@@ -123,18 +124,30 @@ def vllm_container(w: VariantWorkload, settings: KubernetesSettings) -> V1Contai
     )
 
 
+def _pod_spec(
+    kube: KubernetesOptions,
+    container: V1Container,
+    volumes: list[V1Volume],
+    restart_policy: str | None = None,
+) -> V1PodSpec:
+    """Every pod Quantgate makes: one container, the manifest's node selector and
+    tolerations, no service-account token (neither vLLM nor the quantizer calls the API)."""
+    return V1PodSpec(
+        containers=[container],
+        restart_policy=restart_policy,
+        volumes=volumes,
+        node_selector=dict(kube.node_selector) or None,
+        tolerations=tolerations(kube),
+        automount_service_account_token=False,
+    )
+
+
 def deployment(w: VariantWorkload, settings: KubernetesSettings, replicas: int = 1) -> V1Deployment:
     labels = names.variant_labels(w.model, w.variant, w.recipe_hash)
     volumes = [cache_volume(settings.cache_pvc)]
     if w.tensor_parallel_size > 1:
         volumes.append(shared_memory()[0])
-    pod = V1PodSpec(
-        containers=[vllm_container(w, settings)],
-        volumes=volumes,
-        node_selector=dict(w.kube.node_selector) or None,
-        tolerations=tolerations(w.kube),
-        automount_service_account_token=False,
-    )
+    pod = _pod_spec(w.kube, vllm_container(w, settings), volumes)
     return V1Deployment(
         api_version="apps/v1",
         kind="Deployment",
@@ -178,14 +191,7 @@ def quantization_job(q: QuantizationWorkload, settings: KubernetesSettings) -> V
         resources=resources(q.kube, 1 if q.kube.gpus else 0),  # the worker uses one device
         volume_mounts=[cache_mount(read_only=False)],
     )
-    pod = V1PodSpec(
-        containers=[container],
-        restart_policy="Never",
-        volumes=[cache_volume(settings.cache_pvc)],
-        node_selector=dict(q.kube.node_selector) or None,
-        tolerations=tolerations(q.kube),
-        automount_service_account_token=False,
-    )
+    pod = _pod_spec(q.kube, container, [cache_volume(settings.cache_pvc)], restart_policy="Never")
     return V1Job(
         api_version="batch/v1",
         kind="Job",
