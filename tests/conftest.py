@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from serving.errors import ManifestError
 from serving.fleet import Fleet
 from serving.hardware import Hardware
 from serving.jobs import JobRunner
@@ -84,6 +85,13 @@ models:
     path = tmp_path / "manifest.yaml"
     path.write_text(text)
     return parse_manifest(text, path)
+
+
+def manifest_errors(text: str, path: Path = Path("/m/bad.yaml")) -> list[str]:
+    """The ``file:line: field: message`` lines a manifest that must fail is refused with."""
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(text, path)
+    return [str(issue) for issue in info.value.issues]
 
 
 def make_fleet(manifest: Manifest, vllm_python: Path, hardware: Hardware = AVX512) -> Fleet:

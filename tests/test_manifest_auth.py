@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from serving.errors import ManifestError
+from conftest import manifest_errors
 from serving.manifest import parse_manifest
 
 BASE = """\
@@ -35,12 +33,6 @@ auth:
 """
 
 
-def _errors(text: str) -> list[str]:
-    with pytest.raises(ManifestError) as info:
-        parse_manifest(text, Path("/m/bad.yaml"))
-    return [str(issue) for issue in info.value.issues]
-
-
 def test_auth_block_parses_and_key_files_are_relative_to_the_manifest() -> None:
     manifest = parse_manifest(BASE + AUTH, Path("/m/ok.yaml"))
     assert manifest.auth is not None
@@ -56,14 +48,16 @@ def test_without_auth_the_gateway_is_open() -> None:
 
 def test_a_key_inline_is_rejected() -> None:
     text = BASE + AUTH.replace("key_env: QG_ALICE", "key: sk-inline")
-    assert _errors(text) == ["/m/bad.yaml:13: auth.keys.0.key: Extra inputs are not permitted"]
+    assert manifest_errors(text) == [
+        "/m/bad.yaml:13: auth.keys.0.key: Extra inputs are not permitted"
+    ]
 
 
 def test_two_sources_are_rejected_with_the_key_line() -> None:
     text = BASE + AUTH.replace(
         "key_env: QG_ALICE", "key_env: QG_ALICE\n      key_sha256: " + "a" * 64
     )
-    assert _errors(text) == [
+    assert manifest_errors(text) == [
         "/m/bad.yaml:12: auth.keys.0: Value error, give exactly one of key_env, key_file, "
         "key_sha256 (never the key)"
     ]
@@ -73,14 +67,14 @@ def test_bad_digest_and_limits_name_their_field() -> None:
     text = BASE + AUTH.replace("key_env: QG_ALICE", "key_sha256: xyz").replace(
         "requests_per_minute: 60", "requests_per_minute: 0"
     )
-    errors = _errors(text)
+    errors = manifest_errors(text)
     assert errors[0].startswith("/m/bad.yaml:13: auth.keys.0.key_sha256: String should match")
     assert errors[1].startswith("/m/bad.yaml:15: auth.keys.0.requests_per_minute: Input should")
 
 
 def test_unknown_model_or_variant_in_a_key_names_its_line() -> None:
     text = BASE + AUTH.replace('[tiny, "tiny:gptq", "tiny:*"]', '[tiny, "tiny:awq", tinny]')
-    assert _errors(text) == [
+    assert manifest_errors(text) == [
         "/m/bad.yaml:20: auth.keys.1.models.1: 'tiny:awq' names no model or variant of this "
         "manifest",
         "/m/bad.yaml:20: auth.keys.1.models.2: 'tinny' names no model or variant of this manifest",
@@ -89,6 +83,9 @@ def test_unknown_model_or_variant_in_a_key_names_its_line() -> None:
 
 def test_duplicate_names_and_empty_keys() -> None:
     text = BASE + AUTH.replace("name: bob", "name: alice")
-    assert "key names must be unique: alice" in _errors(text)[0]
-    assert "auth.keys: Tuple should have at least 1 item" in _errors(BASE + "auth: {keys: []}\n")[0]
-    assert "auth.keys.0.models" in _errors(BASE + AUTH.replace('["*"]', "[]"))[0]
+    assert "key names must be unique: alice" in manifest_errors(text)[0]
+    assert (
+        "auth.keys: Tuple should have at least 1 item"
+        in manifest_errors(BASE + "auth: {keys: []}\n")[0]
+    )
+    assert "auth.keys.0.models" in manifest_errors(BASE + AUTH.replace('["*"]', "[]"))[0]
