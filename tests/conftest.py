@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,10 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
@@ -92,6 +97,56 @@ def manifest_errors(text: str, path: Path = Path("/m/bad.yaml")) -> list[str]:
     with pytest.raises(ManifestError) as info:
         parse_manifest(text, path)
     return [str(issue) for issue in info.value.issues]
+
+
+@dataclass
+class ServedGateway:
+    """A real ``quantgate serve`` process (real jobs, real vLLM) on a manifest file."""
+
+    url: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric(self.url, name, **labels)
+
+
+@contextlib.contextmanager
+def serve_manifest(manifest: Path, log: Path) -> Iterator[ServedGateway]:
+    """Start ``quantgate serve MANIFEST`` on a free port, wait for /health (60 s), and stop its
+    whole process group (vLLM included) afterwards."""
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", str(manifest), "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    served = ServedGateway(f"http://127.0.0.1:{port}", log, process)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(served.url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "gateway did not come up"
+            time.sleep(0.2)
+        yield served
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(90)
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus metric's samples with these labels, read from ``url``/metrics."""
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
 
 
 def make_fleet(manifest: Manifest, vllm_python: Path, hardware: Hardware = AVX512) -> Fleet:

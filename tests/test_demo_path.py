@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,9 +17,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port
+from conftest import ServedGateway, serve_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / ".quantgate" / "models" / "tiny"
@@ -32,22 +29,9 @@ pytestmark = pytest.mark.slow
 
 
 @dataclass
-class Gateway:
-    url: str
-    log: Path
-    process: subprocess.Popen[bytes]
-
+class Gateway(ServedGateway):
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key="x", timeout=900, max_retries=0)
-
-    def metric(self, name: str, **labels: str) -> float:
-        text = httpx.get(self.url + "/metrics").text
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    total += s.value
-        return total
 
 
 @pytest.fixture(scope="module")
@@ -92,34 +76,8 @@ models:
       gptq: {{method: gptq, bits: 4, activation_bits: 8}}
 """
     )
-    port = free_port()
-    log = tmp / "gateway.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", str(manifest), "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    gw = Gateway(f"http://127.0.0.1:{port}", log, process)
-    try:
-        _wait_healthy(gw)
-        yield gw
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(90)
-
-
-def _wait_healthy(gw: Gateway) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert gw.process.poll() is None, gw.log.read_text()
-        try:
-            if httpx.get(gw.url + "/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError("gateway did not come up")
+    with serve_manifest(manifest, tmp / "gateway.log") as served:
+        yield Gateway(served.url, served.log, served.process)
 
 
 def test_first_requests_build_once_then_serve(gateway: Gateway) -> None:

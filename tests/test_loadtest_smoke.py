@@ -6,19 +6,14 @@ Slow (about 3 minutes, most of it building the variant and starting vLLM). Needs
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, free_port, require_locust, run_locust
+from conftest import ROOT, metric, require_locust, run_locust, serve_manifest
 
 MODEL = ROOT / ".quantgate" / "models" / "tiny"
 LABELS = {"model": "tiny", "variant": "gptq-w4a8"}
@@ -51,43 +46,8 @@ models:
         activation_bits: 8
         calibration: {{samples: 32, max_seq_length: 256}}
 """)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp / "gateway.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", str(manifest), "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_healthy(url, process, log)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(90)
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError("gateway did not come up")
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
+    with serve_manifest(manifest, tmp / "gateway.log") as served:
+        yield served.url
 
 
 def test_smoke_run_has_no_failures_and_counts_every_token(gateway: str, tmp_path: Path) -> None:

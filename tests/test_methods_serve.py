@@ -7,18 +7,13 @@ in tests/test_demo_path.py.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import free_port
+from conftest import serve_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / ".quantgate" / "models" / "tiny"
@@ -47,27 +42,8 @@ models:
       fp8: {{method: fp8}}
 """
     )
-    port, log = free_port(), tmp / "gateway.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", str(manifest), "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(base + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "gateway did not come up"
-                time.sleep(0.2)
-        yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(90)
+    with serve_manifest(manifest, tmp / "gateway.log") as served:
+        yield served.url
 
 
 def test_w8a8_is_built_measured_and_served_by_vllm(url: str) -> None:
