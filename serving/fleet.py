@@ -289,10 +289,11 @@ class Fleet:
                 return replica
             if slot.failure is not None:
                 raise slot.failure
-            if slot.pool.failed():  # before the bring-up task has recorded slot.failure
-                why = slot.pool.last_error()
+            failure = slot.pool.failure()  # before the bring-up task has recorded slot.failure
+            if failure is not None:
                 raise BackendFailed(
-                    f"every replica of {model_name}:{name} has failed" + (f": {why}" if why else "")
+                    f"every replica of {model_name}:{name} has failed: {failure}",
+                    log_tail=failure.log_tail,
                 )
             if not slot.pool.running and (slot.bring_up is None or slot.bring_up.done()):
                 self._ensure_bring_up(model_name, name)

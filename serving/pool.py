@@ -53,10 +53,13 @@ class VariantPool:
     def failed(self) -> bool:
         return bool(self.replicas) and all(r.state is ReplicaState.FAILED for r in self.replicas)
 
-    def last_error(self) -> str | None:
-        """Why the most recently failed replica failed (vLLM's log tail for a failed start)."""
-        errors = [r.error for r in self.replicas if r.state is ReplicaState.FAILED and r.error]
-        return errors[-1] if errors else None
+    def failure(self) -> BackendFailed | None:
+        """When every replica has failed: why the last one did, with vLLM's log tail where
+        there is one."""
+        if not self.failed():
+            return None
+        last = self.replicas[-1]
+        return last.failure or BackendFailed(last.error or "the replica failed")
 
     async def scale(self, count: int) -> None:
         """Start replicas up to ``count`` (all at once) or drain and stop those above it.

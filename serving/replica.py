@@ -61,6 +61,7 @@ class Replica:
         self.in_flight = 0
         self.last_used = time.monotonic()
         self.error: str | None = None
+        self.failure: BackendFailed | None = None  # the last start failure, with vLLM's log tail
         self._monitor: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -104,6 +105,7 @@ class Replica:
             await self._spawn()
         except BaseException as exc:
             self.state, self.error = ReplicaState.FAILED, str(exc)
+            self.failure = exc if isinstance(exc, BackendFailed) else None
             raise
         self._monitor = asyncio.create_task(self._watch(), name=f"replica-{self.index}")
 
@@ -137,6 +139,8 @@ class Replica:
                     f"crashed {policy.max_restarts} times within {policy.restart_window_s:.0f} s;"
                     f" not restarting (last error: {self.error or 'process exited'})"
                 )
+                tail = self.failure.log_tail if self.failure is not None else ""
+                self.failure = BackendFailed(self.error, log_tail=tail)
                 return False
             self.state = ReplicaState.RESTARTING
             delay = min(policy.backoff_s * 2 ** len(self._restart_times), policy.backoff_max_s)
@@ -147,7 +151,7 @@ class Replica:
                 await self._spawn()
                 return True
             except BackendFailed as exc:
-                self.error = str(exc)
+                self.error, self.failure = str(exc), exc
 
     async def stop(self, drain_s: float = 30.0) -> None:
         """Stop routing to it, wait up to ``drain_s`` for in-flight requests, then stop."""

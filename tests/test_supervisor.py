@@ -201,3 +201,25 @@ def test_circuit_breaker_opens_then_half_opens(monkeypatch: pytest.MonkeyPatch) 
     now[0] += 10
     r.record_success()
     assert r.routable and r.circuit == "closed"
+
+
+def test_a_failed_pool_reports_why_with_the_log_tail() -> None:
+    """What a request gets when it finds every replica failed before the bring-up recorded
+    why: the last replica's own failure, vLLM's log tail included."""
+    from serving.errors import BackendFailed
+    from serving.pool import VariantPool
+    from serving.replica import Replica, ReplicaState, RestartPolicy, unlaunchable
+
+    pool = VariantPool("tiny:base", unlaunchable, unlaunchable, RestartPolicy())
+    started, crashed = (Replica(i, unlaunchable, unlaunchable, RestartPolicy()) for i in (0, 1))
+    pool.replicas = [crashed, started]
+    started.state = ReplicaState.READY
+    crashed.state = ReplicaState.FAILED
+    crashed.error = "vLLM for tiny:base exited with code 3 while starting"
+    crashed.failure = BackendFailed(crashed.error, log_tail="ValueError: bad argument")
+    assert pool.failure() is None  # one replica still serves
+    started.state, started.error = ReplicaState.FAILED, "crashed 2 times within 600 s"
+    assert str(pool.failure()) == "crashed 2 times within 600 s"  # no exception: its error
+    pool.replicas = [started, crashed]  # the last one's failure, with its log tail
+    failure = pool.failure()
+    assert failure is crashed.failure and failure.log_tail == "ValueError: bad argument"
