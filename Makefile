@@ -57,7 +57,7 @@ demo: install model
 
 ## test: lint, type-check, then every test, the real end-to-end ones included
 test: install install-load model test-deps lint typecheck chart
-	$(VENV)/bin/pytest
+	VLLM_CACHE_ROOT=$(CURDIR)/.quantgate/vllm-cache $(VENV)/bin/pytest
 
 ## unit: the fast tests only
 unit: $(VENV)/.done $(LOAD_VENV)/.done chart-tools test-deps

@@ -45,6 +45,8 @@ def create_app(
     metrics = GatewayMetrics(registry or CollectorRegistry())
     metrics.watch_jobs(fleet.jobs.jobs)
     metrics.watch_replicas(fleet.replica_rows)
+    metrics.watch_residency(fleet.residency_rows)
+    fleet.observe_swaps(metrics.record_swap)
     keys = KeyRing.from_auth(fleet.manifest.auth)  # unreadable keys fail here, before serving
 
     @asynccontextmanager
@@ -120,6 +122,7 @@ def model_cards(fleet: Fleet) -> list[dict[str, Any]]:
                         "model": model_name,
                         "variant": variant,
                         "state": info["state"],
+                        "residency": info["residency"],
                         "method": info["method"],
                         "default": info["default"],
                         "kernel": info["kernel"]["kernel"],

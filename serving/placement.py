@@ -56,6 +56,24 @@ class Placement:
         self._claims[owner] = (chosen, memory_fraction)
         return chosen
 
+    def room(self, gpu: int, owner: str = "") -> float:
+        """Share of ``gpu``'s memory still free, counting ``owner``'s own claim as free."""
+        own = self._claims.get(owner)
+        mine = own[1] if own is not None and gpu in own[0] else 0.0
+        return CAPACITY - self.used(gpu) + mine
+
+    def claim(self, owner: str, gpus: tuple[int, ...], memory_fraction: float) -> None:
+        """Claim exactly ``gpus`` (a sleeping replica waking where its process lives); raise
+        PlacementError if one of them has no room."""
+        short = [g for g in gpus if self.room(g, owner) < memory_fraction - 1e-9]
+        if short:
+            free = ", ".join(f"GPU {g}: {self.room(g, owner):.2f}" for g in short)
+            raise PlacementError(
+                f"{owner}: needs {memory_fraction:.2f} of memory on GPU(s) "
+                f"{', '.join(map(str, gpus))}; free now: {free}"
+            )
+        self._claims[owner] = (tuple(gpus), memory_fraction)
+
     def release(self, owner: str) -> None:
         self._claims.pop(owner, None)
 

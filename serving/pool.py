@@ -10,7 +10,14 @@ from typing import Any
 
 from serving.errors import BackendFailed, QuantgateError
 from serving.launcher import LaunchSpec, Server
-from serving.replica import Replica, ReplicaState, RestartPolicy, StaticReplica, unlaunchable
+from serving.replica import (
+    ASLEEP_STATES,
+    Replica,
+    ReplicaState,
+    RestartPolicy,
+    StaticReplica,
+    unlaunchable,
+)
 
 SpecFactory = Callable[[int], LaunchSpec]
 
@@ -49,6 +56,10 @@ class VariantPool:
 
     def ready(self) -> list[Replica]:
         return [r for r in self.replicas if r.routable]
+
+    def asleep(self) -> bool:
+        """Nothing awake and a replica asleep (or going to sleep): waking it serves."""
+        return not self.ready() and any(r.state in ASLEEP_STATES for r in self.replicas)
 
     def failed(self) -> bool:
         return bool(self.replicas) and all(r.state is ReplicaState.FAILED for r in self.replicas)

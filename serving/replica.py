@@ -29,8 +29,14 @@ class ReplicaState(StrEnum):
     READY = "ready"
     RESTARTING = "restarting"
     DRAINING = "draining"
+    SLEEPING = "sleeping"  # draining, then going to sleep: no new requests
+    ASLEEP = "asleep"  # vLLM sleep mode: the process lives, its GPU memory is given back
+    WAKING = "waking"
     STOPPED = "stopped"
     FAILED = "failed"
+
+
+ASLEEP_STATES = (ReplicaState.SLEEPING, ReplicaState.ASLEEP, ReplicaState.WAKING)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ class Replica:
         self._idle.set()
         self._failures = 0
         self._open_until = 0.0
+        self.sleep_level: int | None = None  # while asleep: 1 (weights in host RAM) or 2
+        self.awake_since = 0.0  # monotonic time it last became ready (start or wake)
 
     @property
     def routable(self) -> bool:
@@ -112,8 +120,8 @@ class Replica:
     async def _spawn(self) -> None:
         self.server = self._launch(self._spec())
         await self.server.start(self._policy.startup_timeout_s)
-        self.state = ReplicaState.READY
-        self.last_used = time.monotonic()
+        self.state, self.sleep_level = ReplicaState.READY, None
+        self.last_used = self.awake_since = time.monotonic()
 
     async def _watch(self) -> None:
         """Wait for the process to exit; unless we stopped it, restart it with backoff."""
@@ -121,6 +129,11 @@ class Replica:
             assert self.server is not None
             code = await self.server.wait()
             if self.state in (ReplicaState.DRAINING, ReplicaState.STOPPED):
+                return
+            if self.state in ASLEEP_STATES:  # it held no GPU memory: the next wake starts it
+                log.warning("replica %s exited with code %s while asleep", self.index, code)
+                await self.server.stop(grace_s=0)
+                self.state, self.sleep_level = ReplicaState.STOPPED, None
                 return
             log.warning("replica %s exited with code %s; restarting", self.index, code)
             await self.server.stop(grace_s=0)  # reap what is left of its process group
@@ -169,6 +182,67 @@ class Replica:
             await self.server.stop()
         self.state = ReplicaState.STOPPED
 
+    # -- sleep mode ------------------------------------------------------------------------
+    async def sleep(self, level: int, drain_s: float) -> bool:
+        """Stop routing to it, let in-flight requests finish (up to ``drain_s``), then put
+        vLLM to sleep (``level`` 0: stop the process). False, and ready again, if requests
+        were still running then: a replica is never put to sleep while it streams. A failed
+        sleep stops the process instead (its GPU memory is given back either way)."""
+        if self.state is not ReplicaState.READY:
+            return False
+        self.state = ReplicaState.SLEEPING
+        try:
+            await asyncio.wait_for(self._idle.wait(), drain_s)
+        except TimeoutError:
+            self.state = ReplicaState.READY
+            return False
+        except BaseException:
+            self.state = ReplicaState.READY
+            raise
+        assert self.server is not None
+        if level == 0:  # no sleep mode here: stop the process; waking is a cold start
+            await self._stop_process()
+            return True
+        try:
+            await self.server.sleep(level)
+        except BackendFailed as exc:
+            log.warning("replica %s did not go to sleep (%s); stopping it", self.index, exc)
+            await self._stop_process()
+            return True
+        self.state, self.sleep_level = ReplicaState.ASLEEP, level
+        return True
+
+    async def wake(self) -> None:
+        """Wake it; if vLLM cannot, restart the process (a cold start). Raises BackendFailed
+        (state failed) only if that fails too."""
+        if self.state is ReplicaState.READY:
+            return
+        level = self.sleep_level or 1
+        self.state = ReplicaState.WAKING
+        try:
+            assert self.server is not None and self.server.alive()
+            await self.server.wake_up(level)
+            self.state, self.sleep_level = ReplicaState.READY, None
+            self.last_used = self.awake_since = time.monotonic()
+            return
+        except (BackendFailed, AssertionError) as exc:
+            log.warning("replica %s did not wake (%s); restarting it", self.index, exc)
+            note = f"wake failed, restarted: {exc}"
+        await self._stop_process()
+        await self.start()
+        self.error = note
+        self.restarts += 1
+
+    async def _stop_process(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
+        if self.server is not None:
+            await self.server.stop()
+        self.state, self.sleep_level = ReplicaState.STOPPED, None
+
     def _alive(self) -> bool:
         return self.server is not None and self.server.alive()
 
@@ -201,6 +275,7 @@ class Replica:
             if server and server.ready_at and server.started_at
             else None,
             "restarts": self.restarts,
+            "sleep_level": self.sleep_level,
             "in_flight": self.in_flight,
             "circuit": self.circuit,
             "log": str(server.spec.log_path) if server else None,

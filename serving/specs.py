@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from serving.launcher import LaunchSpec, free_port, port_in_use
 from serving.manifest import Manifest
 from serving.placement import Placement, PlacementError
 from serving.store import VariantStore
+from serving.swapping import takes_turns
 
 # NVLink multicast stays off in every library vLLM may reach it through: on shared hosts a
 # program that uses it can take the host's GPUs out of service (vLLM's symmetric-memory
@@ -25,6 +28,29 @@ CUDA_ENV = {
     "VLLM_ALLREDUCE_USE_SYMM_MEM": "0",
     "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
 }
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SHAPE_KEYS = (
+    "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "vocab_size", "torch_dtype", "dtype",
+)  # fmt: skip
+
+
+def compile_key(model_dir: Path) -> str:
+    """vLLM's compile cache folder for a checkpoint: one per model shape and quantization
+    method, so a new variant of the same shape and method finds the same folder (vLLM keys
+    its own entries inside it) and a restart of the same variant starts warm."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return "unknown"
+    quant = config.get("quantization_config") or {}
+    facts = {k: config.get(k) for k in SHAPE_KEYS} | {
+        "quant": quant.get("quant_method") or quant.get("format")
+    }
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{config.get('model_type', 'model')}-{facts['quant'] or 'dense'}-{digest}"
 
 
 class LaunchPlanner:
@@ -62,6 +88,17 @@ class LaunchPlanner:
             gpus = self._placement.place(owner, tp, share)
         port = self._port(opts.base_port, index, owner)
         env = {"VLLM_CPU_KVCACHE_SPACE": str(opts.cpu_kv_cache_gib), **opts.env, **kernel.env}
+        model_dir = self.model_dir(model_name, name)
+        if "VLLM_CACHE_ROOT" not in env and "VLLM_CACHE_ROOT" not in os.environ:
+            env["VLLM_CACHE_ROOT"] = str(self._store.compile_cache_dir(compile_key(model_dir)))
+        sleep_mode = self.sleep_mode(model_name, name)
+        if sleep_mode:
+            env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep, /wake_up; also /collective_rpc:
+            if self._host not in LOOPBACK:  # keep it where only the gateway reaches it
+                raise BackendFailed(
+                    f"{owner}: swapping puts vLLM in dev mode (/sleep, /collective_rpc); bind "
+                    f"vLLM to localhost, not {self._host} (QUANTGATE_VLLM_HOST)"
+                )
         if self._hardware.device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
             env.update(CUDA_ENV)
@@ -79,7 +116,7 @@ class LaunchPlanner:
             model=model_name,
             variant=name,
             replica=index,
-            model_dir=self.model_dir(model_name, name),
+            model_dir=model_dir,
             served_names=names,
             port=port,
             host=self._host,
@@ -90,6 +127,15 @@ class LaunchPlanner:
             enforce_eager=opts.enforce_eager,
             extra_args=tuple(args),
             env=env,
+            sleep_mode=sleep_mode,
+        )
+
+    def sleep_mode(self, model_name: str, name: str) -> bool:
+        """vLLM's sleep mode for a swap-managed variant on GPUs this fleet places."""
+        return (
+            takes_turns(self._manifest, model_name, name)
+            and self._places_gpus
+            and self._hardware.device == "cuda"
         )
 
     def side(self, first: LaunchSpec, i: int) -> LaunchSpec | None:

@@ -5,6 +5,7 @@
     <cache>/.jobs/<job id>/                      spec.json, job.log, state.json of each job
     <cache>/.perplexity/                         base models' held-out perplexity, measured once
     <cache>/.logs/                               vLLM logs, one per replica
+    <cache>/.vllm-cache/<shape-method>/          vLLM's compile cache, per model shape and method
 
 A variant's folder is named by its recipe, not by its name in the manifest: the same recipe is
 built once, and changing the recipe makes a new build. A variant counts as built only when its
@@ -91,6 +92,10 @@ class VariantStore:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def compile_cache_dir(self, key: str) -> Path:
+        """vLLM's compile cache (VLLM_CACHE_ROOT) for one model shape and method."""
+        return self.root / ".vllm-cache" / key
+
     def perplexity_dir(self) -> Path:
         return self.root / ".perplexity"
 
@@ -117,3 +122,13 @@ def discard(staging: Path) -> None:
 
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def weights_size(model_dir: Path) -> int:
+    """Bytes of a checkpoint's weight files (what a level-1 sleeper keeps in host RAM)."""
+    return sum(
+        f.stat().st_size
+        for pattern in ("*.safetensors", "*.bin", "*.pt")
+        for f in model_dir.glob(pattern)
+        if f.is_file()
+    )

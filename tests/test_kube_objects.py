@@ -152,16 +152,23 @@ def test_cpu_variant(manifest: Manifest) -> None:
         "--disable-uvicorn-access-log",
         "--quantization", "compressed-tensors",
     ]  # fmt: skip
-    assert vllm["env"] == [{"name": "VLLM_CPU_KVCACHE_SPACE", "value": "2"}]
+    assert vllm["env"] == [
+        {"name": "VLLM_CACHE_ROOT", "value": "/var/cache/vllm-compile"},
+        {"name": "VLLM_CPU_KVCACHE_SPACE", "value": "2"},
+    ]
     assert vllm["resources"] == {
         "requests": {"cpu": "2", "memory": "4Gi"},
         "limits": {"memory": "8Gi"},
     }
     assert vllm["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert vllm["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    compile_cache = vllm["volumeMounts"][1]
     assert vllm["volumeMounts"] == [
-        {"name": "cache", "mountPath": "/var/cache/quantgate", "readOnly": True}
-    ]
+        {"name": "cache", "mountPath": "/var/cache/quantgate", "readOnly": True},
+        {"name": "cache", "mountPath": "/var/cache/vllm-compile", "readOnly": False,
+         "subPath": compile_cache["subPath"]},
+    ]  # fmt: skip
+    assert compile_cache["subPath"].startswith(".vllm-cache/")  # one per shape and method
     assert pod["volumes"] == [
         {"name": "cache", "persistentVolumeClaim": {"claimName": "quantgate-cache"}}
     ]
@@ -176,7 +183,9 @@ def test_one_gpu_variant(manifest: Manifest) -> None:
     args = vllm["args"]
     assert args[args.index("--gpu-memory-utilization") + 1] == "0.8"
     assert args[args.index("--tensor-parallel-size") + 1] == "1"
-    assert "env" not in vllm  # no CPU KV cache size, no NCCL settings for one GPU
+    assert vllm["env"] == [
+        {"name": "VLLM_CACHE_ROOT", "value": "/var/cache/vllm-compile"}
+    ]  # no CPU KV cache size, no NCCL for one GPU
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -194,7 +203,10 @@ def test_tensor_parallel_variant(manifest: Manifest) -> None:
     assert args[args.index("--gpu-memory-utilization") + 1] == "0.9"
     assert "--quantization" not in args
     assert args[-3:] == ["--enforce-eager", "--seed", "7"]
-    assert vllm["env"] == [{"name": "NCCL_NVLS_ENABLE", "value": "0"}]
+    assert vllm["env"] == [
+        {"name": "VLLM_CACHE_ROOT", "value": "/var/cache/vllm-compile"},
+        {"name": "NCCL_NVLS_ENABLE", "value": "0"},
+    ]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in vllm["volumeMounts"]
     assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
 

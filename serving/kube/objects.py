@@ -36,7 +36,7 @@ from kubernetes.aio.client import (
 
 from serving.kube import names
 from serving.kube.settings import KubernetesSettings
-from serving.kube.volume import cache_mount, cache_volume, shared_memory
+from serving.kube.volume import cache_mount, cache_volume, compile_cache_mount, shared_memory
 from serving.kube.workload import QuantizationWorkload, VariantWorkload
 from serving.manifest import KubernetesOptions
 
@@ -67,8 +67,11 @@ def vllm_args(w: VariantWorkload) -> list[str]:
     return [*args, *w.serve.extra_args]
 
 
+COMPILE_CACHE = "/var/cache/vllm-compile"  # the volume's .vllm-cache/<shape-method> folder
+
+
 def vllm_env(w: VariantWorkload) -> list[V1EnvVar]:
-    env = []
+    env = [V1EnvVar(name="VLLM_CACHE_ROOT", value=COMPILE_CACHE)]
     if w.tensor_parallel_size > 1:  # NVLink multicast (NVLS) fails on many hosts: keep it off
         env.append(V1EnvVar(name="NCCL_NVLS_ENABLE", value="0"))
     if not w.kube.gpus:  # the CPU build sizes its KV cache from this
@@ -105,7 +108,7 @@ def _health_probe(period_s: int, failures: int) -> V1Probe:
 
 
 def vllm_container(w: VariantWorkload, settings: KubernetesSettings) -> V1Container:
-    mounts = [cache_mount(read_only=True)]
+    mounts = [cache_mount(read_only=True), compile_cache_mount(w.compile_key, COMPILE_CACHE)]
     if w.tensor_parallel_size > 1:
         mounts.append(shared_memory()[1])
     return V1Container(
@@ -114,7 +117,7 @@ def vllm_container(w: VariantWorkload, settings: KubernetesSettings) -> V1Contai
         command=["vllm", "serve"],
         args=vllm_args(w),
         ports=[V1ContainerPort(name="http", container_port=PORT, protocol="TCP")],
-        env=vllm_env(w) or None,
+        env=vllm_env(w),
         resources=resources(w.kube, w.kube.gpus),
         volume_mounts=mounts,
         # Loading may take long: liveness waits for the first success of the startup probe.

@@ -22,6 +22,11 @@ from serving.kube.workload import QuantizationWorkload, VariantWorkload, quantiz
 from serving.launcher import LaunchSpec, Server
 from serving.manifest import Manifest, Model
 
+NO_SLEEP_ON_KUBERNETES = (
+    "sleep mode is driven only for local vLLM processes: on Kubernetes each variant's pod has "
+    "GPUs of its own, and idle variants scale to zero instead"
+)
+
 
 class KubeServer:
     """A variant's Deployment with the face of a local vLLM process."""
@@ -62,6 +67,12 @@ class KubeServer:
     async def stop(self, grace_s: float = 15.0) -> None:
         await self._deployment.stop(grace_s)
         self._stopped.set()
+
+    async def sleep(self, level: int) -> None:
+        raise BackendFailed(NO_SLEEP_ON_KUBERNETES)
+
+    async def wake_up(self, level: int) -> None:
+        raise BackendFailed(NO_SLEEP_ON_KUBERNETES)
 
 
 def launch(

@@ -52,6 +52,14 @@ def cache_mount(read_only: bool) -> V1VolumeMount:
     return V1VolumeMount(name=VOLUME, mount_path=str(MOUNT_PATH), read_only=read_only)
 
 
+def compile_cache_mount(key: str, mount_path: str) -> V1VolumeMount:
+    """vLLM's compile cache for one model shape and method, written by the pods that serve
+    it: a warm cold start after the first (``serving.specs.compile_key``)."""
+    return V1VolumeMount(
+        name=VOLUME, mount_path=mount_path, sub_path=f".vllm-cache/{key}", read_only=False
+    )
+
+
 def shared_memory() -> tuple[V1Volume, V1VolumeMount]:
     """A memory-backed /dev/shm: NCCL between tensor-parallel workers outgrows the default."""
     volume = V1Volume(name=SHM_VOLUME, empty_dir=V1EmptyDirVolumeSource(medium="Memory"))

@@ -14,6 +14,7 @@ from serving.errors import BackendFailed, JobFailed
 from serving.kube import names
 from serving.kube.volume import CacheVolume
 from serving.manifest import KubernetesOptions, Model, ServeOptions
+from serving.specs import compile_key
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class VariantWorkload:
     kube: KubernetesOptions
     tensor_parallel_size: int = 1
     quantization: str | None = None
+    compile_key: str = "unknown"  # vLLM's compile cache: <cache>/.vllm-cache/<key> on the volume
 
     @classmethod
     def of(
@@ -60,6 +62,7 @@ class VariantWorkload:
             kube=model.kubernetes,
             tensor_parallel_size=model.tensor_parallel_size,
             quantization=quantization,
+            compile_key=compile_key(model_dir),
         )
 
     @property

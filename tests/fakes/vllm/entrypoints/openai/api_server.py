@@ -11,6 +11,11 @@ VLLM_DISABLED_KERNELS is logged as ``Using <Kernel> for CompressedTensorsWNA16``
 FAKE_KERNEL_ITL_S (``Kernel=seconds,...``: FAKE_ITL_S of the kernel chosen that way),
 FAKE_ENGINE_CHILD=1 (start a child process in the server's process group, as vLLM's engine
 core is, and log ``engine pid N``).
+Sleep mode, as vLLM's (``--enable-sleep-mode`` and VLLM_SERVER_DEV_MODE=1, else 404): POST
+/sleep?level=N, /wake_up, /collective_rpc, /reset_prefix_cache, GET /is_sleeping; knobs
+FAKE_SLEEP_S, FAKE_WAKE_S (delays), FAKE_WAKE_FAIL=1 (/wake_up answers 500, and the engine stays
+asleep), FAKE_CALLS_FILE (each sleep-mode call and each request that reached a sleeping engine
+appended as a line: ``sleep 1``, ``wake_up``, ``collective_rpc reload_weights``, ``asleep-hit``).
 """
 
 from __future__ import annotations
@@ -56,8 +61,15 @@ def _itl(kernel: str | None) -> float:
     return float(per_kernel.get(kernel or "", os.environ.get("FAKE_ITL_S", "0")))
 
 
-def make_app(names: list[str]) -> Starlette:
+def _note(line: str) -> None:
+    if os.environ.get("FAKE_CALLS_FILE"):
+        with Path(os.environ["FAKE_CALLS_FILE"]).open("a") as f:
+            f.write(line + "\n")
+
+
+def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
     ttft = float(os.environ.get("FAKE_TTFT_S", "0"))
+    state = {"sleeping": 0}
     itl = _itl(_kernel())
     break_after = int(os.environ.get("FAKE_BREAK_AFTER", "-1"))
 
@@ -69,7 +81,37 @@ def make_app(names: list[str]) -> Starlette:
             {"object": "list", "data": [{"id": n, "object": "model"} for n in names]}
         )
 
+    async def sleep(request: Request) -> Response:
+        level = int(request.query_params.get("level", "1"))
+        await asyncio.sleep(float(os.environ.get("FAKE_SLEEP_S", "0")))
+        state["sleeping"] = level
+        _note(f"sleep {level}")
+        return Response(status_code=200)
+
+    async def wake_up(request: Request) -> Response:
+        await asyncio.sleep(float(os.environ.get("FAKE_WAKE_S", "0")))
+        _note("wake_up")
+        if os.environ.get("FAKE_WAKE_FAIL"):
+            return JSONResponse({"error": "CUDA error: out of memory"}, status_code=500)
+        state["sleeping"] = 0
+        return Response(status_code=200)
+
+    async def is_sleeping(request: Request) -> Response:
+        return JSONResponse({"is_sleeping": bool(state["sleeping"])})
+
+    async def collective_rpc(request: Request) -> Response:
+        _note(f"collective_rpc {(await request.json()).get('method')}")
+        return JSONResponse({"results": [None]})
+
+    async def reset_prefix_cache(request: Request) -> Response:
+        _note("reset_prefix_cache")
+        return Response(status_code=200)
+
     async def generate(request: Request) -> Response:
+        if state["sleeping"]:
+            _note("asleep-hit")
+            err = {"message": "the engine is asleep", "type": "InternalServerError", "code": 500}
+            return JSONResponse({"error": err}, status_code=500)
         key = os.environ.get("FAKE_API_KEY")
         if key and request.headers.get("authorization") != f"Bearer {key}":
             err = {"message": "bad key", "type": "AuthenticationError", "code": 401}
@@ -153,6 +195,14 @@ def make_app(names: list[str]) -> Starlette:
         Route("/v1/chat/completions", generate, methods=["POST"]),
         Route("/v1/completions", generate, methods=["POST"]),
     ]
+    if sleep_mode and os.environ.get("VLLM_SERVER_DEV_MODE") == "1":
+        routes += [
+            Route("/sleep", sleep, methods=["POST"]),
+            Route("/wake_up", wake_up, methods=["POST"]),
+            Route("/is_sleeping", is_sleeping),
+            Route("/collective_rpc", collective_rpc, methods=["POST"]),
+            Route("/reset_prefix_cache", reset_prefix_cache, methods=["POST"]),
+        ]
     return Starlette(routes=routes)
 
 
@@ -162,6 +212,7 @@ def main() -> None:
     parser.add_argument("--served-model-name", nargs="+")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int)
+    parser.add_argument("--enable-sleep-mode", action="store_true")
     args, _ = parser.parse_known_args()
     print(f"fake vLLM for {args.model} on {args.port}", flush=True)
     for name in sorted(n for n in os.environ if n.startswith("VLLM_")):
@@ -176,7 +227,10 @@ def main() -> None:
         print("ValueError: fake start-up failure (bad argument)", file=sys.stderr, flush=True)
         sys.exit(3)
     uvicorn.run(
-        make_app(args.served_model_name), host=args.host, port=args.port, log_level="warning"
+        make_app(args.served_model_name, args.enable_sleep_mode),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
     )
 
 
