@@ -12,6 +12,7 @@ cd "$(dirname "$0")/../.." || exit 1
 mkdir -p /tmp/qg/models
 case "$PHASE" in
   pack) early="gptq:cuda:0 awq:cuda:1" ;;
+  swap) early="gptq:cuda:0 awq:cuda:0" ;;
   *) early="bf16:cuda:0" ;;
 esac
 for fd in $early; do
@@ -30,8 +31,14 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export CUDA_DEVICE_ORDER=PCI_BUS_ID
 export PYTHONUNBUFFERED=1
 echo "payload ready after $(( $(date +%s) - START )) s"
-python3 benchmarks/gpu/experiment.py "$PHASE" --work /tmp/qg --out "$OUT" --started-at "$START" \
-  ${PIN:+--pin "$PIN"} ${BUDGET_S:+--budget-s "$BUDGET_S"}
+if [ "$PHASE" = swap ]; then  # issue 13: swap.py's own steps (ONLY=swap|recold: a part)
+  python3 benchmarks/gpu/swap.py --work /tmp/qg --out "$OUT" --started-at "$START" \
+    ${ONLY:+--only "$ONLY"} ${SWITCHES:+--switches "$SWITCHES"} ${TOKENS:+--tokens "$TOKENS"} \
+    ${WARM:+--warm} ${BUDGET_S:+--budget-s "$BUDGET_S"}
+else
+  python3 benchmarks/gpu/experiment.py "$PHASE" --work /tmp/qg --out "$OUT" --started-at "$START" \
+    ${PIN:+--pin "$PIN"} ${BUDGET_S:+--budget-s "$BUDGET_S"}
+fi
 rc=$?
 cat "$OUT/table.md" 2>/dev/null
 exit $rc
