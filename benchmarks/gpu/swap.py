@@ -12,7 +12,10 @@ Steps (results.json is rewritten after each; what finished survives a timeout):
            tokens/s right after a wake against tokens/s before the next switch
   recold   the gateway restarted on the same cache folder: gptq8b's cold start again, now with
            its compile cache warm (VLLM_CACHE_ROOT under the cache folder)
-Writes OUT/results.json, OUT/table.md (the table for docs/benchmarks.md) and OUT/logs.tar.gz.
+Writes OUT/results.json, OUT/table.md and OUT/logs.tar.gz. Back here, with the results kept
+under docs/results/:
+    python3 benchmarks/gpu/swap.py --write-docs docs/benchmarks.md RESULTS.json [RESULTS.json]
+rewrites the swapping table of docs/benchmarks.md (between its swap-table markers) from them.
 """
 
 from __future__ import annotations
@@ -193,6 +196,47 @@ def table(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+BEGIN, END = "<!-- swap-table:begin -->", "<!-- swap-table:end -->"
+
+
+def docs_table(runs: list[dict[str, Any]]) -> str:
+    """The docs/benchmarks.md table: the first run in full, later ones' decode ratios."""
+    first = runs[0]
+    s = first["summary"]
+    fresh = [c for c in first.get("cold", []) if "empty" in c["label"]]
+    warm = [c for c in first.get("cold", []) if "restart" in c["label"]]
+    rows = [
+        ("switches / failed requests", f"{s['switches']} / {s['failed']}"),
+        ("TTFT after a switch p50 / p95 / max",
+         f"{s['ttft_after_switch_p50_s']} / {s['ttft_after_switch_p95_s']} / "
+         f"{s['ttft_after_switch_max_s']} s"),
+        ("TTFT, variant already awake, p50", f"{s['ttft_steady_p50_s']} s"),
+        ("sleep / wake, mean", f"{s['mean_sleep_s']} / {s['mean_wake_s']} s"),
+        ("warm cycle after start-up (sleep + wake), mean", f"{s['warm_cycle_s']} s"),
+    ]  # fmt: skip
+    for run in runs:
+        r, tokens = run["summary"], run["switches"][0]["steady"]["tokens"]
+        rows.append((f"decode tok/s after a wake / awake, p50 (min), {tokens}-token answers, "
+                     f"{r['switches']} switches",
+                     f"{r['decode_after_wake_over_steady_p50']} "
+                     f"({r['decode_after_wake_over_steady_min']})"))  # fmt: skip
+    if fresh and warm:
+        rows.append(("cold start ready: empty compile cache -> restart with VLLM_CACHE_ROOT kept",
+                     f"{fresh[0]['ready_s']} s -> {warm[0]['ready_s']} s ({fresh[0]['model']})"))  # fmt: skip
+    gpus = ", ".join(first.get("machine", {}).get("gpus", []))
+    lines = [f"GPU: {gpus}; vLLM {first['machine']['packages']['vllm']}.", "",
+             "| measure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_docs(docs: Path, results: list[Path]) -> None:
+    text = docs.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    table_text = docs_table([json.loads(p.read_text()) for p in results])
+    docs.write_text(f"{head}{BEGIN}\n{table_text}\n{END}{tail}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/qg"))
@@ -204,7 +248,12 @@ def main() -> int:
     ap.add_argument("--warm", action="store_true", help="keep the compile caches (swap part)")
     ap.add_argument("--only", choices=["swap", "recold"], help="one part (swap: cold + swap)")
     ap.add_argument("--dry-run", action="store_true", help="on a CPU, against stand-ins")
+    ap.add_argument("--write-docs", type=Path, metavar="DOCS", help="rewrite DOCS's table from")
+    ap.add_argument("results", nargs="*", type=Path, help="results.json files (--write-docs)")
     a = ap.parse_args()
+    if a.write_docs:
+        write_docs(a.write_docs, a.results)
+        return 0
     a.work.mkdir(parents=True, exist_ok=True)
     a.out.mkdir(parents=True, exist_ok=True)
     clock, results = Clock(a.started_at, a.budget_s), Results(a.out, "swap")
