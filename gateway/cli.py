@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import bench_cli, quantize_cli
+from gateway import bench_cli, quantize_cli, recommend_cli
 from serving.errors import ManifestError
 from serving.fleet import Fleet
 from serving.manifest import Manifest, load_manifest
@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     quantize_cli.register(sub)
     bench_cli.register(sub)
+    recommend_cli.register(sub)
 
     demo = sub.add_parser(
         "demo", help="start the gateway on a manifest, send one chat completion, print the result"

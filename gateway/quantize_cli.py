@@ -42,11 +42,17 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--model-path", type=Path, required=True, help="local checkpoint folder")
     p.add_argument("--output-dir", type=Path, required=True, help="new folder for the variant")
+    offered = "|".join(m.value for m in Method if m.value != "none")
     p.add_argument(
-        "--method", required=True, choices=[m.value for m in Method if m.value != "none"]
+        "--method",
+        required=True,
+        metavar="{" + offered.replace("|", ",") + "}",
+        help="bitsandbytes and fp8 are quantized by vLLM at load: nothing to build",
     )
     p.add_argument("--backend", choices=[b.value for b in Backend], help="default: llmcompressor")
-    p.add_argument("--bits", type=int, help="weight bits (gptq/rtn: 2,3,4,8; awq: 2,3,4; w8a8: 8)")
+    p.add_argument(
+        "--bits", type=int, help="weight bits (gptq/rtn/autoround: 2,3,4,8; awq: 2,3,4; w8a8: 8)"
+    )
     p.add_argument("--activation-bits", type=int, choices=[8, 16], help="8: W4A8 (gptq, rtn)")
     p.add_argument(
         "--group-size", type=int, help="default 128 (w8a8: per channel); -1: per channel"
@@ -58,7 +64,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--log", type=Path, help="keep the quantizer's whole log in this file (default: not kept)"
     )
-    cal = p.add_argument_group("calibration (gptq, awq, w8a8)")
+    cal = p.add_argument_group("calibration (gptq, awq, w8a8, autoround)")
     cal.add_argument(
         "--dataset",
         type=Path,
@@ -92,7 +98,8 @@ def quantize(args: argparse.Namespace) -> int:
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])
             print(
-                f"quantgate: invalid recipe: {where + ': ' if where else ''}{err['msg']}",
+                f"quantgate: invalid recipe: {where + ': ' if where else ''}"
+                f"{err['msg'].removeprefix('Value error, ')}",
                 file=sys.stderr,
             )
         return 2

@@ -41,7 +41,7 @@ from serving.errors import (
 from serving.hardware import Hardware
 from serving.jobs import Job, JobRunner
 from serving.launcher import LaunchSpec, Server, VllmServer
-from serving.manifest import Manifest, Method, Model, split_model_name
+from serving.manifest import Manifest, Model, split_model_name
 from serving.placement import Placement
 from serving.pool import VariantPool
 from serving.quality import over_budget
@@ -375,9 +375,9 @@ class Fleet:
             if not self._built(model_name, model, name):
                 await self.jobs.submit(model_name, model, name).wait()
             self._check_servable(model_name, name)
-            dynamic_fp8 = model.variants[name].method is Method.FP8  # quantized by vLLM at load
+            at_load = model.variants[name].serve_quantization  # fp8, bnb: quantized at load
             slot.kernel = kernels.choose(
-                kernels.checkpoint_scheme(self._specs.model_dir(model_name, name), dynamic_fp8),
+                kernels.checkpoint_scheme(self._specs.model_dir(model_name, name), at_load),
                 self.hardware,
             )
             if not slot.kernel.supported:

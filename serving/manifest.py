@@ -48,6 +48,29 @@ class Method(StrEnum):
     W8A8 = "w8a8"  # SmoothQuant + GPTQ, int8 weights and int8 dynamic activations
     FP8 = "fp8"  # no build: vLLM quantizes the base weights at load
     RTN = "rtn"  # plain round-to-nearest, no calibration data
+    AUTOROUND = "autoround"  # sign-gradient rounding (Intel's AutoRound), via llm-compressor
+    BITSANDBYTES = "bitsandbytes"  # no build: vLLM quantizes to NF4 at load (CUDA only)
+
+
+# Methods asked for by name that Quantgate does not offer, and why: a manifest or a CLI call
+# naming one gets this instead of a list of valid names.
+NOT_OFFERED: dict[str, str] = {
+    "aqlm": "vLLM (0.26 on GPUs, 0.32 on CPUs) has no AQLM kernel any more: it is not among its "
+    "quantization methods",
+    "vptq": "vLLM has no VPTQ kernel among its quantization methods (0.26, 0.32)",
+    "spqr": "SpQR has no maintained quantization library and no vLLM kernel",
+    "higgs": "HIGGS runs in Transformers (FLUTE kernels) only; vLLM has no HIGGS kernel",
+    "quip": "QuIP/QuIP# have no vLLM kernel among its quantization methods (0.26, 0.32)",
+    "hqq": "vLLM 0.26 and 0.32 have no HQQ kernel (HQQ models run in Transformers only), so an "
+    "HQQ variant could be built but never served; use rtn (also calibration-free)",
+    "gguf": "not yet: vLLM serves GGUF only through the vllm-gguf-plugin package, and building "
+    "GGUF needs llama.cpp's converter and quantizer; use gptq or awq for int4",
+    "torchao": "not yet (vLLM can load torchao checkpoints); use rtn or gptq for int4 weight-only",
+    "autoawq": "AutoAWQ is a backend, not a method: method 'awq' with backend 'autoawq' (or the "
+    "default llm-compressor)",
+    "autogptq": "AutoGPTQ is a backend, not a method: method 'gptq' with backend 'autogptq' (or "
+    "the default llm-compressor)",
+}
 
 
 class Backend(StrEnum):
@@ -66,13 +89,16 @@ METHOD_BITS: dict[Method, tuple[int, ...]] = {
     Method.RTN: (2, 3, 4, 8),
     Method.W8A8: (8,),
     Method.FP8: (8,),
+    Method.AUTOROUND: (2, 3, 4, 8),
+    Method.BITSANDBYTES: (4,),
 }
+LOAD_TIME = {Method.FP8: "fp8", Method.BITSANDBYTES: "bitsandbytes"}  # vLLM's --quantization
 BACKEND_METHODS: dict[Backend, tuple[Method, ...]] = {
-    Backend.LLMCOMPRESSOR: (Method.GPTQ, Method.AWQ, Method.W8A8, Method.RTN),
+    Backend.LLMCOMPRESSOR: (Method.GPTQ, Method.AWQ, Method.W8A8, Method.RTN, Method.AUTOROUND),
     Backend.AUTOAWQ: (Method.AWQ,),
     Backend.AUTOGPTQ: (Method.GPTQ,),
 }
-CALIBRATED = (Method.GPTQ, Method.AWQ, Method.W8A8)
+CALIBRATED = (Method.GPTQ, Method.AWQ, Method.W8A8, Method.AUTOROUND)
 BUILD_FIELDS = (
     "backend", "activation_bits", "group_size", "symmetric", "calibration", "max_ppl_increase"
 )  # fmt: skip
@@ -146,6 +172,14 @@ class Variant(Strict):
             return float(value.strip()[:-1]) / 100
         return value
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _offered(cls, value: object) -> object:
+        reason = NOT_OFFERED.get(str(value).lower()) if isinstance(value, str) else None
+        if reason:
+            raise ValueError(f"method {value!r} is not offered: {reason}")
+        return value
+
     @model_validator(mode="after")
     def _check_recipe(self) -> Self:
         problems = _recipe_problems(self)
@@ -159,13 +193,13 @@ class Variant(Strict):
 
     @property
     def needs_build(self) -> bool:
-        """Whether a quantization job makes it (FP8 is quantized by vLLM at load)."""
-        return self.method not in (Method.NONE, Method.FP8)
+        """Whether a quantization job makes it (FP8 and bitsandbytes: vLLM quantizes at load)."""
+        return self.method is not Method.NONE and self.method not in LOAD_TIME
 
     @property
     def serve_quantization(self) -> str | None:
         """vLLM's ``--quantization`` for variants quantized at load rather than built."""
-        return "fp8" if self.method is Method.FP8 else None
+        return LOAD_TIME.get(self.method)
 
     @property
     def weight_bits(self) -> int:
@@ -184,7 +218,11 @@ class Variant(Strict):
         """``W4A16``-style name of the weight and activation precision."""
         if self.method is Method.NONE:
             return "BF16"
-        return "FP8" if self.method is Method.FP8 else f"W{self.weight_bits}A{self.act_bits}"
+        if self.method is Method.FP8:
+            return "FP8"
+        return (
+            "NF4" if self.method is Method.BITSANDBYTES else f"W{self.weight_bits}A{self.act_bits}"
+        )
 
     def recipe(self) -> dict[str, Any]:
         """The recipe with defaults filled in: what the worker is told and what is hashed."""
@@ -221,9 +259,9 @@ def _recipe_problems(v: Variant) -> list[str]:
         return ["a variant with an upstream is served as is: use method 'none'"]
     if not v.needs_build:
         given = [f for f in BUILD_FIELDS if getattr(v, f) is not None]
-        given += ["bits"] if v.bits not in (None, 8 if v.method is Method.FP8 else None) else []
+        given += ["bits"] if v.bits not in (None, *METHOD_BITS.get(v.method, ())) else []
         given += ["ignore"] if v.ignore != ("lm_head",) else []
-        why = "is quantized by vLLM at load" if v.method is Method.FP8 else "is the base weights"
+        why = "is quantized by vLLM at load" if v.method in LOAD_TIME else "is the base weights"
         return [f"method {m!r} {why}: it takes no {', '.join(given)}"] if given else []
     problems = []
     if v.bits is not None and v.bits not in METHOD_BITS[v.method]:
@@ -581,7 +619,10 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     try:
         return Manifest.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
-        issues = [_issue(path, lines, err["loc"], err["msg"]) for err in exc.errors()]
+        issues = [
+            _issue(path, lines, err["loc"], err["msg"].removeprefix("Value error, "))
+            for err in exc.errors()
+        ]
         raise ManifestError(issues) from exc
 
 

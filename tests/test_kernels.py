@@ -97,7 +97,7 @@ def test_no_avx512_says_why_and_what_to_use() -> None:
 
 
 def test_dynamic_fp8_and_planned_schemes() -> None:
-    assert read_scheme({}, dynamic_fp8=True) == Scheme("fp8", 8, "fp8")
+    assert read_scheme({}, at_load="fp8") == Scheme("fp8", 8, "fp8")
     assert planned_scheme(Variant(method=Method.GPTQ, bits=4)).name == "W4A16"
     assert planned_scheme(Variant(method=Method.GPTQ, bits=4, activation_bits=8)).name == "W4A8"
     assert planned_scheme(Variant(method=Method.NONE)).name == "BF16"

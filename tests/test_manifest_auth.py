@@ -58,7 +58,7 @@ def test_two_sources_are_rejected_with_the_key_line() -> None:
         "key_env: QG_ALICE", "key_env: QG_ALICE\n      key_sha256: " + "a" * 64
     )
     assert manifest_errors(text) == [
-        "/m/bad.yaml:12: auth.keys.0: Value error, give exactly one of key_env, key_file, "
+        "/m/bad.yaml:12: auth.keys.0: give exactly one of key_env, key_file, "
         "key_sha256 (never the key)"
     ]
 

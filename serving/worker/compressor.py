@@ -1,4 +1,5 @@
-"""The llm-compressor backend: GPTQ, AWQ, SmoothQuant + GPTQ (W8A8) and round-to-nearest.
+"""The llm-compressor backend: GPTQ, AWQ, SmoothQuant + GPTQ (W8A8), AutoRound and
+round-to-nearest.
 
 Every method is one ``oneshot`` over a recipe of modifiers built from Quantgate's recipe, with
 the weight (and activation) precision written as a compressed-tensors ``QuantizationScheme`` so
@@ -98,6 +99,14 @@ def modifiers(recipe: dict[str, Any], offload_cache: bool = False) -> list[Any]:
         lean_awq_outputs()
         offload = {"offload_device": "cpu"} if offload_cache else {}  # see memory.py
         return [AWQModifier(config_groups=groups, ignore=ignore, **offload)]
+    if method == "autoround":
+        from llmcompressor.modifiers.autoround import AutoRoundModifier
+
+        # torch.compile of each block pays off on GPUs; on a CPU it costs more than it saves
+        compiled = torch.cuda.is_available()
+        return [
+            AutoRoundModifier(config_groups=groups, ignore=ignore, enable_torch_compile=compiled)
+        ]
     if method == "rtn":
         from llmcompressor.modifiers.quantization import QuantizationModifier
 

@@ -1,0 +1,79 @@
+"""``quantgate recommend``: the quantization method for a model size, memory and priority."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from serving.hardware import Gpu, Hardware
+from serving.recommend import parse_size, recommend
+
+GPUS = {  # name -> compute capability x 10
+    "h200": 90, "h100": 90, "gh200": 90, "l40s": 89, "l4": 89, "rtx4090": 89, "a100": 80,
+    "a10": 86, "a10g": 86, "rtx3090": 86, "t4": 75, "v100": 70,
+}  # fmt: skip
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "recommend",
+        help="which quantization method to serve a model with, and why",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    p.add_argument("--model-size", required=True, help="parameters: 8B, 70B, 1.5B")
+    p.add_argument(
+        "--gpu-memory", required=True, help="memory per GPU (or host RAM with --gpu cpu): 24GiB"
+    )
+    p.add_argument("--priority", choices=["quality", "speed", "memory"], default="quality")
+    p.add_argument(
+        "--gpu",
+        default="a100",
+        help=f"GPU type ({', '.join(sorted(GPUS))}), or cpu, or cpu-avx512 (default: a100)",
+    )
+    p.add_argument(
+        "--measured", type=Path, help="`quantgate bench --json` output: measured rows to use"
+    )
+    p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.set_defaults(func=run)
+
+
+def hardware(name: str, memory_gib: float) -> Hardware:
+    key = name.lower().replace(" ", "").replace("-", "")
+    if key in ("cpu", "cpuavx2"):
+        return Hardware("cpu", frozenset({"avx2"}))
+    if key == "cpuavx512":
+        return Hardware("cpu", frozenset({"avx2", "avx512f"}))
+    if key not in GPUS:
+        raise ValueError(f"unknown GPU {name!r}: one of {', '.join(sorted(GPUS))}, or cpu")
+    return Hardware("cuda", gpus=(Gpu(0, name, GPUS[key], int(memory_gib * 1024)),))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        params = parse_size(args.model_size, "params")
+        memory = parse_size(args.gpu_memory, "memory")
+        hw = hardware(args.gpu, memory)
+        measured = json.loads(args.measured.read_text()) if args.measured else None
+    except (ValueError, OSError) as exc:
+        print(f"quantgate: {exc}", file=sys.stderr)
+        return 2
+    rec = recommend(params, memory, args.priority, hw, measured)
+    if args.json:
+        print(json.dumps(rec.__dict__, indent=2))
+        return 0 if rec.choice else 1
+    if rec.choice:
+        print(f"recommended: {rec.choice}  (manifest variant: {json.dumps(rec.variant)})")
+    else:
+        print("no method fits")
+    for reason in rec.reasons:
+        print(f"  - {reason}")
+    print("considered:")
+    for row in rec.considered:
+        state = "unsupported" if row["unsupported"] else ("fits" if row["fits"] else "too big")
+        extra = f", {row['tokens_per_s_n']:.0f} tok/s" if row.get("tokens_per_s_n") else ""
+        name, scheme, gib = row["candidate"], row["scheme"], row["weights_gib"]
+        print(f"  {name:<12} {scheme:<7} {gib:>6} GiB  {state}{extra}")
+    return 0 if rec.choice else 1

@@ -1,0 +1,157 @@
+"""Methods beyond the first four: AutoRound (built), bitsandbytes (quantized by vLLM at load),
+the methods that are not offered (and why), and ``quantgate recommend``.
+
+AutoRound's real CPU build is in tests/test_quantization.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from conftest import manifest_errors
+from serving.hardware import Gpu, Hardware
+from serving.kernels import choose, planned_scheme
+from serving.manifest import Method, Variant
+from serving.recommend import parse_size, recommend
+
+H100 = Hardware("cuda", gpus=(Gpu(0, "H100", 90, 81_559),))
+L4 = Hardware("cuda", gpus=(Gpu(0, "L4", 89, 23_034),))
+AVX2 = Hardware("cpu", frozenset({"avx2"}))
+
+
+def manifest(variant: str) -> str:
+    return (
+        "version: 1\ncache_dir: /tmp/c\nmodels:\n  tiny:\n    source: /m\n"
+        f"    default_variant: v\n    variants:\n      v: {variant}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "why"),
+    [
+        ("aqlm", "no AQLM kernel"),
+        ("vptq", "no VPTQ kernel"),
+        ("spqr", "no maintained quantization library"),
+        ("higgs", "Transformers (FLUTE kernels) only"),
+        ("quip", "no vLLM kernel"),
+        ("hqq", "no HQQ kernel"),
+        ("gguf", "vllm-gguf-plugin"),
+        ("AutoAWQ", "a backend, not a method"),
+    ],
+)
+def test_a_method_that_is_not_offered_says_why(method: str, why: str) -> None:
+    [error] = manifest_errors(manifest(f"{{method: {method}}}"))
+    assert error.startswith("/m/bad.yaml:8: models.tiny.variants.v.method: ")
+    assert f"method {method!r} is not offered: " in error and why in error
+
+
+def test_an_unknown_method_lists_the_offered_ones() -> None:
+    [error] = manifest_errors(manifest("{method: nf5}"))
+    assert "'autoround'" in error and "'bitsandbytes'" in error
+
+
+def test_bitsandbytes_is_quantized_by_vllm_at_load() -> None:
+    v = Variant(method=Method.BITSANDBYTES)
+    assert not v.needs_build and v.serve_quantization == "bitsandbytes"
+    assert v.scheme == "NF4" and v.recipe() == {"method": "bitsandbytes"}
+    h100 = choose(planned_scheme(v), H100)
+    assert (h100.quantization, h100.kernel) == ("bitsandbytes", "BitsAndBytesLinearMethod")
+    assert "no bitsandbytes support" in (AVX2.unsupported(v) or "")
+    assert not choose(planned_scheme(v), AVX2).supported
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"method": "bitsandbytes", "bits": 8}, "takes no bits"),
+        ({"method": "bitsandbytes", "group_size": 64}, "takes no group_size"),
+        ({"method": "bitsandbytes", "calibration": {"samples": 8}}, "takes no calibration"),
+        ({"method": "autoround", "bits": 5}, "supports bits 2, 3, 4, 8, not 5"),
+        ({"method": "autoround", "activation_bits": 8}, "activation_bits 8 is W4A8"),
+        ({"method": "autoround", "backend": "autogptq"}, "has no method 'autoround'"),
+    ],
+)
+def test_unsupported_combinations_are_refused_before_any_work(
+    fields: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(ValidationError, match=expected):
+        Variant.model_validate(fields)
+
+
+def test_autoround_is_a_calibrated_llm_compressor_method() -> None:
+    v = Variant.model_validate({"method": "autoround", "calibration": {"samples": 32}})
+    recipe = v.recipe()
+    assert recipe["backend"] == "llmcompressor" and recipe["calibration"]["samples"] == 32
+    assert (v.scheme, recipe["group_size"], recipe["symmetric"]) == ("W4A16", 128, True)
+    assert choose(planned_scheme(v), H100).kernel == "MacheteLinearKernel"
+    assert "AVX-512" in (AVX2.unsupported(v) or "")
+
+
+def test_the_quantize_command_refuses_a_method_not_offered_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "quantize", "--model-path", str(tmp_path),
+         "--output-dir", str(tmp_path / "out"), "--method", "aqlm"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "method: method 'aqlm' is not offered: vLLM" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# -- recommend ----------------------------------------------------------------------------
+def test_sizes_are_read_with_their_units() -> None:
+    assert parse_size("8B", "params") == 8e9 and parse_size("1.5b", "params") == 1.5e9
+    assert parse_size("24GiB", "memory") == 24 and parse_size("80GB", "memory") == 80e9 / 2**30
+    with pytest.raises(ValueError, match="unknown unit"):
+        parse_size("24 furlongs", "memory")
+
+
+def test_quality_takes_the_most_bits_that_fit() -> None:
+    rec = recommend(8e9, 24, "quality", L4)
+    assert rec.choice == "bf16"  # 14.9 GiB of weights in 16.5 GiB
+    rec = recommend(8e9, 16, "quality", L4)
+    assert rec.choice == "fp8" and "not bf16: its 14.9 GiB do not fit" in rec.reasons
+    rec = recommend(70e9, 80, "quality", H100)
+    assert rec.choice == "gptq-w4a16" and rec.variant == {"method": "gptq", "bits": 4}
+
+
+def test_speed_and_memory_take_4_bit_weights_where_a_kernel_serves_them() -> None:
+    assert recommend(8e9, 24, "speed", L4).choice == "gptq-w4a16"
+    assert recommend(8e9, 24, "memory", H100).choice == "gptq-w4a16"
+    cpu = recommend(8e9, 16, "memory", AVX2)  # no W4A16 kernel on AVX2: W4A8
+    assert cpu.choice == "gptq-w4a8" and any("AVX-512" in r for r in cpu.reasons)
+
+
+def test_measured_rows_decide_where_they_cover_the_candidates() -> None:
+    measured = [
+        {"method": "gptq", "scheme": "W4A16", "tokens_per_s_n": 3785.0, "ppl_increase": 0.031},
+        {"method": "fp8", "scheme": "FP8", "tokens_per_s_n": 5075.0, "ppl_increase": 0.004},
+    ]
+    rec = recommend(8e9, 80, "speed", H100, measured)
+    assert rec.choice == "fp8" and "measured 5075 tok/s" in rec.reasons[-1]
+    assert recommend(8e9, 80, "quality", H100, measured).choice == "bf16"  # not measured: rule
+
+
+def test_nothing_fits_says_what_to_do() -> None:
+    rec = recommend(405e9, 24, "memory", L4)
+    assert rec.choice is None and "tensor parallelism" in rec.reasons[-1]
+
+
+def test_the_recommend_command(tmp_path: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway.cli", "recommend", *args],
+                              capture_output=True, text=True)  # fmt: skip
+
+    run = cli("--model-size", "8B", "--gpu-memory", "24GiB", "--priority", "speed", "--gpu", "l4")
+    assert run.returncode == 0 and run.stdout.startswith("recommended: gptq-w4a16")
+    run = cli("--model-size", "8B", "--gpu-memory", "24GiB", "--json")
+    assert json.loads(run.stdout)["choice"] == "bf16"
+    run = cli("--model-size", "8B", "--gpu-memory", "24GiB", "--gpu", "tpu")
+    assert run.returncode == 2 and "unknown GPU 'tpu'" in run.stderr
