@@ -40,8 +40,8 @@ from serving.errors import (
 )
 from serving.hardware import Hardware
 from serving.jobs import Job, JobRunner
-from serving.launcher import LaunchSpec, Server, VllmServer
-from serving.manifest import Manifest, Model, split_model_name
+from serving.launcher import LaunchSpec, Server, VllmServer, importable
+from serving.manifest import Manifest, Method, Model, split_model_name
 from serving.placement import Placement
 from serving.pool import VariantPool
 from serving.quality import over_budget
@@ -51,6 +51,8 @@ from serving.store import VariantStore, weights_size
 from serving.swapping import Resident, SwapEvent, Swapper, residency, takes_turns
 
 JSON_HEADERS = {"content-type": "application/json"}
+# Libraries vLLM imports at load for a method: module, and what to install.
+VLLM_PACKAGES = {Method.BITSANDBYTES: ("bitsandbytes", "bitsandbytes>=0.48.1")}
 
 
 class VariantState(StrEnum):
@@ -110,6 +112,8 @@ class Fleet:
         self._store = store
         self._host = host
         self._launch = launch or (lambda spec: VllmServer(spec, vllm_python))
+        self._vllm_python = vllm_python
+        self._packages: dict[str, bool] = {}  # module -> importable in vLLM's environment
         self.placement = Placement(hardware)
         self.places_gpus = places_gpus  # False where a scheduler (Kubernetes) places pods
         self._specs = LaunchPlanner(manifest, store, hardware, self.placement, host, places_gpus)
@@ -375,6 +379,7 @@ class Fleet:
             if not self._built(model_name, model, name):
                 await self.jobs.submit(model_name, model, name).wait()
             self._check_servable(model_name, name)
+            await self._check_packages(model_name, name)
             at_load = model.variants[name].serve_quantization  # fp8, bnb: quantized at load
             slot.kernel = kernels.choose(
                 kernels.checkpoint_scheme(self._specs.model_dir(model_name, name), at_load),
@@ -464,6 +469,21 @@ class Fleet:
             gpus, share = resident.gpus, resident.share
             await swapper.make_room(resident.owner, gpus, share, len(gpus), deadline)
             await swapper.wake(resident)
+
+    async def _check_packages(self, model_name: str, name: str) -> None:
+        """A method whose library vLLM needs at load (bitsandbytes) must be importable in
+        vLLM's environment: said with the package to install, rather than vLLM's traceback."""
+        needed = VLLM_PACKAGES.get(self.manifest.models[model_name].variants[name].method)
+        if needed is None or not self.places_gpus:  # a pod's image is not ours to inspect
+            return
+        module, requirement = needed
+        if module not in self._packages:
+            self._packages[module] = await importable(self._vllm_python, module)
+        if not self._packages[module]:
+            raise VariantUnsupported(
+                f"{model_name}:{name} needs the {module} package in vLLM's environment "
+                f"({self._vllm_python}), which has none: pip install '{requirement}' there"
+            )
 
     def _check_servable(self, model_name: str, name: str) -> None:
         """A built variant may still not be served: no kernel here (built for a quality study),

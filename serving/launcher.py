@@ -32,6 +32,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+async def importable(python: Path, module: str) -> bool:
+    """Whether ``module`` imports in the environment of ``python`` (without importing it)."""
+    code = f"import importlib.util, sys; sys.exit(0 if importlib.util.find_spec({module!r}) else 3)"
+    proc = await asyncio.create_subprocess_exec(
+        str(python),
+        "-c",
+        code,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await proc.wait() == 0
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:

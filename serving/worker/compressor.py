@@ -202,7 +202,8 @@ def build(
     offload = _offload(model, rows, awq=recipe["method"] == "awq")
     steps = modifiers(recipe, offload_cache=offload.awq)
     with layer_progress(model, passes=len(steps) if rows else 1):
-        _oneshot(model, steps, rows, offload.pipeline)
+        # AutoRound batches the cached inputs itself: one calibration sample per forward
+        _oneshot(model, steps, rows, offload.pipeline, batched=recipe["method"] != "autoround")
     t2 = time.perf_counter()
     model.to(saved_dtype)
     model.save_pretrained(str(output), save_compressed=True)
@@ -238,7 +239,11 @@ def source_dtype(source: Path) -> torch.dtype:
 
 
 def _oneshot(
-    model: torch.nn.Module, steps: list[Any], rows: list[list[int]] | None, offload: bool
+    model: torch.nn.Module,
+    steps: list[Any],
+    rows: list[list[int]] | None,
+    offload: bool,
+    batched: bool = True,
 ) -> None:
     device = next(model.parameters()).device
     tokens_per_batch = CALIBRATION_TOKENS_PER_BATCH.get(
@@ -256,6 +261,6 @@ def _oneshot(
             recipe=steps,
             max_seq_length=seq,
             num_calibration_samples=len(rows),
-            batch_size=max(1, min(len(rows), tokens_per_batch // seq)),
+            batch_size=max(1, min(len(rows), tokens_per_batch // seq)) if batched else 1,
             sequential_offload_device="cpu" if offload else str(device),
         )
