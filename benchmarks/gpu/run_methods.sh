@@ -29,7 +29,9 @@ models:
     source: /tmp/qgm/tiny
     default_variant: autoround-w4a16
     serve: {max_model_len: 512, gpu_memory_utilization: 0.3, enforce_eager: true,
-            kernel: MarlinLinearKernel, startup_timeout_s: 300}
+            kernel: MarlinLinearKernel, startup_timeout_s: 300,
+            extra_args: [--attention-backend, TRITON_ATTN],
+            env: {VLLM_USE_FLASHINFER_SAMPLER: "0"}}  # the payload has no flashinfer
     variants:
       autoround-w4a16: {method: autoround, bits: 4, calibration: {samples: 32}}
       bnb-nf4: {method: bitsandbytes}
