@@ -245,6 +245,44 @@ def test_a_failed_wake_falls_back_to_a_restart(
     assert "asleep-hit" not in calls()
 
 
+def test_a_failed_sleep_stops_the_variant_instead_and_the_swap_goes_on(
+    swapping_gateway: Start, calls: Callable[[], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_SLEEP_FAIL", "1")
+    server = swapping_gateway("min_awake_s: 0, warm_cycle: false")
+    assert ask(server, "a").status_code == 200
+    assert ask(server, "b").status_code == 200  # a's sleep fails: a is stopped, b starts
+    assert calls() == ["sleep 1"] and residencies(server) == {"a": "stopped", "b": "awake"}
+    assert ask(server, "a").status_code == 200  # b's sleep fails too: a cold start of a
+    assert residencies(server) == {"a": "awake", "b": "stopped"}
+
+
+def test_concurrent_requests_for_both_variants_all_answer_and_none_reaches_a_sleeper(
+    swapping_gateway: Start, calls: Callable[[], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_SLEEP_S", "0.05")
+    monkeypatch.setenv("FAKE_WAKE_S", "0.05")
+    server = swapping_gateway("min_awake_s: 0")
+    assert ask(server, "a").status_code == 200 and ask(server, "b").status_code == 200
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            url = server.url + "/v1/chat/completions"
+
+            async def one(i: int) -> httpx.Response:
+                await asyncio.sleep(0.03 * i)
+                return await client.post(url, json=chat("ab"[i % 2], max_tokens=2))
+
+            return await asyncio.gather(*(one(i) for i in range(24)))
+
+    answers = asyncio.run(burst())
+    assert [r.status_code for r in answers] == [200] * 24
+    assert [r.json()["model"] for r in answers] == ["a", "b"] * 12
+    assert "asleep-hit" not in calls()
+    awake = [m for m, state in residencies(server).items() if state == "awake"]
+    assert len(awake) == 1  # never both: the GPU holds one
+
+
 def test_min_awake_time_holds_a_fresh_variant_awake(
     swapping_gateway: Start, calls: Callable[[], list[str]]
 ) -> None:

@@ -13,9 +13,10 @@ FAKE_ENGINE_CHILD=1 (start a child process in the server's process group, as vLL
 core is, and log ``engine pid N``).
 Sleep mode, as vLLM's (``--enable-sleep-mode`` and VLLM_SERVER_DEV_MODE=1, else 404): POST
 /sleep?level=N, /wake_up, /collective_rpc, /reset_prefix_cache, GET /is_sleeping; knobs
-FAKE_SLEEP_S, FAKE_WAKE_S (delays), FAKE_WAKE_FAIL=1 (/wake_up answers 500, and the engine stays
-asleep), FAKE_CALLS_FILE (each sleep-mode call and each request that reached a sleeping engine
-appended as a line: ``sleep 1``, ``wake_up``, ``collective_rpc reload_weights``, ``asleep-hit``).
+FAKE_SLEEP_S, FAKE_WAKE_S (delays), FAKE_WAKE_FAIL=1 (/wake_up answers 500, and the engine
+stays asleep), FAKE_SLEEP_FAIL=1 (/sleep answers 500, the engine stays awake),
+FAKE_CALLS_FILE (each sleep-mode call and each request that reached a sleeping engine appended
+as a line: ``sleep 1``, ``wake_up``, ``collective_rpc reload_weights``, ``asleep-hit``).
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
     async def sleep(request: Request) -> Response:
         level = int(request.query_params.get("level", "1"))
         await asyncio.sleep(float(os.environ.get("FAKE_SLEEP_S", "0")))
-        state["sleeping"] = level
         _note(f"sleep {level}")
+        if os.environ.get("FAKE_SLEEP_FAIL"):
+            return JSONResponse({"error": "cannot offload"}, status_code=500)
+        state["sleeping"] = level
         return Response(status_code=200)
 
     async def wake_up(request: Request) -> Response:
