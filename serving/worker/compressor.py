@@ -32,6 +32,7 @@ from serving.worker.protocol import fail, progress
 # already fills the cores; a GPU ran a 2048-token row through one 8B layer at ~130 rows/s,
 # far from its throughput.
 CALIBRATION_TOKENS_PER_BATCH = {"cpu": 2048, "cuda": 16384}
+AUTOROUND_BATCH = 8  # AutoRoundModifier's batch_size
 
 
 @contextlib.contextmanager
@@ -105,7 +106,12 @@ def modifiers(recipe: dict[str, Any], offload_cache: bool = False) -> list[Any]:
         # torch.compile of each block pays off on GPUs; on a CPU it costs more than it saves
         compiled = torch.cuda.is_available()
         return [
-            AutoRoundModifier(config_groups=groups, ignore=ignore, enable_torch_compile=compiled)
+            AutoRoundModifier(
+                config_groups=groups,
+                ignore=ignore,
+                enable_torch_compile=compiled,
+                batch_size=AUTOROUND_BATCH,
+            )
         ]
     if method == "rtn":
         from llmcompressor.modifiers.quantization import QuantizationModifier
@@ -202,8 +208,10 @@ def build(
     offload = _offload(model, rows, awq=recipe["method"] == "awq")
     steps = modifiers(recipe, offload_cache=offload.awq)
     with layer_progress(model, passes=len(steps) if rows else 1):
-        # AutoRound batches the cached inputs itself: one calibration sample per forward
-        _oneshot(model, steps, rows, offload.pipeline, batched=recipe["method"] != "autoround")
+        # AutoRound tunes on batches of its own batch_size (8): calibration batches must not
+        # be larger (auto-round 0.15 refuses the model when they are: 32 on a GPU)
+        cap = AUTOROUND_BATCH if recipe["method"] == "autoround" else None
+        _oneshot(model, steps, rows, offload.pipeline, max_batch=cap)
     t2 = time.perf_counter()
     model.to(saved_dtype)
     model.save_pretrained(str(output), save_compressed=True)
@@ -243,7 +251,7 @@ def _oneshot(
     steps: list[Any],
     rows: list[list[int]] | None,
     offload: bool,
-    batched: bool = True,
+    max_batch: int | None = None,
 ) -> None:
     device = next(model.parameters()).device
     tokens_per_batch = CALIBRATION_TOKENS_PER_BATCH.get(
@@ -261,6 +269,6 @@ def _oneshot(
             recipe=steps,
             max_seq_length=seq,
             num_calibration_samples=len(rows),
-            batch_size=max(1, min(len(rows), tokens_per_batch // seq)) if batched else 1,
+            batch_size=max(1, min(len(rows), tokens_per_batch // seq, max_batch or len(rows))),
             sequential_offload_device="cpu" if offload else str(device),
         )
