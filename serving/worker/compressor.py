@@ -208,9 +208,10 @@ def build(
     offload = _offload(model, rows, awq=recipe["method"] == "awq")
     steps = modifiers(recipe, offload_cache=offload.awq)
     with layer_progress(model, passes=len(steps) if rows else 1):
-        # AutoRound tunes on batches of its own batch_size (8): calibration batches must not
-        # be larger (auto-round 0.15 refuses the model when they are: 32 on a GPU)
-        cap = AUTOROUND_BATCH if recipe["method"] == "autoround" else None
+        # AutoRound tunes on batches of its own: auto-round 0.15 refused the model when the
+        # calibration came in batches of 32 (a GPU's default here); measured to work: one
+        # sample per forward on an H100, batches of its batch_size (8) on the CPU
+        cap = (1 if cuda else AUTOROUND_BATCH) if recipe["method"] == "autoround" else None
         _oneshot(model, steps, rows, offload.pipeline, max_batch=cap)
     t2 = time.perf_counter()
     model.to(saved_dtype)
