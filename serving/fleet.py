@@ -433,7 +433,8 @@ class Fleet:
         if slot.weights_bytes is None:
             slot.weights_bytes = weights_size(self._specs.model_dir(model_name, name))
         share = self.manifest.models[model_name].serve.gpu_memory_utilization
-        return Resident(model_name, name, slot.pool.replicas[0], share, slot.weights_bytes)
+        replica = slot.pool.replicas[0]
+        return Resident(model_name, name, replica, share, slot.weights_bytes, slot.waiting)
 
     def _residents(self) -> list[Resident]:
         found = (self._resident(m, v) for (m, v) in self._slots)

@@ -31,6 +31,7 @@ from serving.replica import ASLEEP_STATES, Replica, ReplicaState
 log = logging.getLogger(__name__)
 
 CPU = -1  # the lock and the awake count of a machine without GPUs
+DISPATCH_POLL_S = 0.02  # how soon to look again at a variant whose queued requests go out
 GIB = 1024**3
 
 
@@ -94,6 +95,7 @@ class Resident:
     replica: Replica
     share: float  # gpu_memory_utilization
     weights_bytes: int
+    waiting: int = 0  # requests queued for it and not yet dispatched
 
     @property
     def owner(self) -> str:
@@ -117,14 +119,20 @@ class Resident:
 def choose_victim(
     awake: Sequence[Resident], now: float, min_awake_s: float
 ) -> tuple[Resident | None, float]:
-    """The least recently used awake resident that has been awake ``min_awake_s``; else
-    (None, seconds until the first one will have been). Residents with requests in flight
-    come last: they would only be drained."""
+    """The least recently used awake resident that may be put to sleep now; else (None,
+    seconds until the first one may). One may not while it has been awake less than
+    ``min_awake_s``, nor while requests queued for it have not been dispatched yet (it was
+    woken for them). Residents with requests in flight come last: they would be drained."""
     if not awake:
         return None, 0.0
-    eligible = [r for r in awake if now - r.replica.awake_since >= min_awake_s]
+
+    def hold(r: Resident) -> float:
+        young = max(0.0, min_awake_s - (now - r.replica.awake_since))
+        return max(young, DISPATCH_POLL_S) if r.waiting else young
+
+    eligible = [r for r in awake if hold(r) == 0]
     if not eligible:
-        return None, min(min_awake_s - (now - r.replica.awake_since) for r in awake)
+        return None, min(hold(r) for r in awake)
     return min(eligible, key=lambda r: (r.replica.in_flight > 0, r.replica.last_used)), 0.0
 
 

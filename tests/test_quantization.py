@@ -31,7 +31,8 @@ BUILDS = {
     "rtn-w4": ["--method", "rtn", "--bits", "4"],
     "gptq-w4": ["--method", "gptq", "--bits", "4", "--calibration-samples", "32"],
     "awq-w4": ["--method", "awq", "--bits", "4", "--calibration-samples", "32"],
-    "autoround-w4": ["--method", "autoround", "--bits", "4", "--calibration-samples", "32"],
+    "autoround-w4": ["--method", "autoround", "--bits", "4", "--calibration-samples", "32",
+                     "--max-seq-length", "64"],  # AutoRound tunes 200 steps a block: CI time
     "rtn-w2": ["--method", "rtn", "--bits", "2", "--group-size", "-1", "--no-symmetric"],
     "gptq-w2": ["--method", "gptq", "--bits", "2", "--group-size", "-1", "--no-symmetric",
                 "--calibration-samples", "32"],

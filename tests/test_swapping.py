@@ -327,8 +327,9 @@ def test_sleep_mode_endpoints_are_never_reachable_through_the_gateway(
 
 
 def test_vllm_is_launched_in_sleep_mode_on_localhost_with_a_shared_compile_cache(
-    swapping_gateway: Start, tmp_path: Path
+    swapping_gateway: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("VLLM_CACHE_ROOT", raising=False)  # make test sets one for all tests
     server = swapping_gateway()
     assert ask(server, "a").status_code == 200
     assert ask(server, "b").status_code == 200
@@ -342,11 +343,13 @@ def test_vllm_is_launched_in_sleep_mode_on_localhost_with_a_shared_compile_cache
 
 
 # -- the policy's pure parts -------------------------------------------------------------------
-def resident(name: str, last_used: float, awake_since: float, in_flight: int = 0) -> Resident:
+def resident(
+    name: str, last_used: float, awake_since: float, in_flight: int = 0, waiting: int = 0
+) -> Resident:
     replica = Replica(0, unlaunchable, unlaunchable, RestartPolicy())
     replica.state, replica.in_flight = ReplicaState.READY, in_flight
     replica.last_used, replica.awake_since = last_used, awake_since
-    return Resident(name, "base", replica, 0.6, 6 * 1024**3)
+    return Resident(name, "base", replica, 0.6, 6 * 1024**3, waiting)
 
 
 def test_the_victim_is_the_least_recently_used_idle_variant_awake_long_enough() -> None:
@@ -356,6 +359,10 @@ def test_the_victim_is_the_least_recently_used_idle_variant_awake_long_enough() 
     assert choose_victim([young, old], now=100, min_awake_s=10)[0] is old
     assert choose_victim([young], now=100, min_awake_s=10) == (None, 5)
     assert choose_victim([], now=100, min_awake_s=10) == (None, 0.0)
+    # woken for queued requests that have not gone out yet: not put back to sleep before
+    just_woken = resident("e", 1, 0, waiting=3)
+    assert choose_victim([just_woken, old], now=100, min_awake_s=0)[0] is old
+    assert choose_victim([just_woken], now=100, min_awake_s=0) == (None, 0.02)
 
 
 def test_sleepers_keep_weights_in_host_ram_while_the_budget_holds() -> None:
