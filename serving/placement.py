@@ -44,7 +44,7 @@ class Placement:
                 f"{owner}: tensor_parallel_size {tensor_parallel} needs {tensor_parallel} GPUs; "
                 f"this machine has {len(gpus)}"
             )
-        room = {g.index: CAPACITY - self.used(g.index) for g in gpus}
+        room = {g.index: self.room(g.index) for g in gpus}
         fitting = sorted((free, i) for i, free in room.items() if free >= memory_fraction - 1e-9)
         if len(fitting) < tensor_parallel:
             free = ", ".join(f"GPU {i}: {room[i]:.2f}" for i in sorted(room))

@@ -186,12 +186,30 @@ class LiveServer:
         self.thread.join(30)
 
 
+ServeFleet = Callable[[Manifest, Hardware, GatewaySettings], LiveServer]
+
+
 @pytest.fixture
-def gateway(
-    tmp_path: Path, model_dir: Path, fake_vllm_python: Path
-) -> Iterator[Callable[..., LiveServer]]:
-    """Start a gateway on a manifest of the fake model; returns the live server."""
+def live_gateway(fake_vllm_python: Path) -> Iterator[ServeFleet]:
+    """Serve a manifest through the real fleet (fake vLLM) and gateway on a real socket;
+    every server started is stopped after the test."""
     servers: list[LiveServer] = []
+
+    def start(manifest: Manifest, hardware: Hardware, settings: GatewaySettings) -> LiveServer:
+        fleet = make_fleet(manifest, fake_vllm_python, hardware)
+        registry = CollectorRegistry()
+        server = LiveServer(create_app(fleet, settings, registry), registry).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, model_dir: Path, live_gateway: ServeFleet) -> Callable[..., LiveServer]:
+    """Start a gateway on a manifest of the fake model; returns the live server."""
 
     def start(
         on_missing: str = "wait",
@@ -201,16 +219,9 @@ def gateway(
         **settings: object,
     ) -> LiveServer:
         manifest = write_manifest(tmp_path, model_dir, on_missing, serve, more_variants)
-        fleet = make_fleet(manifest, fake_vllm_python, hardware)
-        registry = CollectorRegistry()
-        app = create_app(fleet, GatewaySettings.model_validate(settings), registry)
-        server = LiveServer(app, registry).__enter__()
-        servers.append(server)
-        return server
+        return live_gateway(manifest, hardware, GatewaySettings.model_validate(settings))
 
-    yield start
-    for server in servers:
-        server.__exit__()
+    return start
 
 
 @dataclass

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
-from conftest import LiveServer, make_fleet, metric
-from gateway.app import create_app
+from conftest import LiveServer, ServeFleet, metric
 from gateway.settings import GatewaySettings
 from serving.hardware import Gpu, Hardware
 from serving.manifest import Swapping, parse_manifest
@@ -46,11 +44,10 @@ def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[
 
 @pytest.fixture
 def swapping_gateway(
-    tmp_path: Path, model_dir: Path, fake_vllm_python: Path
-) -> Iterator[Callable[..., LiveServer]]:
+    tmp_path: Path, model_dir: Path, live_gateway: ServeFleet
+) -> Callable[..., LiveServer]:
     """A gateway whose models ``a``, ``b`` (and ``c``) each need 0.6 of the one GPU: two
     cannot be awake at once."""
-    servers: list[LiveServer] = []
 
     def start(swapping: str = "", models: str = "ab", hardware: Hardware = ONE_GPU) -> LiveServer:
         text = f"version: 1\ncache_dir: {tmp_path / 'cache'}\nswapping: {{{swapping}}}\nmodels:\n"
@@ -63,16 +60,9 @@ def swapping_gateway(
             )
         path = tmp_path / "manifest.yaml"
         path.write_text(text)
-        fleet = make_fleet(parse_manifest(text, path), fake_vllm_python, hardware)
-        registry = CollectorRegistry()
-        app = create_app(fleet, GatewaySettings(), registry)
-        server = LiveServer(app, registry).__enter__()
-        servers.append(server)
-        return server
+        return live_gateway(parse_manifest(text, path), hardware, GatewaySettings())
 
-    yield start
-    for server in servers:
-        server.__exit__()
+    return start
 
 
 def rows(server: LiveServer) -> dict[str, dict[str, Any]]:
@@ -135,6 +125,32 @@ def test_past_the_host_ram_budget_sleepers_drop_their_weights_and_past_max_aslee
     assert residencies(server)["a"] == "awake"
 
 
+def a_streams_while_b_asks(
+    server: LiveServer, tokens: int, b_after_s: float
+) -> tuple[list[str], float, httpx.Response, float]:
+    """Stream ``tokens`` from ``a``; ``b_after_s`` into it, ask ``b``. The stream's lines, when
+    it ended, b's response, when it came (monotonic seconds)."""
+    url = server.url + "/v1/chat/completions"
+
+    async def both() -> tuple[tuple[list[str], float], tuple[httpx.Response, float]]:
+        async with httpx.AsyncClient(timeout=60) as client:
+
+            async def stream_a() -> tuple[list[str], float]:
+                req = chat("a", max_tokens=tokens, stream=True)
+                async with client.stream("POST", url, json=req) as r:
+                    return [line async for line in r.aiter_lines()], time.monotonic()
+
+            async def ask_b() -> tuple[httpx.Response, float]:
+                await asyncio.sleep(b_after_s)  # a is streaming now
+                r = await client.post(url, json=chat("b"))
+                return r, time.monotonic()
+
+            return await asyncio.gather(stream_a(), ask_b())
+
+    (lines, a_done), (b, b_done) = asyncio.run(both())
+    return lines, a_done, b, b_done
+
+
 def test_a_variant_is_not_put_to_sleep_while_it_streams(
     swapping_gateway: Start, calls: Callable[[], list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -142,28 +158,8 @@ def test_a_variant_is_not_put_to_sleep_while_it_streams(
     server = swapping_gateway("min_awake_s: 0, warm_cycle: false")
     assert ask(server, "a").status_code == 200
 
-    async def both() -> tuple[list[str], float, float]:
-        async with httpx.AsyncClient(timeout=60) as client:
-
-            async def stream_a() -> tuple[list[str], float]:
-                lines = []
-                req = chat("a", max_tokens=12, stream=True)
-                async with client.stream("POST", server.url + "/v1/chat/completions",
-                                         json=req) as r:  # fmt: skip
-                    async for line in r.aiter_lines():
-                        lines.append(line)
-                return lines, time.monotonic()
-
-            async def ask_b() -> float:
-                await asyncio.sleep(0.3)  # a is streaming now
-                r = await client.post(server.url + "/v1/chat/completions", json=chat("b"))
-                assert r.status_code == 200
-                return time.monotonic()
-
-            (lines, a_done), b_done = await asyncio.gather(stream_a(), ask_b())
-            return lines, a_done, b_done
-
-    lines, a_done, b_done = asyncio.run(both())
+    lines, a_done, b, b_done = a_streams_while_b_asks(server, tokens=12, b_after_s=0.3)
+    assert b.status_code == 200
     assert "data: [DONE]" in lines and sum(1 for x in lines if x.startswith("data: {")) == 12
     assert b_done > a_done  # b waited for a's stream to end before a went to sleep
     assert calls() == ["sleep 1"] and residencies(server) == {"a": "asleep", "b": "awake"}
@@ -176,23 +172,7 @@ def test_a_stream_longer_than_the_drain_timeout_is_not_cut_and_the_swap_waits_fo
     server = swapping_gateway("min_awake_s: 0, warm_cycle: false, drain_timeout_s: 0.3")
     assert ask(server, "a").status_code == 200
 
-    async def both() -> tuple[tuple[list[str], float], tuple[httpx.Response, float]]:
-        async with httpx.AsyncClient(timeout=60) as client:
-
-            async def stream_a() -> tuple[list[str], float]:
-                req = chat("a", max_tokens=15, stream=True)
-                async with client.stream("POST", server.url + "/v1/chat/completions",
-                                         json=req) as r:  # fmt: skip
-                    return [line async for line in r.aiter_lines()], time.monotonic()
-
-            async def ask_b() -> tuple[httpx.Response, float]:
-                await asyncio.sleep(0.2)
-                r = await client.post(server.url + "/v1/chat/completions", json=chat("b"))
-                return r, time.monotonic()
-
-            return await asyncio.gather(stream_a(), ask_b())
-
-    (lines, a_done), (b, b_done) = asyncio.run(both())
+    lines, a_done, b, b_done = a_streams_while_b_asks(server, tokens=15, b_after_s=0.2)
     # a's drain ran out (0.3 s) while it streamed (1.5 s): a stayed awake, its stream whole;
     # b's request waited and the swap went through once a was idle
     assert "data: [DONE]" in lines and sum(1 for x in lines if x.startswith("data: {")) == 15
