@@ -282,7 +282,7 @@ class Fleet:
             and not self._over_budget(model_name, name)
             and slot.failure is None
         )
-        if usable and (not slot.pool.running or slot.pool.asleep()):
+        if usable and slot.pool.dormant():
             self._ensure_bring_up(model_name, name)
         for other in model.variants:
             if other != name:
@@ -306,7 +306,7 @@ class Fleet:
         if slot.failure is not None:
             raise slot.failure
         policy = self.manifest.models[model_name].on_missing
-        if not slot.pool.running or slot.pool.asleep():
+        if slot.pool.dormant():
             self._ensure_bring_up(model_name, name)
         if policy.action == "reject":
             raise self._unavailable(model_name, name, "try again later")
@@ -352,7 +352,7 @@ class Fleet:
                     log_tail=failure.log_tail,
                 )
             idle = slot.bring_up is None or slot.bring_up.done()
-            if idle and (not slot.pool.running or slot.pool.asleep()):
+            if idle and slot.pool.dormant():
                 self._ensure_bring_up(model_name, name)
             await asyncio.sleep(0.02 if turns else 0.1)
         raise self._unavailable(model_name, name, f"waited {policy.max_wait_s:.0f} s")
@@ -399,10 +399,8 @@ class Fleet:
                     self._parked[(model_name, name)] = parked
                 t0 = time.monotonic()
                 await slot.pool.scale(replicas or model.serve.replicas)
-                resident = self._resident(model_name, name)
-                if resident is not None and self.swapper is not None:
+                if self._resident(model_name, name) is not None:  # swap-managed
                     self._swap_event(SwapEvent(model_name, name, "start", time.monotonic() - t0))
-                    await self.swapper.warm(resident)
         except VariantUnavailable:
             # swapping's "try again" (a variant on the GPU still streams): no failure to
             # remember; pause before waiting requests start the next attempt
@@ -518,7 +516,13 @@ class Fleet:
             lambda index: self._launch_spec(model_name, name, index),
             self._adopt_or_launch,
             policy,
+            prepare=lambda server: self._warm(model_name, name, server),
         )
+
+    async def _warm(self, model_name: str, name: str, server: Server) -> None:
+        """Swapping's warm cycle on a swap-managed variant's new server (``Swapper.warm``)."""
+        if self.swapper is not None and takes_turns(self.manifest, model_name, name):
+            await self.swapper.warm(model_name, name, server)
 
     def _launch_spec(self, model_name: str, name: str, index: int) -> LaunchSpec:
         parked = self._parked.get((model_name, name))

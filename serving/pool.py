@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from serving.errors import BackendFailed, QuantgateError
@@ -29,8 +29,10 @@ class VariantPool:
         spec: SpecFactory,
         launch: Callable[[LaunchSpec], Server],
         policy: RestartPolicy,
+        prepare: Callable[[Server], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
+        self._prepare = prepare
         self._spec = spec
         self._launch = launch
         self._policy = policy
@@ -60,6 +62,10 @@ class VariantPool:
     def asleep(self) -> bool:
         """Nothing awake and a replica asleep (or going to sleep): waking it serves."""
         return not self.ready() and any(r.state in ASLEEP_STATES for r in self.replicas)
+
+    def dormant(self) -> bool:
+        """Nothing running, or only asleep: a bring-up (start or wake) is what serves it."""
+        return not self.running or self.asleep()
 
     def failed(self) -> bool:
         return bool(self.replicas) and all(r.state is ReplicaState.FAILED for r in self.replicas)
@@ -98,7 +104,7 @@ class VariantPool:
             raise first if isinstance(first, QuantgateError) else BackendFailed(str(first))
 
     def _replica(self, index: int) -> Replica:
-        return Replica(index, lambda: self._spec(index), self._launch, self._policy)
+        return Replica(index, lambda: self._spec(index), self._launch, self._policy, self._prepare)
 
     def pick(
         self, exclude: frozenset[int] = frozenset(), key: str | None = None, load_cap: int = 4

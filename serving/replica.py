@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NoReturn
@@ -55,8 +55,10 @@ class Replica:
         spec: Callable[[], LaunchSpec],
         launch: Callable[[LaunchSpec], Server],
         policy: RestartPolicy,
+        prepare: Callable[[Server], Awaitable[None]] | None = None,
     ) -> None:
         self.index = index
+        self._prepare = prepare  # run on a healthy server before it is routable
         self._spec = spec
         self._launch = launch
         self._policy = policy
@@ -120,6 +122,12 @@ class Replica:
     async def _spawn(self) -> None:
         self.server = self._launch(self._spec())
         await self.server.start(self._policy.startup_timeout_s)
+        if self._prepare is not None:
+            try:
+                await self._prepare(self.server)
+            except BaseException:
+                await self.server.stop()
+                raise
         self.state, self.sleep_level = ReplicaState.READY, None
         self.last_used = self.awake_since = time.monotonic()
 

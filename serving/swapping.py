@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from serving.errors import VariantUnavailable
+from serving.errors import BackendFailed, VariantUnavailable
+from serving.launcher import Server
 from serving.manifest import Manifest, Swapping
 from serving.placement import Placement, PlacementError
 from serving.replica import ASLEEP_STATES, Replica, ReplicaState
@@ -280,18 +281,21 @@ class Swapper:
             raise
         self._emit(target, "wake", time.monotonic() - t0, level)
 
-    async def warm(self, target: Resident) -> None:
-        """One sleep/wake cycle right after start-up: the first level-1 sleep pins the host
-        memory for the weights (seconds); pay that now, not on a user's request."""
-        if not (self.sleep_mode and self.policy.warm_cycle):
+    async def warm(self, model: str, variant: str, server: Server) -> None:
+        """One sleep/wake cycle on a freshly started server, before it takes requests: the
+        first level-1 sleep pins the host memory for the weights (seconds); paid then, not on
+        a swap. A server that cannot sleep stays awake (a later swap stops it instead); one
+        that slept and cannot wake fails its start."""
+        if not (self.sleep_mode and self.policy.warm_cycle and server.spec.sleep_mode):
             return
         t0 = time.monotonic()
-        if await target.replica.sleep(1, self.policy.drain_timeout_s):
-            await target.replica.wake()
-            self._emit(target, "warm", time.monotonic() - t0, 1)
-
-    def emit(self, event: SwapEvent) -> None:
-        self._on_event(event)
+        try:
+            await server.sleep(1)
+        except BackendFailed as exc:
+            log.warning("%s:%s could not sleep after start-up: %s", model, variant, exc)
+            return
+        await server.wake_up(1)
+        self._on_event(SwapEvent(model, variant, "warm", time.monotonic() - t0, 1))
 
     def _emit(self, r: Resident, kind: EventKind, seconds: float, level: int | None = None) -> None:
         self._on_event(SwapEvent(r.model, r.variant, kind, seconds, level))
