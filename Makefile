@@ -15,7 +15,7 @@ HELM := .quantgate/tools/helm
 IMAGE_TAG ?= 0.1.0
 REGISTRY ?= quantgate
 
-.PHONY: install model demo test unit lint typecheck check clean chart chart-tools images test-deps bench install-load loadtest saturation
+.PHONY: install gguf model demo test unit lint typecheck check clean chart chart-tools images test-deps bench install-load loadtest saturation
 
 ## install: the gateway's environment, the vLLM environment and the quantizer environment
 install: $(VENV)/.done $(VLLM_VENV)/.done $(QUANT_VENV)/.done
@@ -37,6 +37,35 @@ $(QUANT_VENV)/.done: requirements/quantizer.txt
 	$(QUANT_VENV)/bin/pip install $(PIP) -r requirements/quantizer.txt
 	touch $@
 
+## gguf: llama.cpp's converter and quantizer in the quantizer environment (method: gguf).
+## llama-cpp-python is source-only on PyPI: its wheel is built once into .quantgate/gguf/wheels
+## (portable x86-64 AVX2 flags, so the wheel also runs on other hosts) and reused from there.
+GGUF_DIR := .quantgate/gguf
+LLAMA_CPP := llama_cpp_python-$(shell sed -n 's/^llama-cpp-python==//p' requirements/gguf.txt)
+LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON \
+	-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+gguf: $(QUANT_VENV)/.gguf-done
+
+$(QUANT_VENV)/.gguf-done: $(QUANT_VENV)/.done requirements/gguf.txt
+	mkdir -p $(GGUF_DIR)/wheels
+	$(QUANT_VENV)/bin/pip download $(PIP) --no-binary :all: -d $(GGUF_DIR) \
+		$$(grep '^llama-cpp-python==' requirements/gguf.txt)
+	rm -rf $(GGUF_DIR)/$(LLAMA_CPP) && tar -xzf $(GGUF_DIR)/$(LLAMA_CPP).tar.gz -C $(GGUF_DIR)
+	# The bindings load libllama and ggml only: leave out llama.cpp's `common` (a third of the
+	# build), which llama-cpp-python's CMakeLists forces on.
+	sed -i 's/set(LLAMA_BUILD_COMMON ON /set(LLAMA_BUILD_COMMON OFF /' $(GGUF_DIR)/$(LLAMA_CPP)/CMakeLists.txt
+	ls $(GGUF_DIR)/wheels/$(LLAMA_CPP)-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(QUANT_VENV)/bin/pip wheel $(PIP) --no-cache-dir -w $(GGUF_DIR)/wheels $(GGUF_DIR)/$(LLAMA_CPP)
+	$(QUANT_VENV)/bin/pip install $(PIP) --find-links $(GGUF_DIR)/wheels --only-binary :all: \
+		-r requirements/gguf.txt
+	rm -rf $(QUANT_VENV)/share/llama.cpp && mkdir -p $(QUANT_VENV)/share/llama.cpp
+	cd $(GGUF_DIR)/$(LLAMA_CPP)/vendor/llama.cpp && cp -r convert_hf_to_gguf.py conversion \
+		gguf-py $(CURDIR)/$(QUANT_VENV)/share/llama.cpp/
+	rm -rf $(GGUF_DIR)/$(LLAMA_CPP)
+	touch $@
+
 ## install-load: Locust (and matplotlib) for load tests, apart from the gateway's environment
 install-load: $(LOAD_VENV)/.done
 
@@ -56,7 +85,7 @@ demo: install model
 	$(VENV)/bin/quantgate demo manifests/demo.yaml --model auto
 
 ## test: lint, type-check, then every test, the real end-to-end ones included
-test: install install-load model test-deps lint typecheck chart
+test: install gguf install-load model test-deps lint typecheck chart
 	VLLM_CACHE_ROOT=$(CURDIR)/.quantgate/vllm-cache $(VENV)/bin/pytest
 
 ## unit: the fast tests only

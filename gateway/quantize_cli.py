@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from gateway.progress_bar import ProgressBar
 from serving.build import BuildSpec, WorkerCommand, folder_spec, run_build, tail, worker_command
 from serving.errors import InvalidRecipe
-from serving.manifest import Backend, Method, Variant
+from serving.manifest import Backend, GgufType, Method, Variant
 from serving.settings import ServingSettings
 
 CALIBRATION_FLAGS = {
@@ -49,9 +49,21 @@ def register(sub: Any) -> None:
         metavar="{" + offered.replace("|", ",") + "}",
         help="bitsandbytes and fp8 are quantized by vLLM at load: nothing to build",
     )
-    p.add_argument("--backend", choices=[b.value for b in Backend], help="default: llmcompressor")
     p.add_argument(
-        "--bits", type=int, help="weight bits (gptq/rtn/autoround: 2,3,4,8; awq: 2,3,4; w8a8: 8)"
+        "--backend",
+        choices=[b.value for b in Backend],
+        help="default: llmcompressor (gguf: llamacpp)",
+    )
+    p.add_argument(
+        "--gguf-type",
+        help="gguf: llama.cpp's type, "
+        + ", ".join(t.value for t in GgufType)
+        + " (default q4_k_m)",
+    )
+    p.add_argument(
+        "--bits",
+        type=int,
+        help="weight bits (gptq/rtn/autoround: 2,3,4,8; awq: 2,3,4; w8a8: 8; gguf: 4,5,6,8)",
     )
     p.add_argument("--activation-bits", type=int, choices=[8, 16], help="8: W4A8 (gptq, rtn)")
     p.add_argument(
@@ -80,7 +92,9 @@ def register(sub: Any) -> None:
 
 def variant_from_args(args: argparse.Namespace) -> Variant:
     """The recipe the flags describe, validated like a manifest's variant (ValidationError)."""
-    fields = ("method", "backend", "bits", "activation_bits", "group_size", "symmetric")
+    fields = (
+        "method", "backend", "bits", "activation_bits", "group_size", "symmetric", "gguf_type"
+    )  # fmt: skip
     data: dict[str, Any] = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     if args.ignore is not None:
         data["ignore"] = args.ignore

@@ -76,7 +76,8 @@ async def bench_variant(fleet: Fleet, model: str, name: str, load: Load) -> Benc
 
 
 async def _build(fleet: Fleet, model: str, name: str) -> None:
-    job = fleet.build(model, name)
+    """Build only: each variant is started later, alone, for its measure."""
+    job = fleet.build(model, name, start=False)
     if job is not None:
         await job.wait()
 

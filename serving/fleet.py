@@ -52,7 +52,10 @@ from serving.swapping import Resident, SwapEvent, Swapper, residency, takes_turn
 
 JSON_HEADERS = {"content-type": "application/json"}
 # Libraries vLLM imports at load for a method: module, and what to install.
-VLLM_PACKAGES = {Method.BITSANDBYTES: ("bitsandbytes", "bitsandbytes>=0.48.1")}
+VLLM_PACKAGES = {
+    Method.BITSANDBYTES: ("bitsandbytes", "bitsandbytes>=0.48.1"),
+    Method.GGUF: ("vllm_gguf_plugin", "vllm-gguf-plugin==0.0.5"),
+}
 
 
 class VariantState(StrEnum):
@@ -470,7 +473,7 @@ class Fleet:
             await swapper.wake(resident)
 
     async def _check_packages(self, model_name: str, name: str) -> None:
-        """A method whose library vLLM needs at load (bitsandbytes) must be importable in
+        """A method whose library vLLM needs at load (bitsandbytes, GGUF) must be importable in
         vLLM's environment: said with the package to install, rather than vLLM's traceback."""
         needed = VLLM_PACKAGES.get(self.manifest.models[model_name].variants[name].method)
         if needed is None or not self.places_gpus:  # a pod's image is not ours to inspect
@@ -531,15 +534,17 @@ class Fleet:
         return self._specs.replica(model_name, name, index, self.kernel(model_name, name))
 
     # -- admin operations ------------------------------------------------------------------
-    def build(self, model_name: str, name: str) -> Job | None:
-        """(Re)build a variant and start it; clears an earlier failure. None: nothing to build."""
+    def build(self, model_name: str, name: str, start: bool = True) -> Job | None:
+        """(Re)build a variant and (``start``) start it; clears an earlier failure. None:
+        nothing to build."""
         model = self.manifest.models[model_name]
         slot = self._slots[(model_name, name)]
         slot.failure = None
         if self._built(model_name, model, name):
             return None
         job = self.jobs.submit(model_name, model, name)  # the bring-up finds this same job
-        self._ensure_bring_up(model_name, name)
+        if start:
+            self._ensure_bring_up(model_name, name)
         return job
 
     async def scale(self, model_name: str, name: str, replicas: int) -> None:

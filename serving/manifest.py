@@ -50,6 +50,23 @@ class Method(StrEnum):
     RTN = "rtn"  # plain round-to-nearest, no calibration data
     AUTOROUND = "autoround"  # sign-gradient rounding (Intel's AutoRound), via llm-compressor
     BITSANDBYTES = "bitsandbytes"  # no build: vLLM quantizes to NF4 at load (CUDA only)
+    GGUF = "gguf"  # llama.cpp's converter and quantizer; served through vllm-gguf-plugin
+
+
+class GgufType(StrEnum):
+    """llama.cpp quantization types a GGUF variant may take (``llama-quantize``'s names)."""
+
+    Q8_0 = "q8_0"
+    Q6_K = "q6_k"
+    Q5_K_M = "q5_k_m"
+    Q4_K_M = "q4_k_m"
+    Q4_0 = "q4_0"
+
+
+GGUF_BITS = {
+    GgufType.Q8_0: 8, GgufType.Q6_K: 6, GgufType.Q5_K_M: 5, GgufType.Q4_K_M: 4, GgufType.Q4_0: 4
+}  # fmt: skip
+GGUF_BY_BITS = {8: GgufType.Q8_0, 6: GgufType.Q6_K, 5: GgufType.Q5_K_M, 4: GgufType.Q4_K_M}
 
 
 # Methods asked for by name that Quantgate does not offer, and why: a manifest or a CLI call
@@ -63,9 +80,10 @@ NOT_OFFERED: dict[str, str] = {
     "quip": "QuIP/QuIP# have no vLLM kernel among its quantization methods (0.26, 0.32)",
     "hqq": "vLLM 0.26 and 0.32 have no HQQ kernel (HQQ models run in Transformers only), so an "
     "HQQ variant could be built but never served; use rtn (also calibration-free)",
-    "gguf": "not yet: vLLM serves GGUF only through the vllm-gguf-plugin package, and building "
-    "GGUF needs llama.cpp's converter and quantizer; use gptq or awq for int4",
-    "torchao": "not yet (vLLM can load torchao checkpoints); use rtn or gptq for int4 weight-only",
+    "torchao": "torchao 0.18's int4 weight-only packs for CUDA kernels only (mslk's preshuffled "
+    "or tinygemm's tile layout; its CPU int4 layout is gone), so it can be built and served "
+    "only on a GPU, and vLLM 0.26's torchao loader was not shown working with it here; use rtn "
+    "(calibration-free int4 weight-only, served by Marlin) or gguf",
     "autoawq": "AutoAWQ is a backend, not a method: method 'awq' with backend 'autoawq' (or the "
     "default llm-compressor)",
     "autogptq": "AutoGPTQ is a backend, not a method: method 'gptq' with backend 'autogptq' (or "
@@ -77,6 +95,7 @@ class Backend(StrEnum):
     """The library that builds a variant (the quantizer environment must have it)."""
 
     LLMCOMPRESSOR = "llmcompressor"
+    LLAMACPP = "llamacpp"  # llama.cpp's convert_hf_to_gguf.py and quantizer (llama-cpp-python)
     AUTOAWQ = "autoawq"  # legacy: deprecated upstream, last tested with torch 2.6
     AUTOGPTQ = "autogptq"  # legacy: archived upstream
 
@@ -91,13 +110,16 @@ METHOD_BITS: dict[Method, tuple[int, ...]] = {
     Method.FP8: (8,),
     Method.AUTOROUND: (2, 3, 4, 8),
     Method.BITSANDBYTES: (4,),
+    Method.GGUF: tuple(sorted(GGUF_BY_BITS)),
 }
 LOAD_TIME = {Method.FP8: "fp8", Method.BITSANDBYTES: "bitsandbytes"}  # vLLM's --quantization
 BACKEND_METHODS: dict[Backend, tuple[Method, ...]] = {
     Backend.LLMCOMPRESSOR: (Method.GPTQ, Method.AWQ, Method.W8A8, Method.RTN, Method.AUTOROUND),
     Backend.AUTOAWQ: (Method.AWQ,),
     Backend.AUTOGPTQ: (Method.GPTQ,),
+    Backend.LLAMACPP: (Method.GGUF,),
 }
+DEFAULT_BACKEND = {Method.GGUF: Backend.LLAMACPP}  # else llmcompressor
 CALIBRATED = (Method.GPTQ, Method.AWQ, Method.W8A8, Method.AUTOROUND)
 BUILD_FIELDS = (
     "backend", "activation_bits", "group_size", "symmetric", "calibration", "max_ppl_increase"
@@ -147,7 +169,7 @@ class Variant(Strict):
     """One way of serving a model: the base weights, or a quantization recipe."""
 
     method: Method
-    backend: Backend | None = Field(None, description="default: llmcompressor")
+    backend: Backend | None = Field(None, description="default: llmcompressor (gguf: llamacpp)")
     bits: int | None = Field(None, description="weight bits; default 4 (w8a8, fp8: 8)")
     activation_bits: Literal[8, 16] | None = Field(
         None, description="16: weight-only; 8: int8 dynamic per-token activations"
@@ -156,6 +178,9 @@ class Variant(Strict):
         None, description="Weights per quantization group (default 128); -1: per channel."
     )
     symmetric: bool | None = Field(None, description="default: yes, except AWQ")
+    gguf_type: GgufType | None = Field(
+        None, description="gguf only: llama.cpp's type (default q4_k_m; bits 8 -> q8_0)"
+    )
     ignore: tuple[str, ...] = ("lm_head",)
     calibration: Calibration | None = None
     upstream: Upstream | None = None
@@ -171,6 +196,11 @@ class Variant(Strict):
         if isinstance(value, str) and value.strip().endswith("%"):
             return float(value.strip()[:-1]) / 100
         return value
+
+    @field_validator("gguf_type", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value  # llama.cpp writes Q4_K_M
 
     @field_validator("method", mode="before")
     @classmethod
@@ -205,7 +235,14 @@ class Variant(Strict):
     def weight_bits(self) -> int:
         if self.method is Method.NONE:
             return 16
+        if self.method is Method.GGUF:
+            return GGUF_BITS[self.ggml_type]
         return self.bits or (8 if self.method in (Method.W8A8, Method.FP8) else 4)
+
+    @property
+    def ggml_type(self) -> GgufType:
+        """The GGUF type: the one named, else the one for ``bits`` (default Q4_K_M)."""
+        return self.gguf_type or GGUF_BY_BITS.get(self.bits or 4, GgufType.Q4_K_M)
 
     @property
     def act_bits(self) -> int:
@@ -220,6 +257,8 @@ class Variant(Strict):
             return "BF16"
         if self.method is Method.FP8:
             return "FP8"
+        if self.method is Method.GGUF:
+            return self.ggml_type.value.upper()
         return (
             "NF4" if self.method is Method.BITSANDBYTES else f"W{self.weight_bits}A{self.act_bits}"
         )
@@ -228,6 +267,13 @@ class Variant(Strict):
         """The recipe with defaults filled in: what the worker is told and what is hashed."""
         if not self.needs_build:
             return {"method": self.method.value}
+        if self.method is Method.GGUF:
+            return {
+                "method": "gguf",
+                "backend": Backend.LLAMACPP.value,
+                "gguf_type": self.ggml_type.value,
+                "bits": self.weight_bits,
+            }
         recipe: dict[str, Any] = {
             "method": self.method.value,
             "backend": (self.backend or Backend.LLMCOMPRESSOR).value,
@@ -261,13 +307,18 @@ def _recipe_problems(v: Variant) -> list[str]:
         given = [f for f in BUILD_FIELDS if getattr(v, f) is not None]
         given += ["bits"] if v.bits not in (None, *METHOD_BITS.get(v.method, ())) else []
         given += ["ignore"] if v.ignore != ("lm_head",) else []
+        given += ["gguf_type"] if v.gguf_type is not None else []
         why = "is quantized by vLLM at load" if v.method in LOAD_TIME else "is the base weights"
         return [f"method {m!r} {why}: it takes no {', '.join(given)}"] if given else []
+    if v.method is Method.GGUF:
+        return _gguf_problems(v)
+    if v.gguf_type is not None:
+        return [f"gguf_type is for method 'gguf', not {m!r}"]
     problems = []
     if v.bits is not None and v.bits not in METHOD_BITS[v.method]:
         allowed = ", ".join(map(str, METHOD_BITS[v.method]))
         problems.append(f"method {m!r} supports bits {allowed}, not {v.bits}")
-    backend = v.backend or Backend.LLMCOMPRESSOR
+    backend = v.backend or DEFAULT_BACKEND.get(v.method, Backend.LLMCOMPRESSOR)
     if v.method not in BACKEND_METHODS[backend]:
         known = ", ".join(b.value for b, ms in BACKEND_METHODS.items() if v.method in ms)
         problems.append(f"backend {backend.value!r} has no method {m!r} (use {known})")
@@ -278,6 +329,27 @@ def _recipe_problems(v: Variant) -> list[str]:
         problems.append(f"method {m!r} is data-free: it takes no calibration")
     if v.max_ppl_increase is not None and not 0 < v.max_ppl_increase <= 10:
         problems.append("max_ppl_increase must be a fraction above 0 (0.05 or '5%')")
+    return problems
+
+
+def _gguf_problems(v: Variant) -> list[str]:
+    """A GGUF type fixes its own blocks, scales and activations: only the type (or bits) is
+    chosen; the output layer is quantized as llama.cpp's type mix says."""
+    given = [f for f in BUILD_FIELDS if f != "backend" and getattr(v, f) is not None]
+    given += ["ignore"] if v.ignore != ("lm_head",) else []
+    problems = []
+    if given:
+        problems.append(
+            f"method 'gguf' takes its blocks and scales from the GGUF type: drop {', '.join(given)}"
+        )
+    if v.backend is not None and v.backend is not Backend.LLAMACPP:
+        problems.append(f"method 'gguf' is built by backend 'llamacpp', not {v.backend.value!r}")
+    if v.bits is not None and v.gguf_type is not None and GGUF_BITS[v.gguf_type] != v.bits:
+        problems.append(f"gguf_type {v.gguf_type.value!r} has {GGUF_BITS[v.gguf_type]}-bit "
+                        f"weights, not {v.bits}")  # fmt: skip
+    elif v.bits is not None and v.bits not in GGUF_BY_BITS:
+        allowed = ", ".join(map(str, sorted(GGUF_BY_BITS)))
+        problems.append(f"method 'gguf' supports bits {allowed} (or a gguf_type), not {v.bits}")
     return problems
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import InvalidRecipe
-from serving.manifest import Calibration, Variant
+from serving.manifest import Calibration, Method, Variant
 
 DATASETS_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 TEXT_SUFFIXES = (".txt", ".jsonl")
@@ -27,6 +27,9 @@ def check_build(source: Path, variant: Variant) -> None:
         return
     config = _config(source)
     recipe = variant.recipe()
+    if variant.method is Method.GGUF:
+        _check_gguf_blocks(config, recipe["gguf_type"])
+        return
     _check_group_size(config, recipe["group_size"], recipe["ignore"])
     if "calibration" in recipe:
         check_dataset(variant.calibration or Calibration())
@@ -54,6 +57,19 @@ def layer_inputs(config: dict[str, Any]) -> dict[str, int]:
     attn = {name: hidden for name in ("q_proj", "k_proj", "v_proj")}
     mlp = {name: hidden for name in ("gate_proj", "up_proj")}
     return {**attn, "o_proj": heads * head_dim, **mlp, "down_proj": inter}
+
+
+def _check_gguf_blocks(config: dict[str, Any], gguf_type: str) -> None:
+    """llama.cpp's K types pack 256 weights of a row per block, the others 32; a row that is not
+    a whole number of blocks gets another type, so the file would not be the type asked."""
+    block = 256 if "_k" in gguf_type else 32
+    odd = sorted(name for name, n in layer_inputs(config).items() if n % block)
+    if odd:
+        raise InvalidRecipe(
+            f"gguf_type {gguf_type!r} packs rows in blocks of {block} weights, which does not "
+            f"divide the input features of {', '.join(odd)}; llama.cpp would store them in "
+            "another type: use q8_0 or q4_0 (blocks of 32)"
+        )
 
 
 def _check_group_size(config: dict[str, Any], group: int, ignore: list[str]) -> None:

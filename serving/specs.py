@@ -46,8 +46,9 @@ def compile_key(model_dir: Path) -> str:
     except (OSError, ValueError):
         return "unknown"
     quant = config.get("quantization_config") or {}
+    gguf = (model_dir / "model.gguf").is_file()  # config.json is the base's there
     facts = {k: config.get(k) for k in SHAPE_KEYS} | {
-        "quant": quant.get("quant_method") or quant.get("format")
+        "quant": "gguf" if gguf else quant.get("quant_method") or quant.get("format")
     }
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
     return f"{config.get('model_type', 'model')}-{facts['quant'] or 'dense'}-{digest}"

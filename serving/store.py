@@ -128,7 +128,7 @@ def weights_size(model_dir: Path) -> int:
     """Bytes of a checkpoint's weight files (what a level-1 sleeper keeps in host RAM)."""
     return sum(
         f.stat().st_size
-        for pattern in ("*.safetensors", "*.bin", "*.pt")
+        for pattern in ("*.safetensors", "*.bin", "*.pt", "*.gguf")
         for f in model_dir.glob(pattern)
         if f.is_file()
     )

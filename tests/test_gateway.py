@@ -191,6 +191,18 @@ def test_fp8_is_refused_on_the_cpu_and_quantized_at_load_on_a_gpu(
     assert f"fake vLLM for {model_dir}" in log
 
 
+def test_gguf_on_vllm_cpu_is_listed_as_unsupported_with_the_reason(gateway: Start) -> None:
+    server = gateway(more_variants="      q4km: {method: gguf, gguf_type: q4_k_m}\n")
+    card = next(
+        c for c in httpx.get(server.url + "/v1/models").json()["data"] if c["id"] == "tiny:q4km"
+    )
+    assert card["quantgate"]["state"] == "unsupported" and card["quantgate"]["method"] == "gguf"
+    assert "vllm-gguf-plugin has CUDA and Triton kernels only" in card["quantgate"]["error"]
+    r = httpx.post(server.url + "/v1/chat/completions", json={**CHAT, "model": "tiny:q4km"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "variant_unsupported_here"
+    assert httpx.get(server.url + "/admin/jobs").json()["data"] == []  # nothing built for it
+
+
 def test_stream_that_breaks_ends_with_an_error_event(
     gateway: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:

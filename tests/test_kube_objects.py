@@ -46,6 +46,7 @@ models:
       tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
     variants:
       awq: {method: awq, bits: 4}
+      q4km: {method: gguf}
   two-gpus:
     source: /srv/cache/models/llama
     default_variant: base
@@ -174,6 +175,16 @@ def test_cpu_variant(manifest: Manifest) -> None:
     ]
     assert "nodeSelector" not in pod and "tolerations" not in pod
     assert data["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_a_gguf_variant_serves_its_file_with_the_folder_as_tokenizer(manifest: Manifest) -> None:
+    spec = manifest.models["one-gpu"]
+    folder = VariantStore(Path("/srv/cache")).variant_dir("one-gpu", spec.variants["q4km"])
+    w = VariantWorkload.of("one-gpu", spec, "q4km", folder, VOLUME)
+    (vllm,) = _pod(validate(objects.deployment(w, SETTINGS)))["containers"]
+    path = f"/var/cache/quantgate/one-gpu/{folder.name}"
+    assert vllm["args"][:4] == [f"{path}/model.gguf", "--tokenizer", path, "--served-model-name"]
+    assert "--quantization" not in vllm["args"]  # vllm-gguf-plugin sets it for a .gguf model
 
 
 def test_one_gpu_variant(manifest: Manifest) -> None:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from conftest import manifest_errors
 from serving.hardware import Gpu, Hardware
 from serving.kernels import choose, planned_scheme
+from serving.launcher import LaunchSpec
 from serving.manifest import Method, Variant
 from serving.recommend import parse_size, recommend
 
@@ -40,7 +41,7 @@ def manifest(variant: str) -> str:
         ("higgs", "Transformers (FLUTE kernels) only"),
         ("quip", "no vLLM kernel"),
         ("hqq", "no HQQ kernel"),
-        ("gguf", "vllm-gguf-plugin"),
+        ("torchao", "CUDA kernels only"),
         ("AutoAWQ", "a backend, not a method"),
     ],
 )
@@ -74,6 +75,15 @@ def test_bitsandbytes_is_quantized_by_vllm_at_load() -> None:
         ({"method": "autoround", "bits": 5}, "supports bits 2, 3, 4, 8, not 5"),
         ({"method": "autoround", "activation_bits": 8}, "activation_bits 8 is W4A8"),
         ({"method": "autoround", "backend": "autogptq"}, "has no method 'autoround'"),
+        ({"method": "gguf", "group_size": 64}, "from the GGUF type: drop group_size"),
+        ({"method": "gguf", "symmetric": False}, "drop symmetric"),
+        ({"method": "gguf", "calibration": {"samples": 8}}, "drop calibration"),
+        ({"method": "gguf", "bits": 3}, "supports bits 4, 5, 6, 8 .or a gguf_type., not 3"),
+        ({"method": "gguf", "bits": 8, "gguf_type": "q4_k_m"}, "4-bit weights, not 8"),
+        ({"method": "gguf", "backend": "llmcompressor"}, "built by backend 'llamacpp'"),
+        ({"method": "gguf", "gguf_type": "q3_k_s"}, "gguf_type"),
+        ({"method": "gptq", "gguf_type": "q8_0"}, "gguf_type is for method 'gguf'"),
+        ({"method": "bitsandbytes", "gguf_type": "q8_0"}, "takes no gguf_type"),
     ],
 )
 def test_unsupported_combinations_are_refused_before_any_work(
@@ -81,6 +91,36 @@ def test_unsupported_combinations_are_refused_before_any_work(
 ) -> None:
     with pytest.raises(ValidationError, match=expected):
         Variant.model_validate(fields)
+
+
+@pytest.mark.parametrize(
+    ("fields", "gguf_type", "bits"),
+    [
+        ({}, "q4_k_m", 4),
+        ({"bits": 8}, "q8_0", 8),
+        ({"gguf_type": "Q6_K"}, "q6_k", 6),
+        ({"gguf_type": "q4_0", "bits": 4}, "q4_0", 4),
+    ],
+)
+def test_gguf_is_built_by_llama_cpp_in_the_type_asked(
+    fields: dict[str, object], gguf_type: str, bits: int
+) -> None:
+    v = Variant.model_validate({"method": "gguf", **fields})
+    assert v.needs_build and v.serve_quantization is None
+    assert v.recipe() == {
+        "method": "gguf", "backend": "llamacpp", "gguf_type": gguf_type, "bits": bits
+    }  # fmt: skip
+    assert v.scheme == gguf_type.upper() and v.weight_bits == bits
+
+
+def test_gguf_is_served_by_the_plugin_on_gpus_and_refused_on_vllm_cpu() -> None:
+    v = Variant(method=Method.GGUF)
+    h100 = choose(planned_scheme(v), H100)
+    # The plugin sets --quantization itself for a .gguf model: no flag from Quantgate.
+    assert (h100.quantization, h100.kernel) == (None, "GGUFLinearMethod")
+    assert H100.unsupported(Variant.model_validate({"method": "gguf", "bits": 5})) is None
+    assert "vllm-gguf-plugin has CUDA and Triton kernels only" in (AVX2.unsupported(v) or "")
+    assert not choose(planned_scheme(v), AVX2).supported
 
 
 def test_autoround_is_a_calibrated_llm_compressor_method() -> None:
@@ -155,3 +195,13 @@ def test_the_recommend_command(tmp_path: Path) -> None:
     assert json.loads(run.stdout)["choice"] == "bf16"
     run = cli("--model-size", "8B", "--gpu-memory", "24GiB", "--gpu", "tpu")
     assert run.returncode == 2 and "unknown GPU 'tpu'" in run.stderr
+
+
+def test_vllm_gets_the_gguf_file_and_the_folder_as_tokenizer(tmp_path: Path) -> None:
+    plain = LaunchSpec(model_dir=tmp_path, served_names=("m",), port=1, log_path=tmp_path / "l")
+    argv = plain.argv(Path("python"))
+    assert argv[argv.index("--model") + 1] == str(tmp_path) and "--tokenizer" not in argv
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    argv = plain.argv(Path("python"))
+    assert argv[argv.index("--model") + 1] == str(tmp_path / "model.gguf")
+    assert argv[argv.index("--tokenizer") + 1] == str(tmp_path)

@@ -36,6 +36,17 @@ def test_group_size_that_does_not_divide_a_layer(model_dir: Path) -> None:
     check_build(model_dir, _variant(method="gptq", group_size=64))
 
 
+def test_gguf_k_types_need_rows_of_whole_256_blocks(model_dir: Path, tmp_path: Path) -> None:
+    check_build(model_dir, _variant(method="gguf", gguf_type="q4_k_m"))  # 256 and 768
+    config = json.loads((model_dir / "config.json").read_text())
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({**config, "intermediate_size": 800}))
+    with pytest.raises(InvalidRecipe, match=r"blocks of 256 .* down_proj; .* use q8_0 or q4_0"):
+        check_build(odd, _variant(method="gguf"))
+    check_build(odd, _variant(method="gguf", gguf_type="q8_0"))  # 800 = 25 blocks of 32
+
+
 def test_source_must_be_a_model_folder(tmp_path: Path) -> None:
     with pytest.raises(InvalidRecipe, match="is not a model folder"):
         check_build(tmp_path / "nope", _variant(method="rtn"))

@@ -48,8 +48,9 @@ QUANTIZER_CONTAINER = "quantize"
 
 def vllm_args(w: VariantWorkload) -> list[str]:
     """Arguments of ``vllm serve``, the same settings the local launcher passes."""
+    model = [str(w.model_path / "model.gguf"), "--tokenizer", str(w.model_path)] if w.gguf else []
     args = [
-        str(w.model_path),
+        *(model or [str(w.model_path)]),
         "--served-model-name", *w.served_names,
         "--host", "0.0.0.0",
         "--port", str(PORT),

@@ -13,7 +13,7 @@ from typing import Any
 from serving.errors import BackendFailed, JobFailed
 from serving.kube import names
 from serving.kube.volume import CacheVolume
-from serving.manifest import KubernetesOptions, Model, ServeOptions
+from serving.manifest import KubernetesOptions, Method, Model, ServeOptions
 from serving.specs import compile_key
 
 
@@ -29,6 +29,7 @@ class VariantWorkload:
     tensor_parallel_size: int = 1
     quantization: str | None = None
     compile_key: str = "unknown"  # vLLM's compile cache: <cache>/.vllm-cache/<key> on the volume
+    gguf: bool = False  # model_path holds model.gguf (vLLM's image needs vllm-gguf-plugin)
 
     @classmethod
     def of(
@@ -63,6 +64,7 @@ class VariantWorkload:
             tensor_parallel_size=model.tensor_parallel_size,
             quantization=quantization,
             compile_key=compile_key(model_dir),
+            gguf=model.variants[variant].method is Method.GGUF,
         )
 
     @property

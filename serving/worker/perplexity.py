@@ -63,9 +63,15 @@ def _strided_nll(model: Any, ids: torch.Tensor, context: int, stride: int) -> tu
 
 
 def load(model_dir: Path) -> Any:
+    """The checkpoint in ``model_dir``; a GGUF file there is dequantized by transformers (the
+    weights llama.cpp's kernels would compute with, in float)."""
     device = "cuda" if torch.cuda.is_available() else None
     dtype = "auto" if device else torch.float32  # bf16 matmuls are slow on CPUs without AMX
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, device_map=device)
+    gguf = sorted(p.name for p in model_dir.glob("*.gguf"))
+    extra = {"gguf_file": gguf[0]} if gguf else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=dtype, device_map=device, **extra
+    )
     return model.eval()
 
 

@@ -23,7 +23,10 @@ from typing import Any
 from serving.worker.legacy import require
 from serving.worker.protocol import fail, progress, result
 
-LIBRARIES = ("llmcompressor", "autoawq", "compressed-tensors", "torch", "transformers")
+LIBRARIES = (
+    "llmcompressor", "autoawq", "compressed-tensors", "llama-cpp-python", "gguf", "torch",
+    "transformers",
+)  # fmt: skip
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +40,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     progress("prepare", source=str(source))
     tok = AutoTokenizer.from_pretrained(str(source))
     rows = calibration.windows(tok, recipe["calibration"]) if "calibration" in recipe else None
-    if recipe["backend"] == "autoawq":
+    if recipe["backend"] == "llamacpp":
+        from serving.worker import gguf
+
+        in_memory, timings = None, gguf.build(source, output, recipe)
+    elif recipe["backend"] == "autoawq":
         from serving.worker.legacy import build_autoawq
 
         if rows is None:
@@ -80,7 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
     if not Path(spec["source"], "config.json").is_file():
         fail(f"source {spec['source']} is not a model folder (no config.json)")
-    require(spec["recipe"]["backend"])
+    if spec["recipe"]["backend"] == "llamacpp":
+        from serving.worker import gguf
+
+        gguf.require()
+    else:
+        require(spec["recipe"]["backend"])
     result(run(spec))
 
 

@@ -1,0 +1,29 @@
+#!/bin/bash
+# What run_methods.sh (SET=gguf) needs on the GPU machine beside .gpu/, into .whl/ (carried):
+# bitsandbytes (CUDA 13.0 library only, sm_90 cubins kept), vllm-gguf-plugin without its CUDA
+# extension (Triton kernels serve), gguf, sentencepiece and diskcache for the machine's Python
+# 3.12, llama-cpp-python's wheel from `make gguf` with one copy of each library, and llama.cpp's
+# converter. ~7 MB: with .gpu/payload.tar.xz, the tree and redis it stays under the 64 MiB a
+# call carries, but only with .gpu/quantizer.tar.xz moved aside for the call.
+#   bash benchmarks/gpu/carry_wheels.sh        (run from the repo root, after `make gguf`)
+set -euo pipefail
+PY=.venv/bin/python
+DL=$(mktemp -d)
+pip download -q --no-deps -d "$DL" bitsandbytes==0.50.2 vllm-gguf-plugin==0.0.5 gguf==0.19.0 diskcache==5.6.3
+pip download -q --no-deps --only-binary :all: --python-version 3.12 \
+  --platform manylinux_2_28_x86_64 -d .whl sentencepiece==0.2.3
+cp "$DL"/gguf-*.whl "$DL"/diskcache-*.whl .whl/
+unzip -q -o -d "$DL/bnb" "$DL"/bitsandbytes-*.whl 'bitsandbytes/libbitsandbytes_cuda130.so'
+python3 ../shared/gpu/fatbin_prune.py prune "$DL/bnb/bitsandbytes/libbitsandbytes_cuda130.so" 90 "$DL/bnb130.so"
+$PY benchmarks/gpu/trim_wheel.py "$DL"/bitsandbytes-*.whl .whl \
+  --drop 'bitsandbytes/libbitsandbytes_cuda1[0-2]*.so' --drop 'bitsandbytes/libbitsandbytes_cuda13[1-9].so' \
+  --drop 'bitsandbytes/libbitsandbytes_xpu*' --drop 'bitsandbytes/libbitsandbytes_rocm*' \
+  --replace "bitsandbytes/libbitsandbytes_cuda130.so=$DL/bnb130.so"
+$PY benchmarks/gpu/trim_wheel.py "$DL"/vllm_gguf_plugin-*.whl .whl \
+  --drop 'vllm_gguf_plugin/_C_gguf*' --drop 'vllm_gguf_plugin/csrc/*'
+$PY benchmarks/gpu/trim_wheel.py .quantgate/gguf/wheels/llama_cpp_python-*.whl .whl \
+  --drop 'lib/*' --drop 'include/*' --drop 'bin/*' --drop 'llama_cpp/lib/libllama.so.0*' \
+  --drop 'llama_cpp/lib/libggml*.so' --drop 'llama_cpp/lib/libggml*.so.0.*' --drop 'llama_cpp_python-*.data/*'
+tar --exclude=__pycache__ -cJf .whl/llama-cpp-converter.tar.xz -C .venv-quant/share llama.cpp
+rm -rf "$DL"
+du -ch .whl/* | tail -1
