@@ -219,7 +219,7 @@ class Fleet:
             "error": error or (str(slot.failure) if slot.failure else None),
             "job": last.summary() if last else None,
             "replicas": slot.pool.describe(),
-            "report": self._store.report(model_name, variant) if variant.needs_build else None,
+            "report": self._store.report(model_name, variant) if variant.needs_job else None,
         }  # fmt: skip
 
     def _measured(self, model_name: str, name: str) -> dict[str, Any]:
@@ -228,7 +228,7 @@ class Fleet:
 
     def _built(self, model_name: str, model: Model, name: str) -> bool:
         variant = model.variants[name]
-        if variant.upstream is not None or not variant.needs_build:
+        if variant.upstream is not None or not variant.needs_job:
             return True
         return self._store.is_built(model_name, variant)
 
@@ -379,10 +379,10 @@ class Fleet:
             if slot.pool.asleep():
                 await self._wake(model_name, name)
                 return
+            await self._check_packages(model_name, name)
             if not self._built(model_name, model, name):
                 await self.jobs.submit(model_name, model, name).wait()
             self._check_servable(model_name, name)
-            await self._check_packages(model_name, name)
             at_load = model.variants[name].serve_quantization  # fp8, bnb: quantized at load
             slot.kernel = kernels.choose(
                 kernels.checkpoint_scheme(self._specs.model_dir(model_name, name), at_load),

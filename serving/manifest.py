@@ -113,6 +113,7 @@ METHOD_BITS: dict[Method, tuple[int, ...]] = {
     Method.GGUF: tuple(sorted(GGUF_BY_BITS)),
 }
 LOAD_TIME = {Method.FP8: "fp8", Method.BITSANDBYTES: "bitsandbytes"}  # vLLM's --quantization
+MEASURED_AT_LOAD = (Method.BITSANDBYTES,)  # a job measures their quality (Variant.needs_job)
 BACKEND_METHODS: dict[Backend, tuple[Method, ...]] = {
     Backend.LLMCOMPRESSOR: (Method.GPTQ, Method.AWQ, Method.W8A8, Method.RTN, Method.AUTOROUND),
     Backend.AUTOAWQ: (Method.AWQ,),
@@ -225,6 +226,18 @@ class Variant(Strict):
     def needs_build(self) -> bool:
         """Whether a quantization job makes it (FP8 and bitsandbytes: vLLM quantizes at load)."""
         return self.method is not Method.NONE and self.method not in LOAD_TIME
+
+    @property
+    def measured_at_load(self) -> bool:
+        """Quantized by vLLM at load, yet measured first: a job loads the base through
+        transformers with the same quantization and measures its perplexity (bitsandbytes; FP8
+        has no CPU path in transformers and is served unmeasured)."""
+        return self.method in MEASURED_AT_LOAD
+
+    @property
+    def needs_job(self) -> bool:
+        """Whether a job runs before the variant is served: a build, or a measure only."""
+        return self.needs_build or self.measured_at_load
 
     @property
     def serve_quantization(self) -> str | None:

@@ -59,6 +59,7 @@ def test_an_unknown_method_lists_the_offered_ones() -> None:
 def test_bitsandbytes_is_quantized_by_vllm_at_load() -> None:
     v = Variant(method=Method.BITSANDBYTES)
     assert not v.needs_build and v.serve_quantization == "bitsandbytes"
+    assert v.needs_job and v.measured_at_load  # its quality is measured before it is served
     assert v.scheme == "NF4" and v.recipe() == {"method": "bitsandbytes"}
     h100 = choose(planned_scheme(v), H100)
     assert (h100.quantization, h100.kernel) == ("bitsandbytes", "BitsAndBytesLinearMethod")
@@ -142,6 +143,27 @@ def test_the_quantize_command_refuses_a_method_not_offered_with_the_reason(
     )  # fmt: skip
     assert run.returncode == 2
     assert "method: method 'aqlm' is not offered: vLLM" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_measuring_bitsandbytes_without_its_package_names_what_to_install(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """The measure job of a bitsandbytes variant, in an environment without bitsandbytes (the
+    CPU machine's quantizer environment: NF4 is served on GPUs only)."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({
+        "source": str(model_dir), "output": str(tmp_path / "out"),
+        "recipe": Variant(method=Method.BITSANDBYTES).recipe(), "evaluate": None,
+    }))  # fmt: skip
+    quantizer = Path(__file__).resolve().parent.parent / ".venv-quant" / "bin" / "python"
+    run = subprocess.run(
+        [str(quantizer), "-m", "serving.worker.quantize", str(spec)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "measured with the bitsandbytes package, which does not import here" in run.stderr
+    assert "pip install 'bitsandbytes>=0.48.1' into the quantizer environment" in run.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -75,10 +75,14 @@ def load(model_dir: Path) -> Any:
     return model.eval()
 
 
-def measure(model_dir: Path, context: int, stride: int, model: Any = None) -> dict[str, Any]:
-    """Perplexity of the checkpoint in ``model_dir`` (or of ``model``, already in memory)."""
+def measure(
+    model_dir: Path, context: int, stride: int, model: Any = None, tokenizer_dir: Path | None = None
+) -> dict[str, Any]:
+    """Perplexity of the checkpoint in ``model_dir`` (or of ``model``, already in memory); the
+    tokenizer is ``model_dir``'s, else ``tokenizer_dir``'s."""
     t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    has_tokenizer = (model_dir / "tokenizer_config.json").is_file() or tokenizer_dir is None
+    tok = AutoTokenizer.from_pretrained(str(model_dir if has_tokenizer else tokenizer_dir))
     found = perplexity(
         model if model is not None else load(model_dir), heldout_ids(tok), context, stride
     )

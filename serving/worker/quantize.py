@@ -24,9 +24,10 @@ from serving.worker.legacy import require
 from serving.worker.protocol import fail, progress, result
 
 LIBRARIES = (
-    "llmcompressor", "autoawq", "compressed-tensors", "llama-cpp-python", "gguf", "torch",
-    "transformers",
+    "llmcompressor", "autoawq", "compressed-tensors", "llama-cpp-python", "gguf", "bitsandbytes",
+    "torch", "transformers",
 )  # fmt: skip
+AT_LOAD = ("bitsandbytes",)  # measured only: vLLM quantizes them at load (serving.worker.at_load)
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +41,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     progress("prepare", source=str(source))
     tok = AutoTokenizer.from_pretrained(str(source))
     rows = calibration.windows(tok, recipe["calibration"]) if "calibration" in recipe else None
-    if recipe["backend"] == "llamacpp":
+    if recipe["method"] in AT_LOAD:
+        from serving.worker import at_load
+
+        progress("quantize", at_load=recipe["method"])
+        output.mkdir(parents=True, exist_ok=True)  # the report only: vLLM reads the base's files
+        in_memory, timings = at_load.load(source), {"load_s": time.perf_counter() - t0}
+    elif recipe["backend"] == "llamacpp":
         from serving.worker import gguf
 
         in_memory, timings = None, gguf.build(source, output, recipe)
@@ -60,12 +67,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         progress("evaluate")
         context, stride = evaluate["context"], evaluate["stride"]
         found["perplexity"] = {
-            "variant": perplexity.measure(output, context, stride, in_memory),
+            "variant": perplexity.measure(output, context, stride, in_memory, source),
             "base": perplexity.measure(source, context, stride) if evaluate["base"] else None,
         }
     found["total_s"] = round(time.perf_counter() - t0, 2)
     found["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    found["backend"] = recipe["backend"]
+    found["backend"] = recipe.get("backend", "vllm at load")
     found["libraries"] = _versions()
     return found
 
@@ -87,12 +94,17 @@ def main(argv: list[str] | None = None) -> None:
     spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
     if not Path(spec["source"], "config.json").is_file():
         fail(f"source {spec['source']} is not a model folder (no config.json)")
-    if spec["recipe"]["backend"] == "llamacpp":
+    recipe = spec["recipe"]
+    if recipe["method"] in AT_LOAD:
+        from serving.worker import at_load
+
+        at_load.require(recipe["method"])
+    elif recipe["backend"] == "llamacpp":
         from serving.worker import gguf
 
         gguf.require()
     else:
-        require(spec["recipe"]["backend"])
+        require(recipe["backend"])
     result(run(spec))
 
 
