@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
         "--method",
         required=True,
         metavar="{" + offered.replace("|", ",") + "}",
-        help="bitsandbytes and fp8 are quantized by vLLM at load: nothing to build",
+        help="fp8 and bitsandbytes 4-bit are quantized by vLLM at load: nothing to build",
     )
     p.add_argument(
         "--backend",
@@ -63,7 +63,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--bits",
         type=int,
-        help="weight bits (gptq/rtn/autoround: 2,3,4,8; awq: 2,3,4; w8a8: 8; gguf: 4,5,6,8)",
+        help="weight bits (gptq/rtn/autoround: 2,3,4,8; awq: 2,3,4; w8a8: 8; gguf: 4,5,6,8; "
+        "bitsandbytes: 8, built as LLM.int8 on a GPU)",
     )
     p.add_argument("--activation-bits", type=int, choices=[8, 16], help="8: W4A8 (gptq, rtn)")
     p.add_argument(

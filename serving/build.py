@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from serving.errors import InvalidRecipe
-from serving.manifest import MEASURED_AT_LOAD, Variant
+from serving.manifest import Variant, writes_weights
 from serving.precheck import check_build
 from serving.store import commit, dir_size, discard
 from serving.worker import protocol
@@ -104,8 +104,8 @@ async def run_build(
             result = await _run_worker(spec, command, on_progress, on_start)
         else:
             result = await remote(spec, on_progress)
-        measured_only = spec.recipe["method"] in MEASURED_AT_LOAD  # nothing to write but the report
-        if result is None or not (measured_only or (spec.staging / "config.json").is_file()):
+        built = writes_weights(spec.recipe)  # else a measure: nothing to write but the report
+        if result is None or (built and not (spec.staging / "config.json").is_file()):
             raise RuntimeError("the quantizer finished but wrote no model")
         report = make_report(spec, result, started)
         commit(spec.staging, spec.final, report)
@@ -191,9 +191,7 @@ def make_report(spec: BuildSpec, result: dict[str, Any], started: float) -> dict
         "build_s": round(time.time() - started, 2),
         "path": str(spec.final),
         # measured at load (bitsandbytes): vLLM reads the base's files, the folder has the report
-        "size_bytes": dir_size(
-            spec.source if spec.recipe["method"] in MEASURED_AT_LOAD else spec.staging
-        ),
+        "size_bytes": dir_size(spec.staging if writes_weights(spec.recipe) else spec.source),
         "source_size_bytes": dir_size(spec.source),
         "perplexity": {"base": base, "variant": variant, "increase": increase},
         "quantizer": result,

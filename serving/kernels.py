@@ -45,7 +45,7 @@ class Scheme:
         if self.format == "none":
             return "BF16"
         if self.format == "bitsandbytes":
-            return "NF4"
+            return "NF4" if self.weight_bits == 4 else "LLM.int8"
         if self.format == "gguf":
             return "GGUF"
         if self.activations == "fp8" or self.format == "fp8":
@@ -76,6 +76,8 @@ def read_scheme(config: dict[str, Any], at_load: str | None = None) -> Scheme:
         return Scheme("bitsandbytes", 4)
     qc = config.get("quantization_config") or {}
     method = str(qc.get("quant_method", "none"))
+    if method == "bitsandbytes":  # a prebuilt bitsandbytes checkpoint (LLM.int8 or NF4)
+        return Scheme("bitsandbytes", 8 if qc.get("load_in_8bit") else 4)
     if method in ("gptq", "awq"):
         return Scheme(method, int(qc.get("bits", 4)))
     if method == "fp8":
@@ -106,6 +108,8 @@ def planned_scheme(variant: Variant) -> Scheme:
         return read_scheme({}, variant.serve_quantization)
     if variant.method is Method.GGUF:
         return Scheme("gguf", variant.weight_bits)
+    if variant.method is Method.BITSANDBYTES:
+        return Scheme("bitsandbytes", variant.weight_bits)
     act = "int8" if variant.act_bits == 8 else "16"
     legacy = {Backend.AUTOAWQ: "awq", Backend.AUTOGPTQ: "gptq"}  # their own checkpoint formats
     return Scheme(
@@ -150,7 +154,7 @@ def _cpu(scheme: Scheme, quant: str | None, hw: Hardware) -> KernelChoice:
         return KernelChoice(quant, "CPUInt8ScaledMMLinearKernel", reason="oneDNN int8 GEMM")
     if name == "FP8":
         return KernelChoice(quant, "CPUFP8W8A8ScaledMMLinearKernel", reason="CPU FP8 W8A8")
-    if name == "NF4":
+    if name in ("NF4", "LLM.int8"):
         return KernelChoice(quant, None, reason=NO_BNB_ON_CPU)
     if name == "GGUF":
         return KernelChoice(quant, None, reason=NO_GGUF_ON_CPU)
@@ -186,13 +190,12 @@ def _cuda(scheme: Scheme, quant: str | None, cap: int) -> KernelChoice:
                 quant, "MarlinFP8ScaledMMLinearKernel", reason=f"no native FP8 on {cap}: W8A16"
             )
         return KernelChoice(quant, None, reason="FP8 needs compute capability >= 7.5")
-    if name == "NF4":
+    if name in ("NF4", "LLM.int8"):
         if cap >= 70:
             return KernelChoice(
                 quant,
                 "BitsAndBytesLinearMethod",
-                reason="NF4 weights dequantized by bitsandbytes (its package must be in vLLM's "
-                "environment)",
+                reason=f"{name} by bitsandbytes (its package must be in vLLM's environment)",
             )
         return KernelChoice(quant, None, reason="bitsandbytes needs compute capability >= 7.0")
     if name == "GGUF":

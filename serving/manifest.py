@@ -96,6 +96,7 @@ class Backend(StrEnum):
 
     LLMCOMPRESSOR = "llmcompressor"
     LLAMACPP = "llamacpp"  # llama.cpp's convert_hf_to_gguf.py and quantizer (llama-cpp-python)
+    TRANSFORMERS = "transformers"  # transformers + bitsandbytes: LLM.int8 checkpoints
     AUTOAWQ = "autoawq"  # legacy: deprecated upstream, last tested with torch 2.6
     AUTOGPTQ = "autogptq"  # legacy: archived upstream
 
@@ -109,7 +110,7 @@ METHOD_BITS: dict[Method, tuple[int, ...]] = {
     Method.W8A8: (8,),
     Method.FP8: (8,),
     Method.AUTOROUND: (2, 3, 4, 8),
-    Method.BITSANDBYTES: (4,),
+    Method.BITSANDBYTES: (4, 8),  # 4: NF4 at load; 8: LLM.int8, built (vLLM loads it prebuilt)
     Method.GGUF: tuple(sorted(GGUF_BY_BITS)),
 }
 LOAD_TIME = {Method.FP8: "fp8", Method.BITSANDBYTES: "bitsandbytes"}  # vLLM's --quantization
@@ -119,8 +120,9 @@ BACKEND_METHODS: dict[Backend, tuple[Method, ...]] = {
     Backend.AUTOAWQ: (Method.AWQ,),
     Backend.AUTOGPTQ: (Method.GPTQ,),
     Backend.LLAMACPP: (Method.GGUF,),
+    Backend.TRANSFORMERS: (Method.BITSANDBYTES,),
 }
-DEFAULT_BACKEND = {Method.GGUF: Backend.LLAMACPP}  # else llmcompressor
+DEFAULT_BACKEND = {Method.GGUF: Backend.LLAMACPP, Method.BITSANDBYTES: Backend.TRANSFORMERS}
 CALIBRATED = (Method.GPTQ, Method.AWQ, Method.W8A8, Method.AUTOROUND)
 BUILD_FIELDS = (
     "backend", "activation_bits", "group_size", "symmetric", "calibration", "max_ppl_increase"
@@ -224,7 +226,10 @@ class Variant(Strict):
 
     @property
     def needs_build(self) -> bool:
-        """Whether a quantization job makes it (FP8 and bitsandbytes: vLLM quantizes at load)."""
+        """Whether a quantization job makes it (FP8 and bitsandbytes NF4: vLLM quantizes at load;
+        bitsandbytes int8 is built: vLLM loads LLM.int8 only from a checkpoint)."""
+        if self.method is Method.BITSANDBYTES:
+            return self.bits == 8
         return self.method is not Method.NONE and self.method not in LOAD_TIME
 
     @property
@@ -232,7 +237,7 @@ class Variant(Strict):
         """Quantized by vLLM at load, yet measured first: a job loads the base through
         transformers with the same quantization and measures its perplexity (bitsandbytes; FP8
         has no CPU path in transformers and is served unmeasured)."""
-        return self.method in MEASURED_AT_LOAD
+        return self.method in MEASURED_AT_LOAD and not self.needs_build
 
     @property
     def needs_job(self) -> bool:
@@ -242,7 +247,7 @@ class Variant(Strict):
     @property
     def serve_quantization(self) -> str | None:
         """vLLM's ``--quantization`` for variants quantized at load rather than built."""
-        return LOAD_TIME.get(self.method)
+        return None if self.needs_build else LOAD_TIME.get(self.method)
 
     @property
     def weight_bits(self) -> int:
@@ -272,6 +277,8 @@ class Variant(Strict):
             return "FP8"
         if self.method is Method.GGUF:
             return self.ggml_type.value.upper()
+        if self.method is Method.BITSANDBYTES and self.weight_bits == 8:
+            return "LLM.int8"
         return (
             "NF4" if self.method is Method.BITSANDBYTES else f"W{self.weight_bits}A{self.act_bits}"
         )
@@ -280,6 +287,8 @@ class Variant(Strict):
         """The recipe with defaults filled in: what the worker is told and what is hashed."""
         if not self.needs_build:
             return {"method": self.method.value}
+        if self.method is Method.BITSANDBYTES:
+            return {"method": "bitsandbytes", "backend": Backend.TRANSFORMERS.value, "bits": 8}
         if self.method is Method.GGUF:
             return {
                 "method": "gguf",
@@ -306,6 +315,12 @@ class Variant(Strict):
         return recipe_hash(self.recipe())
 
 
+def writes_weights(recipe: dict[str, Any]) -> bool:
+    """Whether a job with this recipe writes a checkpoint: every built recipe names its backend;
+    a measure-only one (bitsandbytes NF4, quantized by vLLM at load) does not."""
+    return "backend" in recipe
+
+
 def recipe_hash(recipe: dict[str, Any]) -> str:
     blob = json.dumps(recipe, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
@@ -316,6 +331,9 @@ def _recipe_problems(v: Variant) -> list[str]:
     m = v.method.value
     if v.upstream is not None and v.method is not Method.NONE:
         return ["a variant with an upstream is served as is: use method 'none'"]
+    if v.method is Method.BITSANDBYTES and v.bits not in (None, 4, 8):
+        return [f"method 'bitsandbytes' supports bits 4 (NF4, at load) and 8 (LLM.int8, built), "
+                f"not {v.bits}"]  # fmt: skip
     if not v.needs_build:
         given = [f for f in BUILD_FIELDS if getattr(v, f) is not None]
         given += ["bits"] if v.bits not in (None, *METHOD_BITS.get(v.method, ())) else []
@@ -325,6 +343,13 @@ def _recipe_problems(v: Variant) -> list[str]:
         return [f"method {m!r} {why}: it takes no {', '.join(given)}"] if given else []
     if v.method is Method.GGUF:
         return _gguf_problems(v)
+    if v.method is Method.BITSANDBYTES:  # 8 bits: LLM.int8, per-row absmax, outliers in 16 bits
+        given = [f for f in BUILD_FIELDS if f != "backend" and getattr(v, f) is not None]
+        given += ["ignore"] if v.ignore != ("lm_head",) else []
+        given += ["gguf_type"] if v.gguf_type is not None else []
+        given += ["backend"] if v.backend not in (None, Backend.TRANSFORMERS) else []
+        why = "bitsandbytes int8 is LLM.int8 as bitsandbytes does it"
+        return [f"{why}: drop {', '.join(given)}"] if given else []
     if v.gguf_type is not None:
         return [f"gguf_type is for method 'gguf', not {m!r}"]
     problems = []

@@ -30,6 +30,8 @@ def check_build(source: Path, variant: Variant) -> None:
     if variant.method is Method.GGUF:
         _check_gguf_blocks(config, recipe["gguf_type"])
         return
+    if variant.method is Method.BITSANDBYTES:  # LLM.int8: per row, any shape
+        return
     _check_group_size(config, recipe["group_size"], recipe["ignore"])
     if "calibration" in recipe:
         check_dataset(variant.calibration or Calibration())

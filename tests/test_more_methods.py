@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from conftest import manifest_errors
 from serving.hardware import Gpu, Hardware
-from serving.kernels import choose, planned_scheme
+from serving.kernels import choose, planned_scheme, read_scheme
 from serving.launcher import LaunchSpec
 from serving.manifest import Method, Variant
 from serving.recommend import parse_size, recommend
@@ -70,7 +70,9 @@ def test_bitsandbytes_is_quantized_by_vllm_at_load() -> None:
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
-        ({"method": "bitsandbytes", "bits": 8}, "takes no bits"),
+        ({"method": "bitsandbytes", "bits": 3}, "supports bits 4 .NF4, at load. and 8 .LLM.int8"),
+        ({"method": "bitsandbytes", "bits": 8, "group_size": 64}, "LLM.int8 .*: drop group_size"),
+        ({"method": "bitsandbytes", "bits": 8, "backend": "llamacpp"}, "drop backend"),
         ({"method": "bitsandbytes", "group_size": 64}, "takes no group_size"),
         ({"method": "bitsandbytes", "calibration": {"samples": 8}}, "takes no calibration"),
         ({"method": "autoround", "bits": 5}, "supports bits 2, 3, 4, 8, not 5"),
@@ -144,6 +146,19 @@ def test_the_quantize_command_refuses_a_method_not_offered_with_the_reason(
     assert run.returncode == 2
     assert "method: method 'aqlm' is not offered: vLLM" in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_bitsandbytes_int8_is_built_as_llm_int8_for_vllm_to_load() -> None:
+    v = Variant.model_validate({"method": "bitsandbytes", "bits": 8})
+    assert v.needs_build and not v.measured_at_load and v.serve_quantization is None
+    assert v.recipe() == {"method": "bitsandbytes", "backend": "transformers", "bits": 8}
+    assert v.scheme == "LLM.int8"
+    h100 = choose(planned_scheme(v), H100)
+    assert (h100.quantization, h100.kernel) == ("bitsandbytes", "BitsAndBytesLinearMethod")
+    built = read_scheme({"quantization_config": {"quant_method": "bitsandbytes",
+                                                 "load_in_8bit": True}})  # fmt: skip
+    assert built.name == "LLM.int8" and choose(built, H100).quantization == "bitsandbytes"
+    assert "no bitsandbytes support" in (AVX2.unsupported(v) or "")
 
 
 def test_measuring_bitsandbytes_without_its_package_names_what_to_install(

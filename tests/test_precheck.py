@@ -45,6 +45,7 @@ def test_gguf_k_types_need_rows_of_whole_256_blocks(model_dir: Path, tmp_path: P
     with pytest.raises(InvalidRecipe, match=r"blocks of 256 .* down_proj; .* use q8_0 or q4_0"):
         check_build(odd, _variant(method="gguf"))
     check_build(odd, _variant(method="gguf", gguf_type="q8_0"))  # 800 = 25 blocks of 32
+    check_build(odd, _variant(method="bitsandbytes", bits=8))  # LLM.int8: rows of any length
 
 
 def test_source_must_be_a_model_folder(tmp_path: Path) -> None:

