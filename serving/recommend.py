@@ -35,11 +35,49 @@ CANDIDATES: dict[str, tuple[dict[str, Any], float]] = {
     "gptq-w4a16": ({"method": "gptq", "bits": 4}, 0.5 + 2 / 128),
     "awq-w4a16": ({"method": "awq", "bits": 4}, 0.5 + 4 / 128),
     "gptq-w4a8": ({"method": "gptq", "bits": 4, "activation_bits": 8}, 0.5 + 2 / 128),
+    # Kernels that dequantize in the matmul rather than Marlin's: kept behind the 4-bit Marlin
+    # methods for speed and memory, and offered where those have no kernel.
+    "bnb-nf4": ({"method": "bitsandbytes"}, 0.5 + 0.5 / 64 + 4 / (64 * 256)),  # double quant
+    "gguf-q4_k_m": ({"method": "gguf", "gguf_type": "q4_k_m"}, 4.85 / 8),  # llama.cpp's bpw
+    "gguf-q8_0": ({"method": "gguf", "gguf_type": "q8_0"}, 8.5 / 8),
 }
 ORDER: dict[Priority, tuple[str, ...]] = {
-    "quality": ("bf16", "fp8", "w8a8", "gptq-w8a16", "gptq-w4a16", "awq-w4a16", "gptq-w4a8"),
-    "speed": ("gptq-w4a16", "awq-w4a16", "fp8", "w8a8", "gptq-w4a8", "gptq-w8a16", "bf16"),
-    "memory": ("gptq-w4a16", "awq-w4a16", "gptq-w4a8", "w8a8", "fp8", "gptq-w8a16", "bf16"),
+    "quality": (
+        "bf16",
+        "fp8",
+        "w8a8",
+        "gptq-w8a16",
+        "gguf-q8_0",
+        "gptq-w4a16",
+        "awq-w4a16",
+        "gguf-q4_k_m",
+        "bnb-nf4",
+        "gptq-w4a8",
+    ),
+    "speed": (
+        "gptq-w4a16",
+        "awq-w4a16",
+        "fp8",
+        "w8a8",
+        "gptq-w4a8",
+        "gptq-w8a16",
+        "gguf-q4_k_m",
+        "bnb-nf4",
+        "gguf-q8_0",
+        "bf16",
+    ),
+    "memory": (
+        "gptq-w4a16",
+        "awq-w4a16",
+        "gptq-w4a8",
+        "bnb-nf4",
+        "gguf-q4_k_m",
+        "w8a8",
+        "fp8",
+        "gptq-w8a16",
+        "gguf-q8_0",
+        "bf16",
+    ),
 }
 
 
