@@ -64,7 +64,7 @@ def register(sub: Any) -> None:
         "--bits",
         type=int,
         help="weight bits (gptq/rtn/autoround: 2,3,4,8; awq: 2,3,4; w8a8: 8; gguf: 4,5,6,8; "
-        "bitsandbytes: 8, built as LLM.int8 on a GPU)",
+        "bitsandbytes: 8, built as LLM.int8 on a GPU; torchao: 4)",
     )
     p.add_argument("--activation-bits", type=int, choices=[8, 16], help="8: W4A8 (gptq, rtn)")
     p.add_argument(

@@ -55,6 +55,7 @@ JSON_HEADERS = {"content-type": "application/json"}
 VLLM_PACKAGES = {
     Method.BITSANDBYTES: ("bitsandbytes", "bitsandbytes>=0.48.1"),
     Method.GGUF: ("vllm_gguf_plugin", "vllm-gguf-plugin==0.0.5"),
+    Method.TORCHAO: ("torchao", "torchao==0.18.0"),
 }
 
 

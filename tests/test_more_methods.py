@@ -41,7 +41,6 @@ def manifest(variant: str) -> str:
         ("higgs", "Transformers (FLUTE kernels) only"),
         ("quip", "no vLLM kernel"),
         ("hqq", "no HQQ kernel"),
-        ("torchao", "CUDA kernels only"),
         ("AutoAWQ", "a backend, not a method"),
     ],
 )
@@ -86,6 +85,10 @@ def test_bitsandbytes_is_quantized_by_vllm_at_load() -> None:
         ({"method": "gguf", "backend": "llmcompressor"}, "built by backend 'llamacpp'"),
         ({"method": "gguf", "gguf_type": "q3_k_s"}, "gguf_type"),
         ({"method": "gptq", "gguf_type": "q8_0"}, "gguf_type is for method 'gguf'"),
+        ({"method": "torchao", "group_size": 48}, "takes group_size 32, 64, 128, 256, not 48"),
+        ({"method": "torchao", "bits": 8}, "int4 weight-only: bits 4, not 8"),
+        ({"method": "torchao", "symmetric": True}, "takes only group_size: drop symmetric"),
+        ({"method": "torchao", "calibration": {"samples": 8}}, "drop calibration"),
         ({"method": "bitsandbytes", "gguf_type": "q8_0"}, "takes no gguf_type"),
     ],
 )
@@ -161,15 +164,39 @@ def test_bitsandbytes_int8_is_built_as_llm_int8_for_vllm_to_load() -> None:
     assert "no bitsandbytes support" in (AVX2.unsupported(v) or "")
 
 
-def test_measuring_bitsandbytes_without_its_package_names_what_to_install(
-    model_dir: Path, tmp_path: Path
+def test_torchao_int4_is_built_for_vllms_torchao_loader_on_gpus() -> None:
+    v = Variant.model_validate({"method": "torchao", "group_size": 64})
+    assert v.needs_build and v.serve_quantization is None and v.scheme == "W4A16"
+    assert v.recipe() == {
+        "method": "torchao",
+        "backend": "transformers",
+        "bits": 4,
+        "group_size": 64,
+    }
+    h100 = choose(planned_scheme(v), H100)
+    assert (h100.quantization, h100.kernel) == ("torchao", "TorchAOLinearMethod")
+    built = read_scheme({"quantization_config": {"quant_method": "torchao", "quant_type": {}}})
+    assert built.name == "torchao-int4"
+    assert not choose(built, Hardware("cuda", gpus=(Gpu(0, "T4", 75, 15_360),))).supported
+    assert "CUDA kernels only" in (AVX2.unsupported(v) or "")
+
+
+@pytest.mark.parametrize(
+    ("fields", "package"),
+    [
+        ({"method": "bitsandbytes"}, "bitsandbytes>=0.48.1"),
+        ({"method": "torchao"}, "torchao==0.18.0"),
+    ],
+)
+def test_a_missing_quantizer_library_names_what_to_install(
+    model_dir: Path, tmp_path: Path, fields: dict[str, object], package: str
 ) -> None:
-    """The measure job of a bitsandbytes variant, in an environment without bitsandbytes (the
-    CPU machine's quantizer environment: NF4 is served on GPUs only)."""
+    """The job of a bitsandbytes (measure) or torchao (build) variant, in an environment
+    without the library (the CPU machine's quantizer environment: both serve on GPUs only)."""
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({
         "source": str(model_dir), "output": str(tmp_path / "out"),
-        "recipe": Variant(method=Method.BITSANDBYTES).recipe(), "evaluate": None,
+        "recipe": Variant.model_validate(fields).recipe(), "evaluate": None,
     }))  # fmt: skip
     quantizer = Path(__file__).resolve().parent.parent / ".venv-quant" / "bin" / "python"
     run = subprocess.run(
@@ -177,8 +204,8 @@ def test_measuring_bitsandbytes_without_its_package_names_what_to_install(
         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
     )  # fmt: skip
     assert run.returncode == 2, run.stderr[-2000:]
-    assert "measured with the bitsandbytes package, which does not import here" in run.stderr
-    assert "pip install 'bitsandbytes>=0.48.1' into the quantizer environment" in run.stderr
+    assert "package, which does not import here (ModuleNotFoundError" in run.stderr
+    assert f"pip install '{package}' into the quantizer environment" in run.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -46,6 +46,8 @@ def test_gguf_k_types_need_rows_of_whole_256_blocks(model_dir: Path, tmp_path: P
         check_build(odd, _variant(method="gguf"))
     check_build(odd, _variant(method="gguf", gguf_type="q8_0"))  # 800 = 25 blocks of 32
     check_build(odd, _variant(method="bitsandbytes", bits=8))  # LLM.int8: rows of any length
+    with pytest.raises(InvalidRecipe, match=r"group_size 256 does not divide .* down_proj \(800\)"):
+        check_build(odd, _variant(method="torchao", group_size=256))
 
 
 def test_source_must_be_a_model_folder(tmp_path: Path) -> None:

