@@ -8,14 +8,14 @@ for it. vLLM 0.26's bitsandbytes loader quantizes every linear layer but the out
 ``quantize_4bit(quant_type="nf4", compress_statistics=True)`` (blocks of 64, the block scales
 quantized again) and computes in the model's dtype: the same as transformers'
 ``BitsAndBytesConfig`` below. For int8 vLLM has no load-time path (its loader reads 8-bit
-weights only from a checkpoint that has them), so ``build_int8`` writes one: transformers'
+weights only from a checkpoint that has them), so ``build`` writes one: transformers'
 LLM.int8 (per-row absmax int8, outlier columns kept in 16 bits at run time), saved with its
 ``quantization_config``; bitsandbytes' int8 needs a GPU.
 
 torchao 0.18's int4 weight-only (``Int4WeightOnlyConfig``, asymmetric groups, calibration-free)
 packs for CUDA kernels only: its default layout for mslk's kernels (not on PyPI for this torch),
 or tinygemm's ``tile_packed_to_4d``, which PyTorch itself runs (``_weight_int4pack_mm``, bf16,
-compute capability >= 8.0). Its CPU layout is gone. ``build_torchao`` writes the tile-packed
+compute capability >= 8.0). Its CPU layout is gone. ``build`` writes the tile-packed
 tensors as torchao's safetensors, which vLLM 0.26 loads (``--quantization torchao``); it needs a
 GPU too.
 """
