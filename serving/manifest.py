@@ -127,8 +127,9 @@ DEFAULT_BACKEND = {
     Method.TORCHAO: Backend.TRANSFORMERS,
 }
 CALIBRATED = (Method.GPTQ, Method.AWQ, Method.W8A8, Method.AUTOROUND)
-BUILD_FIELDS = (
-    "backend", "activation_bits", "group_size", "symmetric", "calibration", "max_ppl_increase"
+# What a recipe may set beyond method and bits; methods that fix some of them refuse those.
+RECIPE_FIELDS = (
+    "backend", "activation_bits", "group_size", "symmetric", "calibration", "gguf_type", "ignore"
 )  # fmt: skip
 
 
@@ -336,19 +337,31 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def _set_fields(v: Variant, names: tuple[str, ...]) -> list[str]:
+    """Which of the recipe fields ``names`` the variant sets (``ignore``: other than default)."""
+    given = [f for f in names if f != "ignore" and getattr(v, f) is not None]
+    return [*given, "ignore"] if "ignore" in names and v.ignore != ("lm_head",) else given
+
+
 def _recipe_problems(v: Variant) -> list[str]:
     """Every way the variant's fields contradict its method (empty: a valid recipe)."""
-    m = v.method.value
     if v.upstream is not None and v.method is not Method.NONE:
         return ["a variant with an upstream is served as is: use method 'none'"]
+    problems = _method_problems(v)
+    if v.max_ppl_increase is not None and not 0 < v.max_ppl_increase <= 10:
+        problems.append("max_ppl_increase must be a fraction above 0 (0.05 or '5%')")
+    return problems
+
+
+def _method_problems(v: Variant) -> list[str]:
+    m = v.method.value
     if v.method is Method.BITSANDBYTES and v.bits not in (None, 4, 8):
         return [f"method 'bitsandbytes' supports bits 4 (NF4, at load) and 8 (LLM.int8, built), "
                 f"not {v.bits}"]  # fmt: skip
-    if not v.needs_build:
-        given = [f for f in BUILD_FIELDS if getattr(v, f) is not None]
+    if not v.needs_build:  # a quality budget needs a measure: NF4 has one, FP8 and base not
+        gate = () if v.measured_at_load else ("max_ppl_increase",)
+        given = _set_fields(v, (*RECIPE_FIELDS, *gate))
         given += ["bits"] if v.bits not in (None, *METHOD_BITS.get(v.method, ())) else []
-        given += ["ignore"] if v.ignore != ("lm_head",) else []
-        given += ["gguf_type"] if v.gguf_type is not None else []
         why = "is quantized by vLLM at load" if v.method in LOAD_TIME else "is the base weights"
         return [f"method {m!r} {why}: it takes no {', '.join(given)}"] if given else []
     if v.method is Method.GGUF:
@@ -356,9 +369,7 @@ def _recipe_problems(v: Variant) -> list[str]:
     if v.method is Method.TORCHAO:
         return _torchao_problems(v)
     if v.method is Method.BITSANDBYTES:  # 8 bits: LLM.int8, per-row absmax, outliers in 16 bits
-        given = [f for f in BUILD_FIELDS if f != "backend" and getattr(v, f) is not None]
-        given += ["ignore"] if v.ignore != ("lm_head",) else []
-        given += ["gguf_type"] if v.gguf_type is not None else []
+        given = _set_fields(v, tuple(f for f in RECIPE_FIELDS if f != "backend"))
         given += ["backend"] if v.backend not in (None, Backend.TRANSFORMERS) else []
         why = "bitsandbytes int8 is LLM.int8 as bitsandbytes does it"
         return [f"{why}: drop {', '.join(given)}"] if given else []
@@ -377,16 +388,13 @@ def _recipe_problems(v: Variant) -> list[str]:
     problems += _activation_problems(v)
     if v.calibration is not None and v.method not in CALIBRATED:
         problems.append(f"method {m!r} is data-free: it takes no calibration")
-    if v.max_ppl_increase is not None and not 0 < v.max_ppl_increase <= 10:
-        problems.append("max_ppl_increase must be a fraction above 0 (0.05 or '5%')")
     return problems
 
 
 def _gguf_problems(v: Variant) -> list[str]:
     """A GGUF type fixes its own blocks, scales and activations: only the type (or bits) is
     chosen; the output layer is quantized as llama.cpp's type mix says."""
-    given = [f for f in BUILD_FIELDS if f != "backend" and getattr(v, f) is not None]
-    given += ["ignore"] if v.ignore != ("lm_head",) else []
+    given = _set_fields(v, tuple(f for f in RECIPE_FIELDS if f not in ("backend", "gguf_type")))
     problems = []
     if given:
         problems.append(
@@ -406,9 +414,7 @@ def _gguf_problems(v: Variant) -> list[str]:
 def _torchao_problems(v: Variant) -> list[str]:
     """torchao int4 weight-only: asymmetric groups chosen by torchao, no calibration; only the
     group size is chosen."""
-    fields = ("activation_bits", "symmetric", "calibration", "gguf_type")
-    given = [f for f in fields if getattr(v, f) is not None]
-    given += ["ignore"] if v.ignore != ("lm_head",) else []
+    given = _set_fields(v, tuple(f for f in RECIPE_FIELDS if f not in ("backend", "group_size")))
     given += ["backend"] if v.backend not in (None, Backend.TRANSFORMERS) else []
     problems = [f"torchao int4 weight-only takes only group_size: drop {', '.join(given)}"]
     problems = problems if given else []

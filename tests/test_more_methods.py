@@ -89,6 +89,9 @@ def test_bitsandbytes_is_quantized_by_vllm_at_load() -> None:
         ({"method": "torchao", "bits": 8}, "int4 weight-only: bits 4, not 8"),
         ({"method": "torchao", "symmetric": True}, "takes only group_size: drop symmetric"),
         ({"method": "torchao", "calibration": {"samples": 8}}, "drop calibration"),
+        ({"method": "torchao", "max_ppl_increase": "-5%"}, "max_ppl_increase must be a fraction"),
+        ({"method": "gguf", "max_ppl_increase": 0}, "max_ppl_increase must be a fraction"),
+        ({"method": "fp8", "max_ppl_increase": "5%"}, "it takes no max_ppl_increase"),  # unmeasured
         ({"method": "bitsandbytes", "gguf_type": "q8_0"}, "takes no gguf_type"),
     ],
 )
@@ -117,6 +120,16 @@ def test_gguf_is_built_by_llama_cpp_in_the_type_asked(
         "method": "gguf", "backend": "llamacpp", "gguf_type": gguf_type, "bits": bits
     }  # fmt: skip
     assert v.scheme == gguf_type.upper() and v.weight_bits == bits
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"method": "gguf"}, {"method": "bitsandbytes"}, {"method": "bitsandbytes", "bits": 8},
+     {"method": "torchao"}],
+)  # fmt: skip
+def test_every_measured_method_takes_a_quality_budget(fields: dict[str, object]) -> None:
+    v = Variant.model_validate({**fields, "max_ppl_increase": "5%"})
+    assert v.needs_job and v.max_ppl_increase == pytest.approx(0.05)
 
 
 def test_gguf_is_served_by_the_plugin_on_gpus_and_refused_on_vllm_cpu() -> None:
