@@ -49,13 +49,15 @@ from serving.replica import Replica, RestartPolicy
 from serving.specs import LaunchPlanner
 from serving.store import VariantStore, weights_size
 from serving.swapping import Resident, SwapEvent, Swapper, residency, takes_turns
+from serving.worker.hf_quantizers import PACKAGES as QUANTIZER_PACKAGES
 
 JSON_HEADERS = {"content-type": "application/json"}
-# Libraries vLLM imports at load for a method: module, and what to install.
+# Libraries vLLM imports at load for a method: module, and what to install (bitsandbytes and
+# torchao: the same pins as the quantizer's, which builds or measures them).
 VLLM_PACKAGES = {
-    Method.BITSANDBYTES: ("bitsandbytes", "bitsandbytes>=0.48.1"),
+    Method.BITSANDBYTES: QUANTIZER_PACKAGES["bitsandbytes"],
     Method.GGUF: ("vllm_gguf_plugin", "vllm-gguf-plugin==0.0.5"),
-    Method.TORCHAO: ("torchao", "torchao==0.18.0"),
+    Method.TORCHAO: QUANTIZER_PACKAGES["torchao"],
 }
 
 

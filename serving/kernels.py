@@ -31,6 +31,7 @@ from typing import Any
 
 from serving.hardware import NO_BNB_ON_CPU, NO_GGUF_ON_CPU, NO_TORCHAO_ON_CPU, Hardware
 from serving.manifest import Backend, Method, Variant
+from serving.store import gguf_file
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def read_scheme(config: dict[str, Any], at_load: str | None = None) -> Scheme:
 
 
 def checkpoint_scheme(model_dir: Path, at_load: str | None = None) -> Scheme:
-    if (model_dir / "model.gguf").is_file():  # its config.json is the base's
+    if gguf_file(model_dir) is not None:  # its config.json is the base's
         return Scheme("gguf")
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     return read_scheme(config, at_load)

@@ -21,6 +21,7 @@ import httpx
 
 from serving.errors import BackendFailed
 from serving.jobs import tail
+from serving.store import gguf_file
 
 SLEEP_CALL_TIMEOUT_S = 120.0  # the first level-1 sleep pins the weights' host memory: seconds
 
@@ -117,8 +118,8 @@ def model_args(model_dir: Path) -> list[str]:
     """``--model``: the folder, or for a GGUF variant its ``model.gguf`` with the folder as
     tokenizer and config (vllm-gguf-plugin takes a file; the tokenizer it would rebuild from
     the GGUF metadata is slower and may differ from the base's)."""
-    gguf = model_dir / "model.gguf"
-    if gguf.is_file():
+    gguf = gguf_file(model_dir)
+    if gguf is not None:
         return ["--model", str(gguf), "--tokenizer", str(model_dir)]
     return ["--model", str(model_dir)]
 

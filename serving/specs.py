@@ -15,7 +15,7 @@ from serving.kernels import KernelChoice
 from serving.launcher import LaunchSpec, free_port, port_in_use
 from serving.manifest import Manifest
 from serving.placement import Placement, PlacementError
-from serving.store import VariantStore
+from serving.store import VariantStore, gguf_file
 from serving.swapping import takes_turns
 
 # NVLink multicast stays off in every library vLLM may reach it through: on shared hosts a
@@ -46,7 +46,7 @@ def compile_key(model_dir: Path) -> str:
     except (OSError, ValueError):
         return "unknown"
     quant = config.get("quantization_config") or {}
-    gguf = (model_dir / "model.gguf").is_file()  # config.json is the base's there
+    gguf = gguf_file(model_dir) is not None  # config.json is the base's there
     facts = {k: config.get(k) for k in SHAPE_KEYS} | {
         "quant": "gguf" if gguf else quant.get("quant_method") or quant.get("format")
     }

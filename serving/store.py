@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.manifest import Variant
+from serving.worker.gguf import GGUF_FILE
 
 REPORT = "report.json"
 TUNING = "kernel_tuning"
@@ -122,6 +123,12 @@ def discard(staging: Path) -> None:
 
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def gguf_file(model_dir: Path) -> Path | None:
+    """The GGUF file of a gguf variant's folder (whose config.json is the base's), or None."""
+    path = model_dir / GGUF_FILE
+    return path if path.is_file() else None
 
 
 def weights_size(model_dir: Path) -> int:

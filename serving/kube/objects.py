@@ -39,6 +39,7 @@ from serving.kube.settings import KubernetesSettings
 from serving.kube.volume import cache_mount, cache_volume, compile_cache_mount, shared_memory
 from serving.kube.workload import QuantizationWorkload, VariantWorkload
 from serving.manifest import KubernetesOptions
+from serving.worker.gguf import GGUF_FILE
 
 PORT = 8000
 GPU = "nvidia.com/gpu"
@@ -48,7 +49,7 @@ QUANTIZER_CONTAINER = "quantize"
 
 def vllm_args(w: VariantWorkload) -> list[str]:
     """Arguments of ``vllm serve``, the same settings the local launcher passes."""
-    model = [str(w.model_path / "model.gguf"), "--tokenizer", str(w.model_path)] if w.gguf else []
+    model = [str(w.model_path / GGUF_FILE), "--tokenizer", str(w.model_path)] if w.gguf else []
     args = [
         *(model or [str(w.model_path)]),
         "--served-model-name", *w.served_names,

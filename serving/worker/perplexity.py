@@ -24,6 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from serving.worker.corpus import paragraphs
+from serving.worker.gguf import GGUF_FILE
 from serving.worker.protocol import result
 
 
@@ -67,8 +68,7 @@ def load(model_dir: Path) -> Any:
     weights llama.cpp's kernels would compute with, in float)."""
     device = "cuda" if torch.cuda.is_available() else None
     dtype = "auto" if device else torch.float32  # bf16 matmuls are slow on CPUs without AMX
-    gguf = sorted(p.name for p in model_dir.glob("*.gguf"))
-    extra = {"gguf_file": gguf[0]} if gguf else {}
+    extra = {"gguf_file": GGUF_FILE} if (model_dir / GGUF_FILE).is_file() else {}
     model = AutoModelForCausalLM.from_pretrained(
         str(model_dir), dtype=dtype, device_map=device, **extra
     )
