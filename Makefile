@@ -48,6 +48,8 @@ LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=
 gguf: $(QUANT_VENV)/.gguf-done
 
 $(QUANT_VENV)/.gguf-done: $(QUANT_VENV)/.done requirements/gguf.txt
+	@command -v c++ >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null; }
 	mkdir -p $(GGUF_DIR)/wheels
 	$(QUANT_VENV)/bin/pip download $(PIP) --no-binary :all: -d $(GGUF_DIR) \
 		$$(grep '^llama-cpp-python==' requirements/gguf.txt)
