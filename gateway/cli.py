@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from gateway import bench_cli, quantize_cli, recommend_cli
 from serving.errors import ManifestError
 from serving.fleet import Fleet
-from serving.manifest import Manifest, load_manifest
+from serving.manifest import Manifest, Model, load_manifest
 from serving.settings import ServingSettings
 
 if TYPE_CHECKING:
@@ -75,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--model", default="auto", help="model[:variant], or auto: the first servable quantized one"
     )
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument(
+        "--port", type=int, default=8765, help="the gateway's port for the demo (default 8765)"
+    )
     demo.set_defaults(func=_demo)
     return parser
 
@@ -159,9 +161,6 @@ async def _fleet(manifest: Manifest, serving: ServingSettings) -> AsyncIterator[
 
 
 def _check(args: argparse.Namespace) -> int:
-    from serving.errors import InvalidRecipe
-    from serving.precheck import check_build
-
     manifest = load_manifest(args.manifest)
     problems = 0
     for name, model in manifest.models.items():
@@ -170,17 +169,38 @@ def _check(args: argparse.Namespace) -> int:
             for v, spec in model.variants.items()
         )
         print(f"{name}: {variants}")
-        for v, spec in model.variants.items():
-            try:
-                if spec.needs_build:
-                    check_build(model.source_path, spec)
-            except InvalidRecipe as exc:
-                problems += 1
-                print(f"  {name}:{v}: cannot be built: {exc}", file=sys.stderr)
+        problems += _check_model(name, model)
     if problems:
         return 2
     print(f"{args.manifest}: ok")
     return 0
+
+
+def _check_model(name: str, model: Model) -> int:
+    """Print what cannot be built from the model's source; the number of problems."""
+    from serving.errors import InvalidRecipe
+    from serving.precheck import check_build, check_source
+    from serving.store import REPORT
+
+    if model.source is None:
+        return 0
+    try:
+        check_source(model.origin)
+    except InvalidRecipe as exc:
+        print(f"  {name}: {exc}", file=sys.stderr)
+        return 1
+    if not model.origin.prepared_here and not (model.source_path / REPORT).is_file():
+        print(f"  {name}: source {model.source} is prepared on first use (into "
+              f"{model.source_path}); the checks that read its config.json run then")  # fmt: skip
+        return 0
+    problems = 0
+    for v, spec in model.variants.items():
+        try:
+            check_build(model.source_path, spec)
+        except InvalidRecipe as exc:
+            problems += 1
+            print(f"  {name}:{v}: cannot be built: {exc}", file=sys.stderr)
+    return problems
 
 
 def _schema(args: argparse.Namespace) -> int:

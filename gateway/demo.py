@@ -1,8 +1,11 @@
 """``quantgate demo``: the whole path once, as a user sees it.
 
-Starts ``quantgate serve`` on the manifest, asks for a quantized variant with the official
-``openai`` SDK (the first request makes the gateway quantize it and start vLLM), then streams
-a second answer, and prints the answers, the times and the gateway's metrics for the variant.
+Starts ``quantgate serve`` on the manifest and asks one question a person can judge, with the
+official ``openai`` SDK, of a quantized variant (the first request makes the gateway prepare
+the model's source, quantize the variant and start vLLM) and of the base model; prints both
+answers side by side, a streamed answer with its time to first token, how long each step took
+(source import, the variant's build, vLLM ready) and the gateway's metrics for the variant.
+Exits 1 when the quantized variant's answer lacks the expected word.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from typing import Any
 
 import httpx
 
-PROMPT = "What does the standard library's json module do?"
+PROMPT = "What is the capital of France? Answer in one word."
+EXPECTED = "Paris"
+MAX_TOKENS = 24
 
 
 def run_demo(manifest: Path, model: str, port: int) -> int:
     from openai import OpenAI
 
     base = f"http://127.0.0.1:{port}"
+    _refuse_busy_port(base, port)
     server = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", str(manifest), "--port", str(port)],
         start_new_session=True,
@@ -32,34 +38,64 @@ def run_demo(manifest: Path, model: str, port: int) -> int:
         _wait_healthy(base, server)
         model = _pick(base, model)
         client = OpenAI(base_url=base + "/v1", api_key="unused", timeout=1800, max_retries=0)
-        print(f"\n>>> {model}: {PROMPT}  (first request: builds the variant, starts vLLM)")
-        t0 = time.perf_counter()
-        reply = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": PROMPT}], max_tokens=48
-        )
-        first = time.perf_counter() - t0
-        print(f"<<< {reply.choices[0].message.content!r}")
-        print(f"    {first:.1f} s, usage {reply.usage}")
-        t1 = time.perf_counter()
-        stream = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": PROMPT}], max_tokens=48, stream=True
-        )
-        ttft, parts = None, []
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                ttft = ttft or time.perf_counter() - t1
-                parts.append(chunk.choices[0].delta.content)
-        print(f"<<< (streamed) {''.join(parts)!r}")
-        print(f"    time to first token {ttft or 0:.3f} s, total {time.perf_counter() - t1:.2f} s")
-        _print_job(base, model)
+        print(f"\n>>> {model}: {PROMPT}\n    (first request: prepares the source, builds the "
+              "variant, starts vLLM)")  # fmt: skip
+        answer = _ask(client, model)
+        base_name = _base_of(base, model)
+        answers = {model: answer}
+        if base_name is not None:
+            print(f"\n>>> {base_name}: {PROMPT}  (starts vLLM on the base weights)")
+            answers[base_name] = _ask(client, base_name)
+        _stream(client, model)
+        _print_side_by_side(answers)
+        _print_steps(base, model, base_name)
         _print_metrics(base, model)
-        return 0
+        return _verdict(model, answer)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+def _ask(client: Any, model: str) -> str:
+    t0 = time.perf_counter()
+    reply = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+    )
+    text = str(reply.choices[0].message.content or "").strip()
+    print(f"<<< {text!r}\n    {time.perf_counter() - t0:.1f} s, usage {reply.usage}")
+    return text
+
+
+def _stream(client: Any, model: str) -> None:
+    t0 = time.perf_counter()
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,
+    )
+    ttft, parts = None, []
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            ttft = ttft or time.perf_counter() - t0
+            parts.append(chunk.choices[0].delta.content)
+    print(f"\n<<< {model} (streamed) {''.join(parts).strip()!r}")
+    print(f"    time to first token {ttft or 0:.3f} s, total {time.perf_counter() - t0:.2f} s")
+
+
+def _refuse_busy_port(base: str, port: int) -> None:
+    try:
+        httpx.get(base + "/health", timeout=1)
+    except httpx.TransportError:
+        return
+    raise SystemExit(f"quantgate demo: port {port} is in use; pass --port with a free one")
 
 
 def _wait_healthy(base: str, server: subprocess.Popen[bytes]) -> None:
@@ -76,9 +112,14 @@ def _wait_healthy(base: str, server: subprocess.Popen[bytes]) -> None:
     raise SystemExit("quantgate serve did not answer /health within 60 s")
 
 
+def _cards(base: str) -> list[dict[str, Any]]:
+    cards: list[dict[str, Any]] = httpx.get(base + "/v1/models").json()["data"]
+    return cards
+
+
 def _pick(base: str, model: str) -> str:
     """``auto``: the first quantized variant this machine can serve (the default if it can)."""
-    cards: list[dict[str, Any]] = httpx.get(base + "/v1/models").json()["data"]
+    cards = _cards(base)
     if model != "auto":
         return model
     usable = [
@@ -100,18 +141,42 @@ def _pick(base: str, model: str) -> str:
     return str(usable[0]["id"])
 
 
-def _print_job(base: str, model: str) -> None:
-    variants = httpx.get(base + "/admin/variants").json()["data"]
-    for v in variants:
-        if f"{v['model']}:{v['variant']}" != model:
+def _base_of(base: str, model: str) -> str | None:
+    """The same model's base-weights variant, to compare answers with (None: it has none)."""
+    name = model.partition(":")[0]
+    for card in _cards(base):
+        q = card["quantgate"]
+        if (
+            card["id"].startswith(name + ":")
+            and q["method"] == "none"
+            and q["kernel"] != "external"
+        ):
+            return str(card["id"])
+    return None
+
+
+def _print_side_by_side(answers: dict[str, str]) -> None:
+    width = max(len(name) for name in answers)
+    print(f"\n--- {PROMPT} ---")
+    for name, text in answers.items():
+        print(f"  {name:<{width}}  {text!r}")
+
+
+def _print_steps(base: str, model: str, base_name: str | None) -> None:
+    print("\n--- how long each step took ---")
+    for v in httpx.get(base + "/admin/variants").json()["data"]:
+        if f"{v['model']}:{v['variant']}" not in (model, base_name):
             continue
-        if v["job"]:
-            job = v["job"]
-            print(f"    quantization job {job['id']}: {job['state']} in {job['duration_s']} s")
+        job = v["job"]
+        if job:
+            what = "source import" if job["variant"] == "(source)" else "quantization job"
+            print(f"  {v['model']}:{v['variant']}: {what} {job['id']}: {job['state']} "
+                  f"in {job['duration_s']} s")  # fmt: skip
         for r in v["replicas"]:
             if r["state"] == "ready" and r["ready_s"] is not None:
                 kernel = v["kernel"]["kernel"]
-                print(f"    vLLM replica {r['index']} ({kernel}) ready in {r['ready_s']} s")
+                print(f"  {v['model']}:{v['variant']}: vLLM replica {r['index']} ({kernel}) "
+                      f"ready in {r['ready_s']} s")  # fmt: skip
 
 
 def _print_metrics(base: str, model: str) -> None:
@@ -124,3 +189,11 @@ def _print_metrics(base: str, model: str) -> None:
             continue
         if all(label in line for label in wanted):
             print(line)
+
+
+def _verdict(model: str, answer: str) -> int:
+    if EXPECTED.lower() in answer.lower():
+        print(f"\n{model} answered right ({EXPECTED}).")
+        return 0
+    print(f"\n{model} answered {answer!r}: that is not {EXPECTED}.", file=sys.stderr)
+    return 1

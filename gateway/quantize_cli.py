@@ -19,10 +19,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.progress_bar import ProgressBar
-from serving.build import BuildSpec, WorkerCommand, folder_spec, run_build, tail, worker_command
+from serving.build import (
+    BuildSpec,
+    WorkerCommand,
+    folder_spec,
+    run_build,
+    source_spec,
+    tail,
+    worker_command,
+)
 from serving.errors import InvalidRecipe
 from serving.manifest import Backend, GgufType, Method, Variant
 from serving.settings import ServingSettings
+from serving.sources import ModelSource
+from serving.store import REPORT, read_report
 
 CALIBRATION_FLAGS = {
     "dataset": "dataset",
@@ -40,7 +50,21 @@ def register(sub: Any) -> None:
         help="quantize a local checkpoint into a folder: what the gateway's jobs build",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
-    p.add_argument("--model-path", type=Path, required=True, help="local checkpoint folder")
+    p.add_argument(
+        "--model-path",
+        required=True,
+        help="the base: a local checkpoint folder, a GGUF file, or hf://org/name[@revision] "
+        "(a GGUF file or Hub repository is prepared once under --cache-dir)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(".quantgate/cache"),
+        help="where a GGUF or Hub source is prepared (default .quantgate/cache)",
+    )
+    p.add_argument(
+        "--token-env", help="hf:// sources: the variable holding a Hub token (default HF_TOKEN)"
+    )
     p.add_argument("--output-dir", type=Path, required=True, help="new folder for the variant")
     offered = "|".join(m.value for m in Method if m.value != "none")
     p.add_argument(
@@ -118,31 +142,71 @@ def quantize(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return 2
+    try:
+        origin = ModelSource.parse(args.model_path, Path.cwd())
+    except ValueError as exc:
+        print(f"quantgate: --model-path {exc}", file=sys.stderr)
+        return 2
     settings = ServingSettings()
     with tempfile.TemporaryDirectory(prefix="quantgate-") as tmp:
-        try:
-            log = args.log.resolve() if args.log else Path(tmp) / "job.log"
-            spec = folder_spec(args.model_path, variant, args.output_dir, log)
-        except InvalidRecipe as exc:
-            print(f"quantgate: {exc}", file=sys.stderr)
-            return 2
+        log = args.log.resolve() if args.log else Path(tmp) / "job.log"
         command = worker_command(
             settings.quantizer_python, Path(tmp), settings.quantizer_pythonpath
         )
-        bar = ProgressBar()
         try:
-            report = asyncio.run(_build(spec, command, bar))
-        except RuntimeError as exc:
-            bar.close()
-            print(f"quantgate: {exc}\n--- log tail ---\n{tail(spec.log_path)}", file=sys.stderr)
-            return 1
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            bar.close()
-            print("quantgate: stopped; the worker was killed and nothing written", file=sys.stderr)
-            return 130
-        bar.close()
+            source, base = _prepared(origin, args, log, command)
+            spec = folder_spec(source, variant, args.output_dir, log, base)
+        except (InvalidRecipe, OSError) as exc:
+            print(f"quantgate: {exc}", file=sys.stderr)
+            return 2
+        except _BuildFailed as exc:
+            return exc.code
+        code, report = _run(spec, command, "nothing written")
+        if report is None:
+            return code
     print(summary(report))
     return 0
+
+
+class _BuildFailed(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _prepared(
+    origin: ModelSource, args: argparse.Namespace, log: Path, command: WorkerCommand
+) -> tuple[Path, dict[str, Any] | None]:
+    """The checkpoint folder to quantize and its measured base perplexity: a folder as it is,
+    a GGUF file or Hub repository prepared under ``--cache-dir`` first (once)."""
+    if origin.prepared_here:
+        return origin.checkpoint(Path()), None
+    spec = source_spec(origin, args.cache_dir.resolve(), log, "cli", args.token_env)
+    if (spec.final / REPORT).is_file():
+        print(f"source {origin}: prepared already in {spec.final}", file=sys.stderr)
+    else:
+        print(f"source {origin}: preparing into {spec.final}", file=sys.stderr)
+        code, report = _run(spec, command, "the source was not prepared")
+        if report is None:
+            raise _BuildFailed(code)
+    found = read_report(spec.final) or {}
+    return spec.final, (found.get("perplexity") or {}).get("base")
+
+
+def _run(spec: BuildSpec, command: WorkerCommand, lost: str) -> tuple[int, dict[str, Any] | None]:
+    """Run one worker with a progress bar: (0, report), or (exit code, None) after saying why."""
+    bar = ProgressBar()
+    try:
+        report = asyncio.run(_build(spec, command, bar))
+    except RuntimeError as exc:
+        bar.close()
+        print(f"quantgate: {exc}\n--- log tail ---\n{tail(spec.log_path)}", file=sys.stderr)
+        return 1, None
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        bar.close()
+        print(f"quantgate: stopped; the worker was killed and {lost}", file=sys.stderr)
+        return 130, None
+    bar.close()
+    return 0, report
 
 
 async def _build(spec: BuildSpec, command: WorkerCommand, bar: ProgressBar) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Locust users for an OpenAI-compatible API: the Quantgate gateway, or a vLLM server directly.
 
 Each user sends requests back to back, each one picked by weight from ``--mix``: chat or
-text completions, streamed or not, for ``--model`` (``tiny`` or ``tiny:<variant>``), with its
+text completions, streamed or not, for ``--model`` (``smol`` or ``smol:<variant>``), with its
 own API key. Prompts come from a local file, cut or extended to ``--prompt-words`` words.
 
 Locust entries (rows of the CSV and HTML report):
@@ -49,7 +49,7 @@ log = logging.getLogger("quantgate.loadtest")
 
 @events.init_command_line_parser.add_listener
 def add_options(parser: Any) -> None:
-    parser.add_argument("--model", default="tiny", help="model name: tiny or tiny:<variant>")
+    parser.add_argument("--model", default="smol", help="model name: smol or smol:<variant>")
     parser.add_argument(
         "--mix", default=DEFAULT_MIX, help=f"kind=weight,...; kinds: {', '.join(KINDS)}"
     )

@@ -6,7 +6,7 @@
 #     --duration    run time, e.g. 60s, 5m (default 60s); running requests then get up to 120 s to finish
 #     --out         report folder (default loadtests/reports/<UTC time>): report.html, stats_*.csv, locust.log
 #     other args go to Locust and to loadtests/locustfile.py, whose options are:
-#       --model tiny|tiny:<variant>   --mix chat-stream=3,chat=1,completion-stream=1,completion=1
+#       --model smol|smol:<variant>   --mix chat-stream=3,chat=1,completion-stream=1,completion=1
 #       --prompts-file FILE   --prompt-words N (32; 0: lines as they are)   --max-tokens N (32)
 #       --allow-eos (default: ignore_eos)   --api-keys-file FILE   --request-timeout S (600)
 #       --warmup-timeout S (900; 0: no warm-up request)

@@ -18,7 +18,7 @@ Writes ``saturation.md`` (table), ``saturation.json`` and ``saturation.png`` (la
 throughput vs users) into ``--out``, and each step's Locust report in a folder of its own.
 
   .venv-load/bin/python loadtests/saturation.py [--host URL] [--users 1,2,4,8,16] [--step 40s]
-                                                 [--model tiny:gptq-w4a8] [--direct] [--out DIR]
+                                                 [--model smol:w8a8] [--direct] [--out DIR]
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def user_counts(text: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default=os.environ.get("QUANTGATE_URL", "http://127.0.0.1:8000"))
-    parser.add_argument("--model", default="tiny:gptq-w4a8")
+    parser.add_argument("--model", default="smol:w8a8")
     parser.add_argument("--users", type=user_counts, default=[1, 2, 4, 8, 16])
     parser.add_argument("--step", default="30s", help="Locust run time of each step")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if ":" not in args.model:
-        parser.error("--model: name the variant, e.g. tiny:gptq-w4a8 (metrics are per variant)")
+        parser.error("--model: name the variant, e.g. smol:w8a8 (metrics are per variant)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     warm = requests.post(

@@ -85,7 +85,8 @@ async def _build(fleet: Fleet, model: str, name: str) -> None:
 def _read_report(fleet: Fleet, model: str, name: str, row: BenchRow) -> None:
     info = fleet.describe(model, name)
     report = info["report"]
-    source = fleet.manifest.models[model].source
+    spec = fleet.manifest.models[model]
+    source = spec.source_path if spec.source is not None else None
     if report is None and source is not None:  # the base weights, or FP8 (quantized at load)
         row.size_bytes = dir_size(source)
         base = fleet.jobs.base_perplexity(source) if info["method"] == "none" else None

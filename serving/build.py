@@ -23,13 +23,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from serving.errors import InvalidRecipe
-from serving.manifest import Variant, writes_weights
+from serving.manifest import Variant, recipe_hash, writes_weights
 from serving.precheck import check_build
+from serving.sources import SOURCES_DIR, ModelSource, SourceKind
 from serving.store import commit, dir_size, discard
 from serving.worker import protocol
 
 WORKER_PACKAGE = Path(__file__).resolve().parent
 EVAL_CONTEXT, EVAL_STRIDE = 256, 128  # held-out perplexity: window and stride, in tokens
+# What the held-out measure reads (serving.worker.perplexity); part of the key under which a
+# base's perplexity is kept, so a change of texts measures the base again.
+EVAL_TEXTS = "docs:4096+prose+chat+code/1"
 
 WorkerCommand = Callable[[Path], Sequence[str]]
 OnProgress = Callable[[dict[str, Any]], None]
@@ -38,7 +42,7 @@ RemoteWorker = Callable[["BuildSpec", OnProgress], Awaitable[dict[str, Any] | No
 
 @dataclass(frozen=True)
 class BuildSpec:
-    source: Path
+    source: Path | str  # a checkpoint folder; for a source's job, the GGUF file or hf:// name
     recipe: dict[str, Any]
     recipe_hash: str
     staging: Path
@@ -46,6 +50,7 @@ class BuildSpec:
     log_path: Path
     base_perplexity: dict[str, Any] | None = None  # known already: the worker skips the base
     labels: dict[str, str | None] | None = None  # model, variant, job_id for the report
+    keep_staging: bool = False  # on failure (a download resumes from what it holds)
 
     def worker_spec(self) -> dict[str, Any]:
         evaluate = {"context": EVAL_CONTEXT, "stride": EVAL_STRIDE}
@@ -110,7 +115,8 @@ async def run_build(
         report = make_report(spec, result, started)
         commit(spec.staging, spec.final, report)
     except BaseException:
-        discard(spec.staging)
+        if not spec.keep_staging:
+            discard(spec.staging)
         raise
     return report
 
@@ -178,9 +184,8 @@ def make_report(spec: BuildSpec, result: dict[str, Any], started: float) -> dict
     ppl = result.pop("perplexity", None) or {}
     base = ppl.get("base") or spec.base_perplexity
     variant = ppl.get("variant")
-    increase = None
-    if base and variant:
-        increase = round(variant["perplexity"] / base["perplexity"] - 1, 6)
+    by_domain = increases(base, variant)
+    increase = max(by_domain.values()) if by_domain else None
     return {
         **(spec.labels or {}),
         "source": str(spec.source),
@@ -191,11 +196,35 @@ def make_report(spec: BuildSpec, result: dict[str, Any], started: float) -> dict
         "build_s": round(time.time() - started, 2),
         "path": str(spec.final),
         # measured at load (bitsandbytes): vLLM reads the base's files, the folder has the report
-        "size_bytes": dir_size(spec.staging if writes_weights(spec.recipe) else spec.source),
-        "source_size_bytes": dir_size(spec.source),
-        "perplexity": {"base": base, "variant": variant, "increase": increase},
+        "size_bytes": _size(spec.staging if writes_weights(spec.recipe) else spec.source),
+        "source_size_bytes": _size(spec.source),
+        "perplexity": {
+            "base": base,
+            "variant": variant,
+            "increase": increase,  # the worst domain's: what the quality gate reads
+            "increase_by_domain": by_domain,
+        },
         "quantizer": result,
     }
+
+
+def increases(base: dict[str, Any] | None, variant: dict[str, Any] | None) -> dict[str, float]:
+    """The variant's perplexity increase over the base's, per evaluation domain (one entry,
+    ``all``, for measures made before there were domains)."""
+    if not base or not variant:
+        return {}
+    pairs = {"all": (base, variant)}
+    if "domains" in base and "domains" in variant:
+        common = [d for d in base["domains"] if d in variant["domains"]]
+        pairs = {d: (base["domains"][d], variant["domains"][d]) for d in common}
+    return {d: round(v["perplexity"] / b["perplexity"] - 1, 6) for d, (b, v) in pairs.items()}
+
+
+def _size(path: Path | str) -> int | None:
+    """Bytes of a folder or a file; None for a Hub repository (measured once downloaded)."""
+    if isinstance(path, str):
+        return None
+    return path.stat().st_size if path.is_file() else dir_size(path)
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -211,7 +240,13 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def folder_spec(source: Path, variant: Variant, output: Path, log_path: Path) -> BuildSpec:
+def folder_spec(
+    source: Path,
+    variant: Variant,
+    output: Path,
+    log_path: Path,
+    base_perplexity: dict[str, Any] | None = None,
+) -> BuildSpec:
     """``quantgate quantize``: the same build as a job's, into ``output`` instead of the cache.
 
     Raises InvalidRecipe before any work when the recipe cannot be built from ``source``."""
@@ -230,5 +265,37 @@ def folder_spec(source: Path, variant: Variant, output: Path, log_path: Path) ->
         staging=staging,
         final=output.resolve(),
         log_path=log_path,
+        base_perplexity=base_perplexity,
         labels={"model": source.name, "variant": None, "job_id": None},
+    )
+
+
+def source_spec(
+    origin: ModelSource,
+    cache_dir: Path,
+    log_path: Path,
+    job_id: str,
+    token_env: str | None = None,
+    model: str | None = None,
+) -> BuildSpec:
+    """Preparing a GGUF or Hub source into ``<cache>/.sources/``: a staging folder per job,
+    or (a Hub download) one per source that outlives a failed job, so the next one resumes.
+
+    Raises OSError when a GGUF file cannot be read (its hash names the folder)."""
+    final, hub = origin.checkpoint(cache_dir), origin.kind is SourceKind.HUB
+    root = cache_dir / SOURCES_DIR
+    staging = (
+        root / ".partial" / final.name if hub else root / ".staging" / f"{final.name}-{job_id}"
+    )
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    recipe = origin.recipe(token_env)
+    return BuildSpec(
+        source=origin.path or str(origin),  # a GGUF file, or hf://org/name
+        recipe=recipe,
+        recipe_hash=recipe_hash(recipe),
+        staging=staging,
+        final=final,
+        log_path=log_path,
+        labels={"model": model, "variant": None, "job_id": job_id},
+        keep_staging=hub,
     )

@@ -193,7 +193,7 @@ class Fleet:
             return VariantState.ASLEEP
         if slot.pool.running or (model_name, name) in self._tuning.active:
             return VariantState.STARTING
-        if self.jobs.active(model_name, model.variants[name]):
+        if self.jobs.active(model_name, model.variants[name]) or self._preparing(model_name):
             return VariantState.BUILDING
         return VariantState.BUILT if self._built(model_name, model, name) else VariantState.MISSING
 
@@ -202,6 +202,8 @@ class Fleet:
         variant = model.variants[name]
         slot = self._slots[(model_name, name)]
         last = self.jobs.last(model_name, variant)
+        if last is None and variant.upstream is None:  # the base: the source's import or download
+            last = self.jobs.source_job(model)
         kernel = self.kernel(model_name, name)
         error = (None if kernel.supported else kernel.reason) or self._over_budget(model_name, name)
         return {
@@ -231,9 +233,17 @@ class Fleet:
 
     def _built(self, model_name: str, model: Model, name: str) -> bool:
         variant = model.variants[name]
-        if variant.upstream is not None or not variant.needs_job:
+        if variant.upstream is not None:
             return True
+        if not variant.needs_job:  # served from the source: imported or downloaded yet?
+            return self.jobs.source_ready(model)
         return self._store.is_built(model_name, variant)
+
+    def _preparing(self, model_name: str) -> bool:
+        """Whether the model's source is being imported or downloaded now."""
+        model = self.manifest.models[model_name]
+        job = None if self.jobs.source_ready(model) else self.jobs.source_job(model)
+        return job is not None and not job.done.is_set()
 
     def _over_budget(self, model_name: str, name: str) -> str | None:
         """Why the quality gate refuses the built variant, or None (also: not built yet)."""
@@ -384,7 +394,14 @@ class Fleet:
                 return
             await self._check_packages(model_name, name)
             if not self._built(model_name, model, name):
-                await self.jobs.submit(model_name, model, name).wait()
+                variant = model.variants[name]
+                job = (
+                    self.jobs.submit(model_name, model, name)
+                    if variant.needs_job
+                    else self.jobs.prepare_source(model_name, model)
+                )
+                if job is not None:
+                    await job.wait()
             self._check_servable(model_name, name)
             at_load = model.variants[name].serve_quantization  # fp8, bnb: quantized at load
             slot.kernel = kernels.choose(

@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -33,18 +34,22 @@ from typing import Any
 from serving.build import (
     EVAL_CONTEXT,
     EVAL_STRIDE,
+    EVAL_TEXTS,
     BuildSpec,
     OnProgress,
     WorkerCommand,
     kill_group,
     run_build,
+    source_spec,
 )
 from serving.build import tail as tail  # re-exported: the launcher and admin routes use it
 from serving.errors import InvalidRecipe, JobFailed
-from serving.manifest import Model, Variant
-from serving.precheck import check_build
+from serving.manifest import Model, Variant, recipe_hash
+from serving.precheck import check_build, check_source
 from serving.quality import PerplexityCache
-from serving.store import VariantStore, discard
+from serving.store import REPORT, VariantStore, discard
+
+log = logging.getLogger(__name__)
 
 # Runs a job's worker somewhere else (a Kubernetes Job): (job, model, spec, on_progress) -> result
 RemoteRun = Callable[["Job", Model, BuildSpec, OnProgress], Awaitable[dict[str, Any] | None]]
@@ -60,6 +65,8 @@ class JobState(StrEnum):
 
 
 UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
+SOURCE = "(source)"  # the variant label of a job that imports or downloads a model's source
+SOURCE_KEY = ""  # source jobs are keyed by the source alone, not by the model naming it
 
 
 @dataclass
@@ -84,7 +91,8 @@ class Job:
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.model, self.recipe_hash)
+        """What one job builds: a model's recipe, or a source (shared by the models naming it)."""
+        return (SOURCE_KEY if self.variant == SOURCE else self.model, self.recipe_hash)
 
     @property
     def duration_s(self) -> float | None:
@@ -144,9 +152,13 @@ class Job:
     async def wait(self) -> Job:
         await self.done.wait()
         if self.state is not JobState.SUCCEEDED:
+            what = (
+                f"preparing the source of {self.model}"
+                if self.variant == SOURCE
+                else f"quantization of {self.model}:{self.variant}"
+            )
             raise JobFailed(
-                f"quantization of {self.model}:{self.variant} {self.state.value}: {self.error}",
-                log_tail=tail(self.log_path),
+                f"{what} {self.state.value}: {self.error}", log_tail=tail(self.log_path)
             )
         return self
 
@@ -163,7 +175,9 @@ class JobRunner:
         self._command = command
         self._remote = remote
         self._slots = asyncio.Semaphore(max_concurrent)
-        self._perplexity = PerplexityCache(store.perplexity_dir(), EVAL_CONTEXT, EVAL_STRIDE)
+        self._perplexity = PerplexityCache(
+            store.perplexity_dir(), f"{EVAL_CONTEXT}|{EVAL_STRIDE}|{EVAL_TEXTS}"
+        )
         self._active: dict[tuple[str, str], Job] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = False
@@ -184,33 +198,82 @@ class JobRunner:
         matching = [j for j in self._jobs.values() if j.key == key]
         return max(matching, key=lambda j: j.created_at) if matching else None
 
+    def source_job(self, model: Model) -> Job | None:
+        """The latest job preparing the model's source (running or ended), if any."""
+        if model.origin.prepared_here:
+            return None
+        try:
+            key = (SOURCE_KEY, recipe_hash(model.origin.recipe(model.source_token_env)))
+        except OSError:
+            key = (SOURCE_KEY, "missing")
+        matching = [j for j in self._jobs.values() if j.key == key]
+        return max(matching, key=lambda j: j.created_at) if matching else None
+
     def base_perplexity(self, source: Path) -> dict[str, Any] | None:
         """The held-out perplexity of a source checkpoint, if a build measured it."""
         return self._perplexity.get(source)
 
+    def source_ready(self, model: Model) -> bool:
+        """Whether the model's checkpoint folder is there: a local folder, or a GGUF file or
+        Hub repository prepared already (its folder holds ``report.json``)."""
+        if model.origin.prepared_here:
+            return True
+        try:
+            return (model.source_path / REPORT).is_file()
+        except OSError:  # a GGUF file that cannot be read: its job says so
+            return False
+
     # -- submitting and cancelling ---------------------------------------------------------
     def submit(self, model_name: str, model: Model, name: str) -> Job:
-        """Start building a variant, or return the job already building its recipe."""
+        """Start building a variant, or return the job already building its recipe. A source
+        not prepared yet is prepared first (``prepare_source``), by a job of its own."""
         variant = model.variants[name]
         key = (model_name, variant.recipe_hash())
         if key in self._active:
             return self._active[key]
-        job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
-        log_path = self._store.job_dir(job_id) / "job.log"
-        job = Job(job_id, model_name, name, key[1], variant.recipe(), log_path)
-        self._jobs[job_id] = job
+        job = self._new_job(model_name, name, key[1], variant.recipe())
         try:
-            check_build(model.source_path, variant)
+            if self.source_ready(model):
+                check_build(model.source_path, variant)
         except InvalidRecipe as exc:
             job.stage, job.error = "precheck", str(exc)
             self._finish(job, JobState.FAILED)
             return job
-        self._active[key] = job
-        self._save(job)
-        task = asyncio.create_task(self._run(job, model, variant), name=f"job-{job_id}")
-        self._tasks[job_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        self._start(job, self._build(job, model, variant))
         return job
+
+    def prepare_source(self, model_name: str, model: Model) -> Job | None:
+        """The job importing the model's GGUF file or downloading its Hub repository, started
+        if none runs; None when the source is ready."""
+        if self.source_ready(model):
+            return None
+        try:
+            check_source(model.origin)
+            recipe = model.origin.recipe(model.source_token_env)
+        except (InvalidRecipe, OSError) as exc:  # no GGUF file there, or not a GGUF file
+            job = self._new_job(model_name, SOURCE, "missing", {"source": model.source})
+            job.stage, job.error = "precheck", str(exc)
+            self._finish(job, JobState.FAILED)
+            return job
+        key = (SOURCE_KEY, recipe_hash(recipe))
+        if key in self._active:
+            return self._active[key]
+        job = self._new_job(model_name, SOURCE, key[1], recipe)
+        self._start(job, self._prepare(job, model))
+        return job
+
+    def _new_job(self, model: str, variant: str, hash_: str, recipe: dict[str, Any]) -> Job:
+        job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+        job = Job(job_id, model, variant, hash_, recipe, self._store.job_dir(job_id) / "job.log")
+        self._jobs[job_id] = job
+        return job
+
+    def _start(self, job: Job, work: Coroutine[Any, Any, None]) -> None:
+        self._active[job.key] = job
+        self._save(job)
+        task = asyncio.create_task(self._lifecycle(job, work), name=f"job-{job.id}")
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
 
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a queued or running job (its worker is killed); None if there is no such job."""
@@ -222,8 +285,33 @@ class JobRunner:
         return job
 
     # -- running ---------------------------------------------------------------------------
-    async def _run(self, job: Job, model: Model, variant: Variant) -> None:
-        state, base = JobState.FAILED, self._perplexity.get(model.source_path)
+    async def _lifecycle(self, job: Job, work: Coroutine[Any, Any, None]) -> None:
+        """Run the job's work and record how it ended."""
+        state = JobState.FAILED
+        log.info("job %s queued: %s (%s)", job.id, _title(job), job.recipe.get("method"))
+        try:
+            await work
+            state = JobState.SUCCEEDED
+        except asyncio.CancelledError:
+            state = JobState.INTERRUPTED if self._closing else JobState.CANCELLED
+            job.error = "the gateway stopped" if self._closing else "cancelled"
+            raise
+        except Exception as exc:
+            job.error = str(exc)
+        finally:
+            self._finish(job, state)
+            level = logging.INFO if state is JobState.SUCCEEDED else logging.WARNING
+            log.log(level, "job %s %s: %s after %s s%s", job.id, state.value, _title(job),
+                    job.duration_s, f": {job.error}" if job.error else "")  # fmt: skip
+
+    async def _build(self, job: Job, model: Model, variant: Variant) -> None:
+        source = self.prepare_source(job.model, model)
+        if source is not None:
+            job.stage = "source"
+            self._save(job)
+            await source.wait()
+            check_build(model.source_path, variant)
+        base = self._perplexity.get(model.source_path)
         spec = BuildSpec(
             source=model.source_path,
             recipe=job.recipe,
@@ -234,32 +322,42 @@ class JobRunner:
             base_perplexity=base,
             labels={"model": job.model, "variant": job.variant, "job_id": job.id},
         )
-        try:
-            async with self._slots:
-                job.state, job.started_at, job.stage = JobState.RUNNING, time.time(), "starting"
-                self._save(job)
-                remote = partial(self._remote, job, model) if self._remote else None
-                report = await run_build(
-                    spec,
-                    self._command,
-                    partial(self._on_progress, job),
-                    partial(self._on_pid, job),
-                    remote,
-                )
-            if base is None and report["perplexity"]["base"]:
-                self._perplexity.put(model.source_path, report["perplexity"]["base"])
-            job.output, state = spec.final, JobState.SUCCEEDED
-        except asyncio.CancelledError:
-            state = JobState.INTERRUPTED if self._closing else JobState.CANCELLED
-            job.error = "the gateway stopped" if self._closing else "cancelled"
-            raise
-        except Exception as exc:
-            job.error = str(exc)
-        finally:
-            self._finish(job, state)
+        report = await self._execute(job, spec, model)
+        if base is None and report["perplexity"]["base"]:
+            self._perplexity.put(model.source_path, report["perplexity"]["base"])
+        job.output = spec.final
+
+    async def _prepare(self, job: Job, model: Model) -> None:
+        spec = source_spec(
+            model.origin, self._store.root, job.log_path, job.id, model.source_token_env, job.model
+        )
+        report = await self._execute(job, spec, model, remote=False)
+        if report["perplexity"]["base"]:
+            self._perplexity.put(spec.final, report["perplexity"]["base"])
+        job.output = spec.final
+
+    async def _execute(
+        self, job: Job, spec: BuildSpec, model: Model, remote: bool = True
+    ) -> dict[str, Any]:
+        """Run the worker for ``spec`` once a job slot is free; return the report."""
+        async with self._slots:
+            job.state, job.started_at, job.stage = JobState.RUNNING, time.time(), "starting"
+            self._save(job)
+            log.info("job %s running: %s", job.id, _title(job))
+            elsewhere = partial(self._remote, job, model) if self._remote and remote else None
+            return await run_build(
+                spec,
+                self._command,
+                partial(self._on_progress, job),
+                partial(self._on_pid, job),
+                elsewhere,
+            )
 
     def _on_progress(self, job: Job, event: dict[str, Any]) -> None:
+        stage = job.stage
         job.on_progress(event)
+        if job.stage != stage:
+            log.info("job %s: %s: %s", job.id, _title(job), job.stage)
         self._save(job)
 
     def _on_pid(self, job: Job, pid: int) -> None:
@@ -304,6 +402,12 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _title(job: Job) -> str:
+    if job.variant == SOURCE:
+        return f"the source of {job.model}"
+    return f"{job.model}:{job.variant}"
 
 
 def _kill_orphan(pid: int, job_dir: Path) -> None:

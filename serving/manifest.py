@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -25,6 +26,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from serving.errors import ManifestError, ManifestIssue
+from serving.sources import ModelSource
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -307,12 +309,13 @@ class Variant(Strict):
                 "gguf_type": self.ggml_type.value,
                 "bits": self.weight_bits,
             }
+        per_channel = self.method is Method.W8A8 or self.scheme == "W8A8"
         recipe: dict[str, Any] = {
             "method": self.method.value,
             "backend": (self.backend or Backend.LLMCOMPRESSOR).value,
             "bits": self.weight_bits,
             "activation_bits": self.act_bits,
-            "group_size": self.group_size or (-1 if self.method is Method.W8A8 else 128),
+            "group_size": self.group_size or (-1 if per_channel else 128),
             "symmetric": self.symmetric
             if self.symmetric is not None
             else self.method is not Method.AWQ,
@@ -435,10 +438,17 @@ def _activation_problems(v: Variant) -> list[str]:
         return []
     if v.activation_bits != 8:
         return []
-    if v.method not in (Method.GPTQ, Method.RTN) or v.weight_bits != 4:
-        return ["activation_bits 8 is W4A8: method 'gptq' or 'rtn' with bits 4 (or use 'w8a8')"]
+    if v.method not in (Method.GPTQ, Method.RTN) or v.weight_bits not in (4, 8):
+        return [
+            "activation_bits 8 is W4A8 or W8A8: method 'gptq' or 'rtn' with bits 4 or 8 "
+            "(or method 'w8a8': SmoothQuant + GPTQ)"
+        ]
     if v.symmetric is False:
-        return ["W4A8 (activation_bits 8) needs symmetric weights: vLLM's kernel takes int4 only"]
+        return [f"{v.scheme} (activation_bits 8) needs symmetric weights: vLLM's int8 activation "
+                "kernels take symmetric weights only"]  # fmt: skip
+    if v.weight_bits == 8 and v.group_size not in (None, -1):
+        return ["W8A8 (bits 8, activation_bits 8) is per channel: vLLM's int8 kernel takes no "
+                "groups; drop group_size or set -1"]  # fmt: skip
     return []
 
 
@@ -601,8 +611,16 @@ class KubernetesOptions(Strict):
 
 
 class Model(Strict):
-    source: Path | None = Field(
-        None, description="Local folder of the base checkpoint (Hugging Face layout)."
+    source: str | None = Field(
+        None,
+        description="The base checkpoint: a local Hugging Face folder, a GGUF file (imported "
+        "once into the cache), or hf://org/name[@revision] (downloaded once into the cache).",
+    )
+    source_token_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="hf:// sources: the environment variable holding a Hub token (default "
+        "HF_TOKEN)",
     )
     default_variant: Name
     variants: dict[Name, Variant]
@@ -611,20 +629,48 @@ class Model(Strict):
     routing: Routing = Routing()
     kubernetes: KubernetesOptions = KubernetesOptions()
 
-    _source = field_validator("source")(_resolve)
+    _origin: ModelSource | None = PrivateAttr(None)
+    _cache_dir: Path | None = PrivateAttr(None)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _parse_source(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str | Path):
+            return value  # None, or a type error pydantic names
+        base = (info.context or {}).get("base_dir")
+        return str(ModelSource.parse(str(value), Path(base) if base else None))
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._origin = ModelSource.parse(self.source) if self.source is not None else None
+
+    @property
+    def origin(self) -> ModelSource:
+        """The parsed source; only variants with an upstream may do without one."""
+        if self._origin is None:
+            raise ValueError("this model has no source: its variants are upstreams")
+        return self._origin
 
     @property
     def source_path(self) -> Path:
-        """The checkpoint folder; only variants with an upstream may do without one."""
-        if self.source is None:
-            raise ValueError("this model has no source: its variants are upstreams")
-        return self.source
+        """The checkpoint folder the quantizer and vLLM read: the source itself, or where a
+        GGUF file or Hub repository is prepared under the manifest's cache."""
+        if self.origin.prepared_here:
+            return self.origin.checkpoint(Path())
+        if self._cache_dir is None:
+            raise ValueError("a GGUF or Hub source is prepared under a manifest's cache_dir")
+        return self.origin.checkpoint(self._cache_dir)
+
+    def bind_cache(self, cache_dir: Path) -> None:
+        """Where GGUF and Hub sources are prepared (the manifest's ``cache_dir``)."""
+        self._cache_dir = cache_dir
 
     @model_validator(mode="after")
     def _check_default(self) -> Self:
         local = [name for name, v in self.variants.items() if v.upstream is None]
         if self.source is None and local:
             raise ValueError(f"source is required: variants {', '.join(local)} are served locally")
+        if self.source_token_env and not (self.source or "").startswith("hf://"):
+            raise ValueError("source_token_env is for hf:// sources")
         if self.default_variant not in self.variants:
             known = ", ".join(sorted(self.variants))
             raise ValueError(f"default_variant {self.default_variant!r} is not a variant ({known})")
@@ -716,6 +762,12 @@ class Manifest(Strict):
         return self
 
     _cache_dir = field_validator("cache_dir")(_resolve)
+
+    @model_validator(mode="after")
+    def _bind_sources(self) -> Self:
+        for model in self.models.values():
+            model.bind_cache(self.cache_dir)
+        return self
 
     @model_validator(mode="after")
     def _check_key_models(self) -> Self:

@@ -16,7 +16,9 @@ from typing import Any
 
 from serving.errors import InvalidRecipe
 from serving.manifest import Calibration, Method, Variant
+from serving.sources import ModelSource, SourceKind
 
+GGUF_MAGIC = b"GGUF"
 DATASETS_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
@@ -38,6 +40,21 @@ def check_build(source: Path, variant: Variant) -> None:
     _check_group_size(config, recipe["group_size"], recipe["ignore"])
     if "calibration" in recipe:
         check_dataset(variant.calibration or Calibration())
+
+
+def check_source(origin: ModelSource) -> None:
+    """Raise InvalidRecipe when a source cannot be prepared as it stands: a GGUF file that is
+    missing or is no GGUF file. (A Hub repository is only known once asked for.)"""
+    if origin.kind is not SourceKind.GGUF:
+        return
+    assert origin.path is not None
+    try:
+        with origin.path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise InvalidRecipe(f"GGUF source {origin.path}: {exc.strerror or exc}") from None
+    if magic != GGUF_MAGIC:
+        raise InvalidRecipe(f"GGUF source {origin.path} is not a GGUF file (starts {magic!r})")
 
 
 def _config(source: Path) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 A build measures the variant's perplexity and, once per source checkpoint, the base's; the base
 value is kept under ``<cache>/.perplexity/`` keyed by a fingerprint of the source's files and
 the evaluation settings, so later builds of the same model skip it. ``over_budget`` reads a
-variant's report against its ``max_ppl_increase``.
+variant's report against its ``max_ppl_increase``: the worst evaluation domain's increase.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any
 from serving.manifest import Variant
 
 
-def fingerprint(source: Path, context: int, stride: int) -> str:
-    """Changes when any file of the checkpoint changes (name, size or mtime), or the settings."""
-    h = hashlib.sha256(f"{source.resolve()}|{context}|{stride}".encode())
+def fingerprint(source: Path, settings: str) -> str:
+    """Changes when any file of the checkpoint changes (name, size or mtime), or the settings
+    (window, stride, evaluation texts)."""
+    h = hashlib.sha256(f"{source.resolve()}|{settings}".encode())
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         stat = path.stat()
         h.update(f"{path.relative_to(source)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -28,12 +29,12 @@ def fingerprint(source: Path, context: int, stride: int) -> str:
 class PerplexityCache:
     """Base perplexities by source fingerprint, one small JSON file each."""
 
-    def __init__(self, root: Path, context: int, stride: int) -> None:
+    def __init__(self, root: Path, settings: str) -> None:
         self.root = root
-        self._settings = (context, stride)
+        self._settings = settings
 
     def _path(self, source: Path) -> Path:
-        return self.root / f"{fingerprint(source, *self._settings)}.json"
+        return self.root / f"{fingerprint(source, self._settings)}.json"
 
     def get(self, source: Path) -> dict[str, Any] | None:
         try:
@@ -60,9 +61,17 @@ def over_budget(variant: Variant, report: dict[str, Any] | None) -> str | None:
     if increase is None:
         return f"no perplexity was measured for it, and its budget is +{budget:.1%}"
     if increase > budget:
-        base, found = ppl["base"]["perplexity"], ppl["variant"]["perplexity"]
+        by_domain: dict[str, float] = ppl.get("increase_by_domain") or {}
+        worst = max(by_domain, key=by_domain.__getitem__) if by_domain else "all"
+        base, found = _domain(ppl["base"], worst), _domain(ppl["variant"], worst)
+        where = "" if worst == "all" else f" on {worst}"
         return (
-            f"held-out perplexity {found:.2f} is {increase:+.1%} over the base's {base:.2f}, "
-            f"beyond its budget of +{budget:.1%} (max_ppl_increase)"
+            f"held-out perplexity{where} {found:.2f} is {increase:+.1%} over the base's "
+            f"{base:.2f}, beyond its budget of +{budget:.1%} (max_ppl_increase)"
         )
     return None
+
+
+def _domain(measured: dict[str, Any], domain: str) -> float:
+    found: float = (measured.get("domains") or {}).get(domain, measured)["perplexity"]
+    return found

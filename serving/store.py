@@ -3,6 +3,8 @@
     <cache>/<model>/<method>-<recipe hash>/      a built variant: weights, tokenizer, report.json
     <cache>/<model>/.staging/<...>-<job id>/     a build in progress (removed if it fails)
     <cache>/.jobs/<job id>/                      spec.json, job.log, state.json of each job
+    <cache>/.sources/<gguf-sha | hf-org--name--rev>/  a prepared GGUF or Hub source (report.json)
+    <cache>/.sources/.staging/, .partial/        a source being imported, a download to resume
     <cache>/.perplexity/                         base models' held-out perplexity, measured once
     <cache>/.logs/                               vLLM logs, one per replica
     <cache>/.vllm-cache/<shape-method>/          vLLM's compile cache, per model shape and method

@@ -90,7 +90,8 @@ def test_the_reports_measure_quality_and_size(built: dict[str, Path]) -> None:
     q8, q4 = report(built["q8_0"]), report(built["q4_k_m"])
     for r in (q8, q4):
         ppl = r["perplexity"]
-        assert ppl["variant"]["tokens"] == ppl["base"]["tokens"] > 10_000
+        assert ppl["variant"]["tokens"] == ppl["base"]["tokens"] > 5_000
+        assert set(ppl["increase_by_domain"]) == {"docs", "prose", "chat", "code"}
         assert r["quantizer"]["libraries"]["llama-cpp-python"] == "0.3.36"
         assert r["quantizer"]["convert_s"] > 0 and r["quantizer"]["quantize_s"] > 0
     assert abs(q8["perplexity"]["increase"]) < 0.005, q8["perplexity"]
@@ -108,3 +109,86 @@ def test_a_missing_converter_or_library_names_what_to_install(tmp_path: Path) ->
     run = quantize(tmp_path / "b", env={"QUANTGATE_QUANTIZER_PYTHON": vllm_python})
     assert run.returncode == 1 and "missing llama_cpp (ModuleNotFoundError" in run.stderr
     assert "pip install 'llama-cpp-python==0.3.36'" in run.stderr
+
+
+# -- a GGUF file as a model's source -------------------------------------------------------
+
+CORRUPT = """\
+import shutil, sys, gguf
+shutil.copy(sys.argv[1], sys.argv[2])
+reader = gguf.GGUFReader(sys.argv[2])
+with open(sys.argv[2], "r+b") as f:  # every tensor's bytes to zero: a model that knows nothing
+    for t in reader.tensors:
+        f.seek(t.data_offset)
+        f.write(bytes(t.n_bytes))
+"""
+UNKNOWN_ARCH = """\
+import sys, numpy, gguf
+w = gguf.GGUFWriter(sys.argv[1], "nosucharch")
+w.add_tensor("token_embd.weight", numpy.zeros((8, 4), dtype=numpy.float32))
+w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+"""
+
+
+def import_source(gguf_file: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """``quantgate quantize`` from a GGUF source: import it into ``tmp/cache``, then RTN W8."""
+    args = ["--model-path", str(gguf_file), "--cache-dir", str(tmp / "cache"),
+            "--output-dir", str(tmp / "rtn"), "--method", "rtn", "--bits", "8"]  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "quantize", *args],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+
+
+def prepared(tmp: Path) -> list[str]:
+    """What the cache's sources folder holds (a failed import must leave nothing)."""
+    root = tmp / "cache" / ".sources"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def test_a_gguf_file_is_imported_once_as_a_source(built: dict[str, Path], tmp_path: Path) -> None:
+    run = import_source(built["q8_0"] / "model.gguf", tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (source,) = (tmp_path / "cache" / ".sources").glob("gguf-*")
+    imported = report(source)
+    assert imported["recipe"]["method"] == "import-gguf" and imported["build_s"] > 0
+    assert imported["source_size_bytes"] == (built["q8_0"] / "model.gguf").stat().st_size
+    # the base is the dequantized Q8_0 file: its perplexity is the Q8_0 variant's own
+    base = imported["perplexity"]["base"]["perplexity"]
+    assert base == pytest.approx(report(built["q8_0"])["perplexity"]["variant"]["perplexity"], 1e-3)
+    assert (source / "model.safetensors").is_file() and (source / "tokenizer.json").is_file()
+    variant = report(tmp_path / "rtn")
+    assert variant["source"] == str(source) and variant["perplexity"]["base"]["perplexity"] == base
+    rerun = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "quantize", "--model-path",
+         str(built["q8_0"] / "model.gguf"), "--cache-dir", str(tmp_path / "cache"),
+         "--output-dir", str(tmp_path / "rtn2"), "--method", "rtn", "--bits", "8"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert rerun.returncode == 0 and "prepared already" in rerun.stderr  # imported once
+
+
+@pytest.mark.parametrize("damage", ["truncated", "unknown-architecture", "zeroed"])
+def test_a_bad_gguf_is_refused_with_the_reason_and_leaves_nothing(
+    built: dict[str, Path], tmp_path: Path, damage: str
+) -> None:
+    good, bad = built["q8_0"] / "model.gguf", tmp_path / f"{damage}.gguf"
+    if damage == "truncated":
+        bad.write_bytes(good.read_bytes()[:200_000])
+    else:
+        script, args = (UNKNOWN_ARCH, [bad]) if damage == "unknown-architecture" else (
+            CORRUPT, [good, bad]
+        )  # fmt: skip
+        made = subprocess.run([str(QUANT_PYTHON), "-c", script, *map(str, args)], text=True,
+                              capture_output=True)  # fmt: skip
+        assert made.returncode == 0, made.stderr[-2000:]
+    run = import_source(bad, tmp_path)
+    assert run.returncode == 1, run.stderr[-3000:]
+    expected = {
+        "truncated": "transformers cannot load the GGUF file",
+        "unknown-architecture": "nosucharch",
+        "zeroed": "held-out perplexity is 4096.0",
+    }[damage]
+    assert expected in run.stderr, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr.split("--- log tail ---")[0]
+    assert prepared(tmp_path) in ([], [".staging"]) and not (tmp_path / "rtn").exists()

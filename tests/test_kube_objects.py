@@ -73,7 +73,7 @@ def manifest() -> Manifest:
 def workload(manifest: Manifest, model: str, variant: str) -> VariantWorkload:
     spec = manifest.models[model]
     folder = (
-        spec.source
+        spec.source_path
         if not spec.variants[variant].quantized
         else VariantStore(Path("/srv/cache")).variant_dir(model, spec.variants[variant])
     )

@@ -9,18 +9,21 @@ from pydantic import ValidationError
 from conftest import manifest_errors
 from serving.errors import ManifestError
 from serving.manifest import Manifest, Method, Variant, load_manifest, parse_manifest
+from serving.sources import SourceKind
 
 DEMO = Path(__file__).parent.parent / "manifests" / "demo.yaml"
 
 
 def test_demo_manifest_is_valid_and_paths_are_relative_to_it() -> None:
     manifest = load_manifest(DEMO)
-    tiny = manifest.models["tiny"]
-    assert tiny.source == (DEMO.parent.parent / ".quantgate" / "models" / "tiny").resolve()
+    smol = manifest.models["smol"]
+    gguf = DEMO.parent.parent / ".quantgate" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert smol.source == str(gguf.resolve())
+    assert smol.origin.kind is SourceKind.GGUF
     assert manifest.cache_dir == (DEMO.parent.parent / ".quantgate" / "cache").resolve()
-    assert {"base", "gptq-w4a16", "awq-w4a16", "gptq-w4a8"} <= set(tiny.variants)
-    assert tiny.variants["awq-w4a16"].method is Method.AWQ
-    assert tiny.variants[tiny.default_variant].quantized
+    assert {"base", "gptq-w4a16", "awq-w4a16", "rtn-w4a16", "w8a8"} <= set(smol.variants)
+    assert smol.variants["awq-w4a16"].method is Method.AWQ
+    assert smol.variants[smol.default_variant].quantized
 
 
 GOOD = """\
@@ -100,7 +103,8 @@ def test_method_none_takes_no_bits_and_w4a8_needs_gptq_or_rtn() -> None:
         "bits: 4", "bits: 4\n        activation_bits: 8"
     )
     assert (
-        "activation_bits 8 is W4A8: method 'gptq' or 'rtn' with bits 4" in manifest_errors(text)[0]
+        "activation_bits 8 is W4A8 or W8A8: method 'gptq' or 'rtn' with bits 4 or 8"
+        in manifest_errors(text)[0]
     )
 
 
@@ -140,6 +144,10 @@ def test_defaults_per_method_fill_the_recipe() -> None:
     assert "calibration" in w8a8 and "calibration" not in _variant(method="rtn").recipe()
     assert _variant(method="gptq", bits=3).scheme == "W3A16"
     assert _variant(method="rtn", bits=4, activation_bits=8).scheme == "W4A8"
+    rtn_w8a8 = _variant(method="rtn", bits=8, activation_bits=8)  # data-free int8 weights and
+    assert rtn_w8a8.scheme == "W8A8" and rtn_w8a8.recipe()["group_size"] == -1  # activations
+    with pytest.raises(ValidationError, match=r"W8A8 .* is per channel"):
+        _variant(method="rtn", bits=8, activation_bits=8, group_size=64)
 
 
 def test_fp8_is_not_built_and_is_quantized_by_vllm_at_load() -> None:

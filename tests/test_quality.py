@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from conftest import LiveServer
+from serving.build import increases
 from serving.manifest import Variant
 from serving.quality import PerplexityCache, fingerprint, over_budget
 
@@ -32,12 +33,31 @@ def test_over_budget_says_by_how_much() -> None:
     assert over_budget(free, _report(100, 500)) is None
 
 
+def test_the_gate_reads_the_worst_domain() -> None:
+    base = {
+        "perplexity": 20.0,
+        "domains": {"docs": {"perplexity": 30.0}, "chat": {"perplexity": 10.0}},
+    }
+    variant = {
+        "perplexity": 21.0,
+        "domains": {"docs": {"perplexity": 30.3}, "chat": {"perplexity": 11.2}},
+    }
+    by_domain = increases(base, variant)
+    assert by_domain == {"docs": pytest.approx(0.01), "chat": pytest.approx(0.12)}
+    report = {"perplexity": {"base": base, "variant": variant, "increase": max(by_domain.values()),
+                             "increase_by_domain": by_domain}}  # fmt: skip
+    gated = Variant.model_validate({"method": "rtn", "max_ppl_increase": "5%"})
+    reason = over_budget(gated, report)
+    assert reason is not None and "on chat 11.20 is +12.0% over the base's 10.00" in reason
+    assert increases({"perplexity": 10.0}, {"perplexity": 11.0}) == {"all": pytest.approx(0.1)}
+
+
 def test_base_perplexity_cache_follows_the_checkpoint(model_dir: Path, tmp_path: Path) -> None:
-    cache = PerplexityCache(tmp_path / "ppl", 256, 128)
+    cache = PerplexityCache(tmp_path / "ppl", "256|128|texts/1")
     assert cache.get(model_dir) is None
     cache.put(model_dir, {"perplexity": 42.0})
     assert cache.get(model_dir) == {"perplexity": 42.0, "source": str(model_dir)}
-    assert fingerprint(model_dir, 256, 128) != fingerprint(model_dir, 512, 256)
+    assert fingerprint(model_dir, "256|128|texts/1") != fingerprint(model_dir, "256|128|texts/2")
     (model_dir / "model.safetensors").write_bytes(b"retrained")
     assert cache.get(model_dir) is None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from serving.build import BuildSpec, OnProgress
@@ -100,6 +101,8 @@ def remote_job(launcher: KubernetesLauncher, volume: CacheVolume) -> Any:
         job: Job, model: Model, build: BuildSpec, on_progress: OnProgress
     ) -> dict[str, Any] | None:
         worker = build.worker_spec()
+        # a model's GGUF or Hub source is prepared by the gateway itself, never sent here
+        assert isinstance(build.source, Path), "sources are prepared locally"
         spec = quantization_spec(
             volume, build.source, build.staging, build.recipe, worker["evaluate"]
         )

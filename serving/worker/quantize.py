@@ -2,7 +2,9 @@
 
     python -m serving.worker.quantize SPEC.json
 
-SPEC holds ``source``, ``output``, ``recipe`` (see ``serving.manifest.Variant.recipe``) and
+SPEC holds ``source``, ``output``, ``recipe`` (see ``serving.manifest.Variant.recipe``; a
+source's recipe, ``serving.sources.ModelSource.recipe``, imports or downloads it instead:
+``serving.worker.source``) and
 ``evaluate`` (``{"context", "stride", "base"}``, or null to skip the quality measurement).
 Order of work, cheapest checks first: the backend's library imports; the calibration text
 loads and is long enough; the model loads and the group size divides its layers; then
@@ -20,6 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from serving.worker import source
 from serving.worker.legacy import require
 from serving.worker.protocol import fail, progress, result
 
@@ -98,9 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 1:
         raise SystemExit("usage: python -m serving.worker.quantize SPEC.json")
     spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    recipe = spec["recipe"]
+    if recipe["method"] in source.SOURCE_METHODS:  # a GGUF import or a Hub download
+        source.require(recipe)
+        result(source.run(spec))
+        return
     if not Path(spec["source"], "config.json").is_file():
         fail(f"source {spec['source']} is not a model folder (no config.json)")
-    recipe = spec["recipe"]
     if recipe["method"] in HF_QUANTIZERS:
         from serving.worker import hf_quantizers
 

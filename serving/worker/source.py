@@ -1,0 +1,72 @@
+"""Prepare a model's source in the worker: import a GGUF file or download a Hub repository
+into the output folder, then measure the base's held-out perplexity there.
+
+The perplexity is measured once per source (later builds of its variants reuse it) and is a
+check of the import as well: loaders dequantize some architectures wrongly, and a checkpoint
+whose perplexity is absurd (above ``MAX_BASE_PERPLEXITY``, or not finite) is refused with the
+number rather than served.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from serving.worker.protocol import fail, progress
+
+SOURCE_METHODS = ("import-gguf", "download")
+# A model that learned anything scores far below this on English text (SmolLM2-135M: ~23, a
+# 5M-parameter model trained for minutes: ~300); weights read wrongly score near the vocabulary
+# size (tens of thousands).
+MAX_BASE_PERPLEXITY = 1000.0
+
+
+def require(recipe: dict[str, Any]) -> None:
+    if recipe["method"] == "import-gguf":
+        from serving.worker import gguf_import
+
+        gguf_import.require()
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from serving.worker import perplexity
+
+    recipe, output = spec["recipe"], Path(spec["output"])
+    t0 = time.perf_counter()
+    found = _prepare(recipe, output)
+    if not (output / "config.json").is_file():
+        fail(f"{spec['source']}: no config.json was written to {output}")
+    evaluate = spec.get("evaluate")
+    if evaluate:
+        progress("evaluate")
+        base = perplexity.measure(output, evaluate["context"], evaluate["stride"])
+        if not math.isfinite(base["perplexity"]) or base["perplexity"] > MAX_BASE_PERPLEXITY:
+            fail(
+                f"{spec['source']}: the prepared checkpoint's held-out perplexity is "
+                f"{base['perplexity']:.1f} (a working model scores below "
+                f"{MAX_BASE_PERPLEXITY:.0f}): its weights were read wrongly; nothing was kept"
+            )
+        found["perplexity"] = {"base": base, "variant": None}
+    found["total_s"] = round(time.perf_counter() - t0, 2)
+    found["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    found["backend"] = recipe["backend"]
+    return found
+
+
+def _prepare(recipe: dict[str, Any], output: Path) -> dict[str, Any]:
+    if recipe["method"] == "import-gguf":
+        from serving.worker.gguf_import import import_gguf
+
+        return import_gguf(Path(recipe["file"]), output)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # read by huggingface_hub at import
+    from serving.worker.hub import fetch
+
+    token_env = recipe.get("token_env") or "HF_TOKEN"
+    return fetch(
+        recipe["repo"], recipe.get("revision"), output, os.environ.get(token_env), token_env
+    )

@@ -1,0 +1,159 @@
+"""Model sources: parsing, where a GGUF or Hub source is prepared, and the jobs that prepare it
+(with the fake worker: job logic only; real imports and downloads are in test_source_real.py
+and test_hub_source.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import AVX512, LiveServer, ServeFleet, fake_worker, manifest_errors
+from gateway.settings import GatewaySettings
+from serving.errors import JobFailed
+from serving.jobs import SOURCE, JobRunner, JobState
+from serving.manifest import Manifest, parse_manifest
+from serving.sources import ModelSource, SourceKind
+from serving.store import VariantStore
+
+
+def test_sources_parse_and_say_what_is_wrong() -> None:
+    folder = ModelSource.parse("models/smol", Path("/srv"))
+    assert (folder.kind, folder.path) == (SourceKind.FOLDER, Path("/srv/models/smol"))
+    gguf = ModelSource.parse("/m/SmolLM2.Q4_1.GGUF")
+    assert gguf.kind is SourceKind.GGUF
+    hub = ModelSource.parse("hf://HuggingFaceTB/SmolLM2-135M-Instruct@v1.0")
+    assert (hub.repo, hub.revision, str(hub)) == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct", "v1.0", "hf://HuggingFaceTB/SmolLM2-135M-Instruct@v1.0"
+    )  # fmt: skip
+    assert hub.checkpoint(Path("/c")) == Path(
+        "/c/.sources/hf-HuggingFaceTB--SmolLM2-135M-Instruct--v1.0"
+    )
+    assert ModelSource.parse("hf://a/b").recipe()["revision"] is None
+    for bad, why in [
+        ("hf://just-a-name", "hf://org/name[@revision]"),
+        ("s3://bucket/model", "a local path or hf://"),
+        ("hf://a/b@no spaces", "not a branch, tag or commit"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(why)):
+            ModelSource.parse(bad)
+
+
+def test_manifest_errors_name_line_and_field() -> None:
+    text = """\
+version: 1
+cache_dir: /c
+models:
+  m:
+    source: hf://nope
+    default_variant: base
+    variants: {base: {method: none}}
+  n:
+    source: /models/n
+    source_token_env: MY_TOKEN
+    default_variant: base
+    variants: {base: {method: none}}
+"""
+    assert manifest_errors(text) == [
+        "/m/bad.yaml:5: models.m.source: 'hf://nope': a Hub source is hf://org/name[@revision]",
+        "/m/bad.yaml:8: models.n: source_token_env is for hf:// sources",
+    ]
+
+
+def gguf_manifest(tmp_path: Path, gguf: Path) -> Manifest:
+    text = f"""
+version: 1
+cache_dir: {tmp_path / "cache"}
+models:
+  tiny:
+    source: {gguf.name}
+    default_variant: base
+    serve: {{startup_timeout_s: 30}}
+    variants:
+      base: {{method: none}}
+      rtn: {{method: rtn, bits: 4}}
+"""
+    path = tmp_path / "manifest.yaml"
+    path.write_text(text)
+    return parse_manifest(text, path)
+
+
+def test_a_gguf_source_is_prepared_once_under_its_hash(tmp_path: Path) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF fake bytes")
+    manifest = gguf_manifest(tmp_path, gguf)
+    model = manifest.models["tiny"]
+    digest = hashlib.sha256(b"GGUF fake bytes").hexdigest()
+    assert model.source_path == tmp_path / "cache" / ".sources" / f"gguf-{digest[:16]}"
+    runner = JobRunner(VariantStore(manifest.cache_dir), fake_worker)
+
+    async def scenario() -> None:
+        built = runner.submit("tiny", model, "rtn")  # waits for the source, then builds
+        prepared = runner.prepare_source("tiny", model)
+        assert prepared is not None and prepared is runner.prepare_source("tiny", model)
+        assert prepared.variant == SOURCE and prepared.recipe["sha256"] == digest
+        await built.wait()
+        assert prepared.state is JobState.SUCCEEDED
+
+    asyncio.run(scenario())
+    assert runner.source_ready(model) and runner.prepare_source("tiny", model) is None
+    report = VariantStore(manifest.cache_dir).report("tiny", model.variants["rtn"])
+    assert report is not None and report["source"] == str(model.source_path)
+    assert report["perplexity"]["base"]["perplexity"] == 100.0  # measured by the import, reused
+    source_report = (model.source_path / "report.json").read_text()
+    assert str(gguf) in source_report and f'"source_size_bytes": {gguf.stat().st_size}' in (
+        source_report
+    )
+    # a new runner (a restart) finds the prepared source: no job
+    assert JobRunner(VariantStore(manifest.cache_dir), fake_worker).source_ready(model)
+
+
+def test_a_failed_import_fails_its_variants_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF, but the import fails")
+    manifest = gguf_manifest(tmp_path, gguf)
+    model = manifest.models["tiny"]
+    runner = JobRunner(VariantStore(manifest.cache_dir), fake_worker)
+    monkeypatch.setenv("FAKE_SOURCE_FAIL", "1")
+
+    async def scenario() -> None:
+        built = runner.submit("tiny", model, "rtn")
+        with pytest.raises(JobFailed, match="fake import failure"):
+            await built.wait()
+
+    asyncio.run(scenario())
+    assert not model.source_path.exists()
+    assert list((tmp_path / "cache" / ".sources" / ".staging").iterdir()) == []
+    for content, why in [(b"PK\x03\x04", "is not a GGUF file (starts b'PK"), (None, "No such")]:
+        if content is None:
+            gguf.unlink()  # a file that is gone
+        else:
+            gguf.write_bytes(content)  # a zip, say
+        refused = runner.prepare_source("tiny", gguf_manifest(tmp_path, gguf).models["tiny"])
+        assert refused is not None and refused.state is JobState.FAILED and refused.pid is None
+        assert refused.stage == "precheck" and why in (refused.error or ""), refused.error
+
+
+def test_the_base_of_a_gguf_source_is_served_from_the_import(
+    tmp_path: Path, live_gateway: ServeFleet, fake_vllm_python: Path
+) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    manifest = gguf_manifest(tmp_path, gguf)
+    server: LiveServer = live_gateway(manifest, AVX512, GatewaySettings())
+    before = httpx.get(server.url + "/v1/models").json()["data"]
+    assert {c["id"]: c["quantgate"]["state"] for c in before}["tiny:base"] == "missing"
+    body = {"model": "tiny:base", "messages": [{"role": "user", "content": "hi"}]}
+    reply = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    jobs = httpx.get(server.url + "/admin/jobs").json()["data"]
+    assert [(j["variant"], j["state"]) for j in jobs] == [(SOURCE, "succeeded")]
+    variants = httpx.get(server.url + "/admin/variants").json()["data"]
+    base = next(v for v in variants if v["variant"] == "base")
+    assert base["state"] == "ready" and base["job"]["variant"] == SOURCE
