@@ -135,9 +135,13 @@ RECIPE_FIELDS = (
 )  # fmt: skip
 
 
+BUILTIN_CALIBRATION = "docs+chat+code/1"  # serving.worker.calibration.builtin_streams
+
+
 class Calibration(Strict):
     """Calibration text: a local .txt/.jsonl file, a folder of them, a ``datasets``
-    ``save_to_disk`` folder, or (unset) the built-in corpus's train split."""
+    ``save_to_disk`` folder, or (unset) the built-in mix: the corpus's train split as prose and
+    as chat turns in the model's template, and Python code."""
 
     dataset: Path | None = None
     split: str | None = Field(
@@ -162,6 +166,8 @@ class Calibration(Strict):
     def recipe(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")
         data["dataset"] = str(self.dataset) if self.dataset else None
+        if self.dataset is None:  # what the built-in mix is: a new mix is a new recipe
+            data["builtin"] = BUILTIN_CALIBRATION
         return data
 
 
