@@ -216,7 +216,7 @@ class JobRunner:
     def source_ready(self, model: Model) -> bool:
         """Whether the model's checkpoint folder is there: a local folder, or a GGUF file or
         Hub repository prepared already (its folder holds ``report.json``)."""
-        if model.origin.prepared_here:
+        if model.source is None or model.origin.prepared_here:  # upstreams only, or a folder
             return True
         try:
             return (model.source_path / REPORT).is_file()

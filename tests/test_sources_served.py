@@ -98,9 +98,9 @@ def jobs(gateway: ServedGateway) -> list[dict[str, Any]]:
 def test_a_gguf_source_is_imported_quantized_and_answers_right(gateway: ServedGateway) -> None:
     answer = chat(gateway, "smol")["choices"][0]["message"]["content"]
     assert "Paris" in answer, answer
-    smol = [(j["variant"], j["state"], j["recipe"]["method"]) for j in jobs(gateway)
-            if j["model"] == "smol"]  # fmt: skip
-    assert smol == [("(source)", "succeeded", "import-gguf"), ("w8a8", "succeeded", "rtn")]
+    smol = {(j["variant"], j["state"], j["recipe"]["method"]) for j in jobs(gateway)
+            if j["model"] == "smol"}  # fmt: skip
+    assert smol == {("(source)", "succeeded", "import-gguf"), ("w8a8", "succeeded", "rtn")}
     variant = next(
         v for v in httpx.get(gateway.url + "/admin/variants").json()["data"]
         if v["model"] == "smol"
@@ -109,7 +109,8 @@ def test_a_gguf_source_is_imported_quantized_and_answers_right(gateway: ServedGa
     assert variant["kernel"]["kernel"] == "CPUInt8ScaledMMLinearKernel"
     assert "/.sources/gguf-" in report["source"]
     ppl = report["perplexity"]  # the base measured by the import, reused by the build
-    assert 15 < ppl["base"]["perplexity"] < 35 and ppl["increase"] < 0.05, ppl
+    assert 15 < ppl["base"]["domains"]["docs"]["perplexity"] < 35, ppl  # SmolLM2: 24.9
+    assert 0 < ppl["increase"] < 0.10, ppl  # int8: +3 % to +5 % by domain
 
 
 def test_a_hub_source_is_downloaded_once_and_served(

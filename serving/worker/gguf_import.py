@@ -55,6 +55,7 @@ def import_gguf(path: Path, output: Path) -> dict[str, Any]:
     progress("convert", architecture=type(loaded).__name__)
     model = _plain_copy(loaded, torch.bfloat16)
     del loaded
+    _special_tokens(tok, model.config)
     _end_turns(tok, model)
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(output), safe_serialization=True)
@@ -85,6 +86,16 @@ def _plain_copy(loaded: Any, dtype: Any) -> Any:
              f"unexpected {sorted(unexpected)[:5]}")  # fmt: skip
     model.tie_weights()
     return model.eval()
+
+
+def _special_tokens(tok: Any, config: Any) -> None:
+    """BOS and EOS as the file's metadata names them, where transformers' tokenizer left them
+    unset (it does for some BPE vocabularies llama.cpp's converter wrote)."""
+    for name in ("bos", "eos"):
+        token_id = getattr(config, f"{name}_token_id", None)
+        if getattr(tok, f"{name}_token") is None and isinstance(token_id, int):
+            setattr(tok, f"{name}_token", tok.convert_ids_to_tokens(token_id))
+    tok.clean_up_tokenization_spaces = False  # a BPE tokenizer: cleaning would drop spaces
 
 
 def _end_turns(tok: Any, model: Any) -> None:
