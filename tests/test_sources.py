@@ -16,7 +16,7 @@ from conftest import AVX512, LiveServer, ServeFleet, fake_worker, manifest_error
 from gateway.settings import GatewaySettings
 from serving.errors import JobFailed
 from serving.jobs import SOURCE, JobRunner, JobState
-from serving.manifest import Manifest, parse_manifest
+from serving.manifest import Manifest, Variant, parse_manifest
 from serving.sources import ModelSource, SourceKind
 from serving.store import VariantStore
 
@@ -157,3 +157,22 @@ def test_the_base_of_a_gguf_source_is_served_from_the_import(
     variants = httpx.get(server.url + "/admin/variants").json()["data"]
     base = next(v for v in variants if v["variant"] == "base")
     assert base["state"] == "ready" and base["job"]["variant"] == SOURCE
+
+
+def test_a_group_size_the_imported_layers_refuse_fails_after_the_import(tmp_path: Path) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    text = gguf_manifest(tmp_path, gguf)  # the fake import writes hidden 256, intermediate 768
+    model = text.models["tiny"].model_copy(
+        update={"variants": {"odd": Variant.model_validate({"method": "rtn", "group_size": 512})}}
+    )
+    model.bind_cache(text.cache_dir)
+    runner = JobRunner(VariantStore(text.cache_dir), fake_worker)
+
+    async def scenario() -> None:
+        job = runner.submit("tiny", model, "odd")  # nothing to check against before the import
+        with pytest.raises(JobFailed, match="group_size 512 does not divide"):
+            await job.wait()
+
+    asyncio.run(scenario())
+    assert runner.source_ready(model)  # the import stays; only the recipe was refused
