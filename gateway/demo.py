@@ -23,6 +23,11 @@ import httpx
 PROMPT = "What is the capital of France? Answer in one word."
 EXPECTED = "Paris"
 MAX_TOKENS = 24
+QUESTION: dict[str, Any] = {  # greedy, so the answer can be judged
+    "messages": [{"role": "user", "content": PROMPT}],
+    "max_tokens": MAX_TOKENS,
+    "temperature": 0,
+}
 
 
 def run_demo(manifest: Path, model: str, port: int) -> int:
@@ -61,12 +66,7 @@ def run_demo(manifest: Path, model: str, port: int) -> int:
 
 def _ask(client: Any, model: str) -> str:
     t0 = time.perf_counter()
-    reply = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": PROMPT}],
-        max_tokens=MAX_TOKENS,
-        temperature=0,
-    )
+    reply = client.chat.completions.create(model=model, **QUESTION)
     text = str(reply.choices[0].message.content or "").strip()
     print(f"<<< {text!r}\n    {time.perf_counter() - t0:.1f} s, usage {reply.usage}")
     return text
@@ -74,13 +74,7 @@ def _ask(client: Any, model: str) -> str:
 
 def _stream(client: Any, model: str) -> None:
     t0 = time.perf_counter()
-    stream = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": PROMPT}],
-        max_tokens=MAX_TOKENS,
-        temperature=0,
-        stream=True,
-    )
+    stream = client.chat.completions.create(model=model, stream=True, **QUESTION)
     ttft, parts = None, []
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
