@@ -67,6 +67,7 @@ class JobState(StrEnum):
 UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
 SOURCE = "(source)"  # the variant label of a job that imports or downloads a model's source
 SOURCE_KEY = ""  # source jobs are keyed by the source alone, not by the model naming it
+MISSING = "missing"  # the recipe hash of a source job refused before it started
 
 
 @dataclass
@@ -194,7 +195,9 @@ class JobRunner:
         return self._active.get((model, variant.recipe_hash()))
 
     def last(self, model: str, variant: Variant) -> Job | None:
-        key = (model, variant.recipe_hash())
+        return self._latest((model, variant.recipe_hash()))
+
+    def _latest(self, key: tuple[str, str]) -> Job | None:
         matching = [j for j in self._jobs.values() if j.key == key]
         return max(matching, key=lambda j: j.created_at) if matching else None
 
@@ -203,11 +206,14 @@ class JobRunner:
         if model.origin.prepared_here:
             return None
         try:
-            key = (SOURCE_KEY, recipe_hash(model.origin.recipe(model.source_token_env)))
-        except OSError:
-            key = (SOURCE_KEY, "missing")
-        matching = [j for j in self._jobs.values() if j.key == key]
-        return max(matching, key=lambda j: j.created_at) if matching else None
+            return self._latest((SOURCE_KEY, recipe_hash(self._source_recipe(model))))
+        except OSError:  # no GGUF file there: the precheck's failed job
+            return self._latest((SOURCE_KEY, MISSING))
+
+    @staticmethod
+    def _source_recipe(model: Model) -> dict[str, Any]:
+        """What the job preparing the model's source is told (OSError: no GGUF file there)."""
+        return model.origin.recipe(model.source_token_env)
 
     def base_perplexity(self, source: Path) -> dict[str, Any] | None:
         """The held-out perplexity of a source checkpoint, if a build measured it."""
@@ -249,9 +255,9 @@ class JobRunner:
             return None
         try:
             check_source(model.origin)
-            recipe = model.origin.recipe(model.source_token_env)
+            recipe = self._source_recipe(model)
         except (InvalidRecipe, OSError) as exc:  # no GGUF file there, or not a GGUF file
-            job = self._new_job(model_name, SOURCE, "missing", {"source": model.source})
+            job = self._new_job(model_name, SOURCE, MISSING, {"source": model.source})
             job.stage, job.error = "precheck", str(exc)
             self._finish(job, JobState.FAILED)
             return job

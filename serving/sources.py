@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,6 @@ class ModelSource:
     path: Path | None = None  # folder or GGUF file
     repo: str | None = None  # org/name on the Hub
     revision: str | None = None  # as written; None: the default branch
-    _digest: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def parse(cls, text: str, base_dir: Path | None = None) -> ModelSource:
@@ -75,26 +75,25 @@ class ModelSource:
         """Whether it is used in place (a folder), not prepared by a job."""
         return self.kind is SourceKind.FOLDER
 
+    @cached_property
     def sha256(self) -> str:
         """The GGUF file's SHA-256, read once per manifest load (~0.2 s for 100 MB)."""
         assert self.path is not None
-        if not self._digest:
-            h = hashlib.sha256()
-            try:
-                with self.path.open("rb") as f:
-                    while chunk := f.read(1 << 20):
-                        h.update(chunk)
-            except OSError as exc:
-                raise FileNotFoundError(
-                    f"GGUF source {self.path} cannot be read: {exc.strerror or exc}"
-                ) from exc
-            self._digest.append(h.hexdigest())
-        return self._digest[0]
+        h = hashlib.sha256()
+        try:
+            with self.path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        except OSError as exc:
+            raise FileNotFoundError(
+                f"GGUF source {self.path} cannot be read: {exc.strerror or exc}"
+            ) from exc
+        return h.hexdigest()
 
     def key(self) -> str:
         """The prepared folder's name under ``<cache>/.sources/``."""
         if self.kind is SourceKind.GGUF:
-            return f"gguf-{self.sha256()[:16]}"
+            return f"gguf-{self.sha256[:16]}"
         if self.kind is SourceKind.HUB:
             assert self.repo is not None
             revision = (self.revision or "main").replace("/", "--")
@@ -115,7 +114,7 @@ class ModelSource:
                 "method": "import-gguf",
                 "backend": "transformers",
                 "file": str(self.path),
-                "sha256": self.sha256(),
+                "sha256": self.sha256,
             }
         if self.kind is SourceKind.HUB:
             return {
