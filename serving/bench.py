@@ -89,7 +89,7 @@ def _read_report(fleet: Fleet, model: str, name: str, row: BenchRow) -> None:
     source = spec.source_path if spec.source is not None else None
     if report is None and source is not None:  # the base weights, or FP8 (quantized at load)
         row.size_bytes = dir_size(source)
-        base = fleet.jobs.base_perplexity(source) if info["method"] == "none" else None
+        base = fleet.jobs.base_perplexity(spec) if info["method"] == "none" else None
         row.perplexity, row.ppl_increase = (base["perplexity"], 0.0) if base else (None, None)
         return
     if report is None:  # an upstream: nothing on this disk

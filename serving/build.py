@@ -51,9 +51,10 @@ class BuildSpec:
     base_perplexity: dict[str, Any] | None = None  # known already: the worker skips the base
     labels: dict[str, str | None] | None = None  # model, variant, job_id for the report
     keep_staging: bool = False  # on failure (a download resumes from what it holds)
+    evaluation: dict[str, Any] | None = None  # the model's own texts (serving.evaluation)
 
     def worker_spec(self) -> dict[str, Any]:
-        evaluate = {"context": EVAL_CONTEXT, "stride": EVAL_STRIDE}
+        evaluate = {"context": EVAL_CONTEXT, "stride": EVAL_STRIDE, "texts": self.evaluation}
         return {
             "source": str(self.source),
             "output": str(self.staging),
@@ -277,6 +278,7 @@ def source_spec(
     job_id: str,
     token_env: str | None = None,
     model: str | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> BuildSpec:
     """Preparing a GGUF or Hub source into ``<cache>/.sources/``: a staging folder per job,
     or (a Hub download) one per source that outlives a failed job, so the next one resumes.
@@ -298,4 +300,5 @@ def source_spec(
         log_path=log_path,
         labels={"model": model, "variant": None, "job_id": job_id},
         keep_staging=hub,
+        evaluation=evaluation,
     )

@@ -44,6 +44,7 @@ from serving.build import (
 )
 from serving.build import tail as tail  # re-exported: the launcher and admin routes use it
 from serving.errors import InvalidRecipe, JobFailed
+from serving.evaluation import measure_key
 from serving.manifest import Model, Variant, recipe_hash
 from serving.precheck import check_build, check_source
 from serving.quality import PerplexityCache
@@ -215,9 +216,9 @@ class JobRunner:
         """What the job preparing the model's source is told (OSError: no GGUF file there)."""
         return model.origin.recipe(model.source_token_env)
 
-    def base_perplexity(self, source: Path) -> dict[str, Any] | None:
-        """The held-out perplexity of a source checkpoint, if a build measured it."""
-        return self._perplexity.get(source)
+    def base_perplexity(self, model: Model) -> dict[str, Any] | None:
+        """The held-out perplexity of the model's base, if a build measured it."""
+        return self._perplexity.get(model.source_path, _texts(model))
 
     def source_ready(self, model: Model) -> bool:
         """Whether the model's checkpoint folder is there: a local folder, or a GGUF file or
@@ -317,7 +318,8 @@ class JobRunner:
             self._save(job)
             await source.wait()
             check_build(model.source_path, variant)
-        base = self._perplexity.get(model.source_path)
+        texts = _texts(model)
+        base = self._perplexity.get(model.source_path, texts)
         spec = BuildSpec(
             source=model.source_path,
             recipe=job.recipe,
@@ -327,19 +329,22 @@ class JobRunner:
             log_path=job.log_path,
             base_perplexity=base,
             labels={"model": job.model, "variant": job.variant, "job_id": job.id},
+            evaluation=job.recipe.get("evaluation"),
         )
         report = await self._execute(job, spec, model)
         if base is None and report["perplexity"]["base"]:
-            self._perplexity.put(model.source_path, report["perplexity"]["base"])
+            self._perplexity.put(model.source_path, report["perplexity"]["base"], texts)
         job.output = spec.final
 
     async def _prepare(self, job: Job, model: Model) -> None:
+        evaluation = model.evaluation.spec() if model.evaluation else None
         spec = source_spec(
-            model.origin, self._store.root, job.log_path, job.id, model.source_token_env, job.model
-        )
+            model.origin, self._store.root, job.log_path, job.id, model.source_token_env, job.model,
+            evaluation,
+        )  # fmt: skip
         report = await self._execute(job, spec, model, remote=False)
         if report["perplexity"]["base"]:
-            self._perplexity.put(spec.final, report["perplexity"]["base"])
+            self._perplexity.put(spec.final, report["perplexity"]["base"], _texts(model))
         job.output = spec.final
 
     async def _execute(
@@ -422,3 +427,8 @@ def _kill_orphan(pid: int, job_dir: Path) -> None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         if str(job_dir / "spec.json") in cmdline:
             kill_group(pid)
+
+
+def _texts(model: Model) -> str:
+    """The key of the model's own evaluation texts in the base perplexity cache."""
+    return measure_key(model.evaluation.spec() if model.evaluation else None)

@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from serving.errors import ManifestError, ManifestIssue
+from serving.evaluation import Evaluation
 from serving.sources import ModelSource
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -199,6 +200,7 @@ class Variant(Strict):
     ignore: tuple[str, ...] = ("lm_head",)
     calibration: Calibration | None = None
     upstream: Upstream | None = None
+    _evaluation: dict[str, Any] | None = PrivateAttr(None)
     max_ppl_increase: float | None = Field(
         None,
         description="Quality gate: refuse to serve the variant when its held-out perplexity "
@@ -208,8 +210,15 @@ class Variant(Strict):
     @field_validator("max_ppl_increase", mode="before")
     @classmethod
     def _percent(cls, value: object) -> object:
+        """'5%' is 0.05; a bare number is a fraction, so 5 (+500 %, a likely slip for 5 %) is
+        refused: write '500%' to mean it."""
         if isinstance(value, str) and value.strip().endswith("%"):
             return float(value.strip()[:-1]) / 100
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 1:
+            raise ValueError(
+                f"max_ppl_increase {value} would mean +{value:.0%}: write a fraction "
+                f"(0.05) or a percentage ('{value}%')"
+            )
         return value
 
     @field_validator("gguf_type", mode="before")
@@ -296,7 +305,18 @@ class Variant(Strict):
         )
 
     def recipe(self) -> dict[str, Any]:
-        """The recipe with defaults filled in: what the worker is told and what is hashed."""
+        """The recipe with defaults filled in: what the worker is told and what is hashed (with
+        the model's own evaluation texts, where it names any: new texts, a new measure)."""
+        recipe = self._method_recipe()
+        if self._evaluation is not None and self.needs_job:
+            recipe["evaluation"] = self._evaluation
+        return recipe
+
+    def measure_with(self, evaluation: dict[str, Any] | None) -> None:
+        """The evaluation texts its model names (``Model`` sets them on each variant)."""
+        self._evaluation = evaluation
+
+    def _method_recipe(self) -> dict[str, Any]:
         if not self.needs_build:
             return {"method": self.method.value}
         if self.method is Method.BITSANDBYTES:
@@ -634,6 +654,9 @@ class Model(Strict):
     serve: ServeOptions = ServeOptions()
     routing: Routing = Routing()
     kubernetes: KubernetesOptions = KubernetesOptions()
+    evaluation: Evaluation | None = Field(
+        None, description="held-out texts of your own, measured beside the built-in domains"
+    )
 
     _origin: ModelSource | None = PrivateAttr(None)
     _cache_dir: Path | None = PrivateAttr(None)
@@ -648,6 +671,9 @@ class Model(Strict):
 
     def model_post_init(self, context: Any, /) -> None:
         self._origin = ModelSource.parse(self.source) if self.source is not None else None
+        spec = self.evaluation.spec() if self.evaluation is not None else None
+        for variant in self.variants.values():
+            variant.measure_with(spec)
 
     @property
     def origin(self) -> ModelSource:

@@ -33,19 +33,22 @@ class PerplexityCache:
         self.root = root
         self._settings = settings
 
-    def _path(self, source: Path) -> Path:
-        return self.root / f"{fingerprint(source, self._settings)}.json"
+    def _path(self, source: Path, texts: str) -> Path:
+        return self.root / f"{fingerprint(source, self._settings + texts)}.json"
 
-    def get(self, source: Path) -> dict[str, Any] | None:
+    def get(self, source: Path, texts: str = "") -> dict[str, Any] | None:
+        """The base's perplexity; ``texts``: a model's own evaluation texts
+        (``serving.evaluation.measure_key``), measured beside the built-in ones."""
         try:
-            data: dict[str, Any] = json.loads(self._path(source).read_text(encoding="utf-8"))
+            path = self._path(source, texts)
+            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         return data
 
-    def put(self, source: Path, measured: dict[str, Any]) -> None:
+    def put(self, source: Path, measured: dict[str, Any], texts: str = "") -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self._path(source)
+        path = self._path(source, texts)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**measured, "source": str(source)}, indent=2), encoding="utf-8")
         tmp.replace(path)

@@ -164,6 +164,15 @@ def test_budget_is_not_part_of_the_recipe_and_takes_percent() -> None:
     assert gated.max_ppl_increase == pytest.approx(0.05)
     assert plain.recipe_hash() == gated.recipe_hash()
     assert plain.recipe_hash() != _variant(method="rtn", bits=3).recipe_hash()
+    assert _variant(method="rtn", max_ppl_increase="500%").max_ppl_increase == 5
+
+
+def test_a_budget_above_1_is_a_slip_for_a_percentage() -> None:
+    errors = manifest_errors(GOOD.replace("bits: 4", "bits: 4\n        max_ppl_increase: 5"))
+    assert errors == [
+        "/m/bad.yaml:12: models.tiny.variants.gptq.max_ppl_increase: "
+        "max_ppl_increase 5 would mean +500%: write a fraction (0.05) or a percentage ('5%')"
+    ]
 
 
 def test_json_schema_exports() -> None:

@@ -5,7 +5,9 @@
 - ``prose``: general English prose (``serving/data/eval/prose.txt``);
 - ``chat``: conversations rendered with the model's own chat template
   (``serving/data/eval/chat.jsonl``; plain ``User:``/``Assistant:`` turns without a template);
-- ``code``: Python code (``serving/data/eval/code.jsonl``).
+- ``code``: Python code (``serving/data/eval/code.jsonl``);
+- a manifest's own texts (``serving.evaluation``): one domain each, beside the built-in ones
+  or instead of them.
 
 The prose, chat and code texts were written for Quantgate (see ``serving/data/README.md``).
 Each domain is scored on its own, strided: windows of ``context`` tokens, each scoring only the
@@ -13,7 +15,7 @@ tokens the previous window did not, so every token but the first is scored once 
 ``context - stride`` tokens of history. The result holds each domain's perplexity and the
 pooled one; the quality gate reads the worst domain's increase (``serving.build``).
 
-    python -m serving.worker.perplexity MODEL_DIR [--context 256] [--stride 128]
+    python -m serving.worker.perplexity MODEL_DIR [--context 256] [--stride 128] [--texts JSON]
 
 prints ``QUANTGATE_RESULT {"perplexity": ..., "tokens": ..., "domains": {...}}``. Quantized
 checkpoints (compressed-tensors) load through transformers, which applies their weight and
@@ -28,6 +30,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +48,7 @@ DOCS_TOKENS = 4096  # of the built-in held-out split: bounded, so a measure take
 
 
 def domain_ids(tok: PreTrainedTokenizerBase, domain: str) -> torch.Tensor:
-    """The token stream of one evaluation domain (documents joined with EOS)."""
+    """The token stream of one built-in evaluation domain (documents joined with EOS)."""
     if domain == "chat":
         texts = [_conversation(tok, row["messages"]) for row in _jsonl("chat.jsonl")]
     elif domain == "code":
@@ -60,7 +64,27 @@ def domain_ids(tok: PreTrainedTokenizerBase, domain: str) -> torch.Tensor:
     return torch.tensor(ids[:DOCS_TOKENS] if domain == "docs" else ids, dtype=torch.long)
 
 
-def _jsonl(name: str) -> list[dict[str, Any]]:
+def text_ids(tok: PreTrainedTokenizerBase, text: dict[str, Any]) -> torch.Tensor:
+    """The token stream of a manifest's own evaluation text (``serving.evaluation.EvalText``):
+    a .txt file's non-empty lines, or a .jsonl file's rows (``messages`` rendered with the chat
+    template, else the ``text_field`` string), each a document."""
+    path = Path(text["path"])
+    ids: list[int] = []
+    if path.suffix == ".txt":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        docs = [(line, False) for line in lines if line.strip()]
+    else:
+        rows = _jsonl(path)
+        docs = [(_conversation(tok, r["messages"]), True) if "messages" in r
+                else (str(r[text["text_field"]]), False) for r in rows]  # fmt: skip
+    for doc, templated in docs:
+        enc = tok(doc, add_special_tokens=False)["input_ids"]
+        ids += enc if templated else [*enc, tok.eos_token_id]
+    limit = text.get("max_tokens")
+    return torch.tensor(ids[:limit] if limit else ids, dtype=torch.long)
+
+
+def _jsonl(name: str | Path) -> list[dict[str, Any]]:
     lines = (EVAL_DIR / name).read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
@@ -74,14 +98,25 @@ def _conversation(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) 
 
 
 def perplexity(
-    model: Any, tok: PreTrainedTokenizerBase, context: int, stride: int
+    model: Any,
+    tok: PreTrainedTokenizerBase,
+    context: int,
+    stride: int,
+    texts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Each domain's perplexity and the pooled one: the built-in domains (unless ``texts`` says
+    ``builtin: false``) and ``texts``' own."""
+    streams: dict[str, Callable[[], torch.Tensor]] = {}
+    if texts is None or texts["builtin"]:
+        streams |= {d: partial(domain_ids, tok, d) for d in DOMAINS}
+    for text in (texts or {}).get("texts", []):
+        streams[text["name"]] = partial(text_ids, tok, text)
     domains: dict[str, dict[str, Any]] = {}
     total_nll, total_scored = 0.0, 0
     with torch.no_grad():
-        for i, domain in enumerate(DOMAINS):
-            progress("evaluate", domain=domain, domains_done=i, domains_total=len(DOMAINS))
-            nll, scored = _strided_nll(model, domain_ids(tok, domain), context, stride)
+        for i, (domain, ids) in enumerate(streams.items()):
+            progress("evaluate", domain=domain, domains_done=i, domains_total=len(streams))
+            nll, scored = _strided_nll(model, ids(), context, stride)
             domains[domain] = {"perplexity": round(math.exp(nll / scored), 4), "tokens": scored}
             total_nll, total_scored = total_nll + nll, total_scored + scored
     return {
@@ -90,7 +125,7 @@ def perplexity(
         "context": context,
         "stride": stride,
         "domains": domains,
-        "text": "held-out: " + ", ".join(DOMAINS),
+        "text": "held-out: " + ", ".join(streams),
     }
 
 
@@ -123,14 +158,19 @@ def load(model_dir: Path) -> Any:
 
 
 def measure(
-    model_dir: Path, context: int, stride: int, model: Any = None, tokenizer_dir: Path | None = None
+    model_dir: Path,
+    context: int,
+    stride: int,
+    model: Any = None,
+    tokenizer_dir: Path | None = None,
+    texts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Perplexity of the checkpoint in ``model_dir`` (or of ``model``, already in memory); the
-    tokenizer is ``model_dir``'s, else ``tokenizer_dir``'s."""
+    tokenizer is ``model_dir``'s, else ``tokenizer_dir``'s; ``texts``: a manifest's own."""
     t0 = time.perf_counter()
     has_tokenizer = (model_dir / "tokenizer_config.json").is_file() or tokenizer_dir is None
     tok = AutoTokenizer.from_pretrained(str(model_dir if has_tokenizer else tokenizer_dir))
-    found = perplexity(model if model is not None else load(model_dir), tok, context, stride)
+    found = perplexity(model if model is not None else load(model_dir), tok, context, stride, texts)
     return {**found, "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -139,8 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("model_dir", type=Path)
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--stride", type=int, default=128)
+    ap.add_argument("--texts", help='JSON: {"builtin": bool, "texts": [{"name", "path", ...}]}')
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    result(measure(args.model_dir, args.context, args.stride))
+    texts = json.loads(args.texts) if args.texts else None
+    result(measure(args.model_dir, args.context, args.stride, texts=texts))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 SPEC holds ``source``, ``output``, ``recipe`` (see ``serving.manifest.Variant.recipe``; a
 source's recipe, ``serving.sources.ModelSource.recipe``, imports or downloads it instead:
 ``serving.worker.source``) and
-``evaluate`` (``{"context", "stride", "base"}``, or null to skip the quality measurement).
+``evaluate`` (``{"context", "stride", "base", "texts"}``, or null to skip the quality measurement).
 Order of work, cheapest checks first: the backend's library imports; the calibration text
 loads and is long enough; the model loads and the group size divides its layers; then
 quantization, saving, and the held-out perplexity of the variant (and of the base when asked).
@@ -74,10 +74,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     evaluate = spec.get("evaluate")
     if evaluate:
         progress("evaluate")
-        context, stride = evaluate["context"], evaluate["stride"]
+        context, stride, texts = evaluate["context"], evaluate["stride"], evaluate.get("texts")
         found["perplexity"] = {
-            "variant": perplexity.measure(output, context, stride, in_memory, source),
-            "base": perplexity.measure(source, context, stride) if evaluate["base"] else None,
+            "variant": perplexity.measure(output, context, stride, in_memory, source, texts),
+            "base": perplexity.measure(source, context, stride, texts=texts)
+            if evaluate["base"]
+            else None,
         }
     found["total_s"] = round(time.perf_counter() - t0, 2)
     found["device"] = "cuda" if torch.cuda.is_available() else "cpu"

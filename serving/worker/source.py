@@ -44,7 +44,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     evaluate = spec.get("evaluate")
     if evaluate:
         progress("evaluate")
-        base = perplexity.measure(output, evaluate["context"], evaluate["stride"])
+        context, stride, texts = evaluate["context"], evaluate["stride"], evaluate.get("texts")
+        base = perplexity.measure(output, context, stride, texts=texts)
         domain, best = min(
             ((d, m["perplexity"]) for d, m in base["domains"].items()), key=lambda p: p[1]
         )
