@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from gateway import bench_cli, quantize_cli, recommend_cli
 from serving.errors import ManifestError
 from serving.fleet import Fleet
-from serving.manifest import Manifest, Model, load_manifest
+from serving.manifest import Manifest, Model, key_lines, load_manifest
 from serving.settings import ServingSettings
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ async def _fleet(manifest: Manifest, serving: ServingSettings) -> AsyncIterator[
 
 
 def _check(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.manifest)
+    manifest, lines = load_manifest(args.manifest), key_lines(args.manifest)
     problems = 0
     for name, model in manifest.models.items():
         variants = ", ".join(
@@ -169,15 +169,18 @@ def _check(args: argparse.Namespace) -> int:
             for v, spec in model.variants.items()
         )
         print(f"{name}: {variants}")
-        problems += _check_model(name, model)
+        problems += _check_model(
+            name, model, f"{args.manifest}:{lines.get(('models', name, 'source'), 1)}"
+        )
     if problems:
         return 2
     print(f"{args.manifest}: ok")
     return 0
 
 
-def _check_model(name: str, model: Model) -> int:
-    """Print what cannot be built from the model's source; the number of problems."""
+def _check_model(name: str, model: Model, where: str) -> int:
+    """Print what cannot be built from the model's source (``where``: the file and line of
+    ``source``); the number of problems."""
     from serving.errors import InvalidRecipe
     from serving.precheck import check_build, check_source
     from serving.store import REPORT
@@ -187,7 +190,9 @@ def _check_model(name: str, model: Model) -> int:
     try:
         check_source(model.origin)
     except InvalidRecipe as exc:
-        print(f"  {name}: {exc}", file=sys.stderr)
+        local = [v for v, spec in model.variants.items() if spec.upstream is None]
+        print(f"{where}: models.{name}.source: {exc} (variants {', '.join(local)})",
+              file=sys.stderr)  # fmt: skip
         return 1
     if not model.origin.prepared_here and not (model.source_path / REPORT).is_file():
         print(f"  {name}: source {model.source} is prepared on first use (into "

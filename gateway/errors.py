@@ -82,6 +82,44 @@ def error_body(message: str, type_: str, code: str | int | None, param: str | No
     return json.dumps({"error": err}).encode()
 
 
+UPSTREAM_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def upstream_error_body(status: int, body: bytes) -> bytes:
+    """An upstream's error answer in the OpenAI shape (the status is kept by the caller): its
+    own message, param and code where it has them (vLLM names its exception class as the type
+    and sends the status as an integer code; FastAPI sends ``{"detail": ...}``)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    message, param, code = _upstream_fields(data)
+    if not message:
+        message = body.decode("utf-8", "replace").strip()[:2000] or f"upstream answered {status}"
+    type_ = UPSTREAM_TYPES.get(
+        status, "invalid_request_error" if status < 500 else "upstream_error"
+    )
+    return error_body(message, type_, code, param)
+
+
+def _upstream_fields(data: object) -> tuple[str | None, str | None, str | None]:
+    if not isinstance(data, dict):
+        return None, None, None
+    err = data.get("error", data)
+    if isinstance(err, str):
+        return err, None, None
+    if not isinstance(err, dict):
+        return None, None, None
+    found = err.get("message", err.get("detail"))
+    message = found if isinstance(found, str) or found is None else json.dumps(found)
+    param, code = err.get("param"), err.get("code")
+    return (
+        message,
+        param if isinstance(param, str) else None,
+        code if isinstance(code, str) else None,
+    )
+
+
 def error_response(exc: QuantgateError) -> Response:
     status, type_, code, param, headers = _classify(exc)
     message = str(exc)

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.accounting import Accounting
-from gateway.errors import PayloadTooLarge, UpstreamError, error_response, sse_error_event
+from gateway.errors import (
+    PayloadTooLarge,
+    UpstreamError,
+    error_response,
+    sse_error_event,
+    upstream_error_body,
+)
 from gateway.keys import Principal
 from gateway.ledger import UsageRow
 from gateway.metrics import UNKNOWN, GatewayMetrics
@@ -191,8 +197,9 @@ class Proxy:
         self, upstream: UpstreamResponse, call: _Call, lease: Lease, send: Send
     ) -> None:
         lease.release()
-        body = upstream.body
-        ctype = upstream.header(b"content-type") or b"application/json"
+        body, ctype = upstream.body, upstream.header(b"content-type") or b"application/json"
+        if upstream.status >= 400:  # the upstream's own error, in the gateway's shape
+            body, ctype = upstream_error_body(upstream.status, body), b"application/json"
         headers = [
             (b"content-type", ctype),
             (b"content-length", str(len(body)).encode()),

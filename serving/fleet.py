@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -45,7 +46,7 @@ from serving.manifest import Manifest, Method, Model, split_model_name
 from serving.placement import Placement
 from serving.pool import VariantPool
 from serving.quality import over_budget
-from serving.replica import Replica, RestartPolicy
+from serving.replica import Replica, RestartPolicy, StaticReplica
 from serving.specs import LaunchPlanner
 from serving.store import VariantStore, weights_size
 from serving.swapping import Resident, SwapEvent, Swapper, residency, takes_turns
@@ -67,6 +68,7 @@ class VariantState(StrEnum):
     BUILT = "built"  # on disk, no replica running
     STARTING = "starting"
     READY = "ready"
+    UNREACHABLE = "unreachable"  # up, but every replica's circuit is open after failed requests
     FAILED = "failed"
     ASLEEP = "asleep"  # swapped out (vLLM sleep mode, or stopped where there is none)
     UNSUPPORTED = "unsupported"  # this machine has no kernel for it
@@ -189,6 +191,8 @@ class Fleet:
             return VariantState.FAILED
         if slot.pool.ready():
             return VariantState.READY
+        if slot.pool.open_for() is not None:
+            return VariantState.UNREACHABLE
         if slot.pool.asleep():
             return VariantState.ASLEEP
         if slot.pool.running or (model_name, name) in self._tuning.active:
@@ -286,7 +290,14 @@ class Fleet:
         headers = dict(JSON_HEADERS)
         if upstream.api_key_env:
             headers["authorization"] = f"Bearer {os.environ.get(upstream.api_key_env, '')}"
-        return Lease(model_name, served, replica.url, replica, headers, upstream.model or rename)
+        forward = upstream.model
+        if forward is None and isinstance(replica, StaticReplica):
+            try:
+                forward = await replica.served_model(headers)
+            except BackendFailed:
+                replica.release()
+                raise
+        return Lease(model_name, served, replica.url, replica, headers, forward or rename)
 
     def _fallback(
         self, model_name: str, name: str, affinity: str | None
@@ -321,6 +332,13 @@ class Fleet:
             raise VariantOverBudget(refusal)
         if slot.failure is not None:
             raise slot.failure
+        closed_in = slot.pool.open_for()
+        if closed_in is not None:  # known to fail: no client is held for a timeout
+            raise VariantUnavailable(
+                f"{model_name}:{name} is unreachable: its requests failed and its circuit is "
+                f"open; the next try in {closed_in:.1f} s",
+                max(1, math.ceil(closed_in)),
+            )
         policy = self.manifest.models[model_name].on_missing
         if slot.pool.dormant():
             self._ensure_bring_up(model_name, name)

@@ -176,9 +176,22 @@ class Upstream(Strict):
     """An OpenAI-compatible server that is already running: Quantgate routes to it, meters it,
     limits it, but neither builds nor launches it."""
 
-    url: str = Field(pattern=r"^https?://", description="Base URL, without /v1")
+    url: str = Field(
+        pattern=r"^https?://",
+        description="Base URL, as an OpenAI client takes it: a trailing /v1 is taken off (the "
+        "gateway adds the request's /v1/... path)",
+    )
     api_key_env: str | None = Field(None, description="Environment variable holding its key")
-    model: str | None = Field(None, description="Model name it serves; default: the request's")
+    model: str | None = Field(
+        None,
+        description="Model name it serves; default: the one its /v1/models lists (asked once)",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        base = value.rstrip("/")
+        return base.removesuffix("/v1") if base.endswith("/v1") else base
 
 
 class Variant(Strict):
@@ -845,6 +858,11 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError([ManifestIssue(str(path), 1, None, "the manifest must be a mapping")])
     lines = _line_index(node) if node is not None else {}
+    duplicates = _duplicate_keys(node) if node is not None else []
+    if duplicates:  # YAML keeps the last silently: a variant written twice would vanish
+        raise ManifestError(
+            [ManifestIssue(str(path), line, ".".join(keys), msg) for keys, line, msg in duplicates]
+        )
     try:
         return Manifest.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
@@ -877,6 +895,34 @@ def _line_index(node: yaml.Node, path: tuple[str, ...] = ()) -> dict[tuple[str, 
         for i, item in enumerate(node.value):
             lines.update(_line_index(item, (*path, str(i))))
     return lines
+
+
+def _duplicate_keys(
+    node: yaml.Node, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], int, str]]:
+    """Every key written twice in one mapping: (its path, the line of the second, why)."""
+    found: list[tuple[tuple[str, ...], int, str]] = []
+    children: list[tuple[tuple[str, ...], yaml.Node]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            name, line = str(key.value), key.start_mark.line + 1
+            if name in first:
+                why = f"duplicate key {name!r} (first on line {first[name]}): the second would "
+                found.append(((*path, name), line, why + "silently replace the first"))
+            first.setdefault(name, line)
+            children.append(((*path, name), value))
+    elif isinstance(node, yaml.SequenceNode):
+        children = [((*path, str(i)), item) for i, item in enumerate(node.value)]
+    for child_path, child in children:
+        found += _duplicate_keys(child, child_path)
+    return found
+
+
+def key_lines(path: Path) -> dict[tuple[str, ...], int]:
+    """The line of each key path in a manifest file (for messages about what it names)."""
+    node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    return _line_index(node) if node is not None else {}
 
 
 def split_model_name(name: str) -> tuple[str, str | None]:

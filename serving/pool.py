@@ -43,7 +43,7 @@ class VariantPool:
     def static(cls, name: str, url: str) -> VariantPool:
         """A pool of one already-running upstream."""
         pool = cls(name, unlaunchable, unlaunchable, RestartPolicy())
-        pool.replicas = [StaticReplica(url)]
+        pool.replicas = [StaticReplica(url, f"{name} upstream")]
         return pool
 
     @property
@@ -66,6 +66,14 @@ class VariantPool:
     def dormant(self) -> bool:
         """Nothing running, or only asleep: a bring-up (start or wake) is what serves it."""
         return not self.running or self.asleep()
+
+    def open_for(self) -> float | None:
+        """When every replica is up but kept out by an open circuit: seconds until the first
+        lets a request try again. None when one is routable, or may become so otherwise."""
+        up = [r for r in self.replicas if r.state is ReplicaState.READY]
+        if not up or len(up) < len(self.replicas) or any(r.routable for r in up):
+            return None
+        return min(r.open_for() for r in up)
 
     def failed(self) -> bool:
         return bool(self.replicas) and all(r.state is ReplicaState.FAILED for r in self.replicas)
@@ -104,7 +112,8 @@ class VariantPool:
             raise first if isinstance(first, QuantgateError) else BackendFailed(str(first))
 
     def _replica(self, index: int) -> Replica:
-        return Replica(index, lambda: self._spec(index), self._launch, self._policy, self._prepare)
+        return Replica(index, lambda: self._spec(index), self._launch, self._policy, self._prepare,
+                       self.name)  # fmt: skip
 
     def pick(
         self, exclude: frozenset[int] = frozenset(), key: str | None = None, load_cap: int = 4

@@ -45,6 +45,12 @@ def check_build(source: Path, variant: Variant) -> None:
 def check_source(origin: ModelSource) -> None:
     """Raise InvalidRecipe when a source cannot be prepared as it stands: a GGUF file that is
     missing or is no GGUF file. (A Hub repository is only known once asked for.)"""
+    if origin.kind is SourceKind.FOLDER:
+        assert origin.path is not None
+        if not (origin.path / "config.json").is_file():
+            what = "does not exist" if not origin.path.exists() else "has no config.json"
+            raise InvalidRecipe(f"source {origin.path} {what}: no model to serve or build")
+        return
     if origin.kind is not SourceKind.GGUF:
         return
     assert origin.path is not None

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NoReturn
 
+import httpx
+
 from serving.errors import BackendFailed
 from serving.launcher import LaunchSpec, Server
 
@@ -56,8 +58,10 @@ class Replica:
         launch: Callable[[LaunchSpec], Server],
         policy: RestartPolicy,
         prepare: Callable[[Server], Awaitable[None]] | None = None,
+        label: str = "",
     ) -> None:
         self.index = index
+        self.label = f"{label or 'replica'} #{index}"  # in log lines: model:variant #index
         self._prepare = prepare  # run on a healthy server before it is routable
         self._spec = spec
         self._launch = launch
@@ -90,11 +94,20 @@ class Replica:
         """
         self._failures += 1
         if self._failures >= threshold:
+            if self.circuit != "open":
+                log.warning("%s: circuit opened after %d failed requests in a row; no requests "
+                            "for %.0f s", self.label, self._failures, open_s)  # fmt: skip
             self._open_until = time.monotonic() + open_s
 
     def record_success(self) -> None:
+        if self._open_until:
+            log.info("%s: circuit closed (a request succeeded)", self.label)
         self._failures = 0
         self._open_until = 0.0
+
+    def open_for(self) -> float:
+        """Seconds until an open circuit lets one request try again (0: not open)."""
+        return max(0.0, self._open_until - time.monotonic())
 
     @property
     def circuit(self) -> str:
@@ -116,11 +129,19 @@ class Replica:
         except BaseException as exc:
             self.state, self.error = ReplicaState.FAILED, str(exc)
             self.failure = exc if isinstance(exc, BackendFailed) else None
+            tail = self.failure.log_tail.splitlines()[-5:] if self.failure else []
+            log.error("vLLM %s failed to start: %s%s", self.label, exc,
+                      "".join(f"\n  | {line}" for line in tail))  # fmt: skip
             raise
         self._monitor = asyncio.create_task(self._watch(), name=f"replica-{self.index}")
 
     async def _spawn(self) -> None:
-        self.server = self._launch(self._spec())
+        spec = self._spec()
+        kernel = spec.env.get("VLLM_DISABLED_KERNELS")
+        log.info("vLLM %s starting on port %s: %s%s%s", self.label, spec.port, spec.model_dir,
+                 f", --quantization {spec.quantization}" if spec.quantization else "",
+                 f", kernels disabled: {kernel}" if kernel else "")  # fmt: skip
+        self.server = self._launch(spec)
         await self.server.start(self._policy.startup_timeout_s)
         if self._prepare is not None:
             try:
@@ -130,6 +151,8 @@ class Replica:
                 raise
         self.state, self.sleep_level = ReplicaState.READY, None
         self.last_used = self.awake_since = time.monotonic()
+        took = (self.server.ready_at or 0) - (self.server.started_at or 0)
+        log.info("vLLM %s ready in %.1f s (pid %s)", self.label, took, self.server.pid)
 
     async def _watch(self) -> None:
         """Wait for the process to exit; unless we stopped it, restart it with backoff."""
@@ -139,11 +162,11 @@ class Replica:
             if self.state in (ReplicaState.DRAINING, ReplicaState.STOPPED):
                 return
             if self.state in ASLEEP_STATES:  # it held no GPU memory: the next wake starts it
-                log.warning("replica %s exited with code %s while asleep", self.index, code)
+                log.warning("vLLM %s exited with code %s while asleep", self.label, code)
                 await self.server.stop(grace_s=0)
                 self.state, self.sleep_level = ReplicaState.STOPPED, None
                 return
-            log.warning("replica %s exited with code %s; restarting", self.index, code)
+            log.warning("vLLM %s exited with code %s; restarting it", self.label, code)
             await self.server.stop(grace_s=0)  # reap what is left of its process group
             if not await self._restart():
                 return
@@ -162,11 +185,13 @@ class Replica:
                 )
                 tail = self.failure.log_tail if self.failure is not None else ""
                 self.failure = BackendFailed(self.error, log_tail=tail)
+                log.error("vLLM %s failed: %s", self.label, self.error)
                 return False
             self.state = ReplicaState.RESTARTING
             delay = min(policy.backoff_s * 2 ** len(self._restart_times), policy.backoff_max_s)
             self._restart_times.append(now)
             self.restarts += 1
+            log.info("vLLM %s: restart %d in %.0f s", self.label, self.restarts, delay)
             await asyncio.sleep(delay)
             try:
                 await self._spawn()
@@ -214,7 +239,7 @@ class Replica:
         try:
             await self.server.sleep(level)
         except BackendFailed as exc:
-            log.warning("replica %s did not go to sleep (%s); stopping it", self.index, exc)
+            log.warning("vLLM %s did not go to sleep (%s); stopping it", self.label, exc)
             await self._stop_process()
             return True
         self.state, self.sleep_level = ReplicaState.ASLEEP, level
@@ -234,7 +259,7 @@ class Replica:
             self.last_used = self.awake_since = time.monotonic()
             return
         except (BackendFailed, AssertionError) as exc:
-            log.warning("replica %s did not wake (%s); restarting it", self.index, exc)
+            log.warning("vLLM %s did not wake (%s); restarting it", self.label, exc)
             note = f"wake failed, restarted: {exc}"
         await self._stop_process()
         await self.start()
@@ -294,10 +319,31 @@ class Replica:
 class StaticReplica(Replica):
     """An upstream that is already running: always routable, never started or stopped."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(0, unlaunchable, unlaunchable, RestartPolicy())
+    def __init__(self, url: str, label: str = "") -> None:
+        super().__init__(0, unlaunchable, unlaunchable, RestartPolicy(), label=label)
         self._url = url.rstrip("/")
         self.state = ReplicaState.READY
+        self._served: str | None = None
+
+    async def served_model(self, headers: dict[str, str]) -> str | None:
+        """The one model its ``/v1/models`` lists (asked once, then kept); None while it cannot
+        be reached (the request goes on and fails like any other). Raises BackendFailed when it
+        lists several or none: the manifest's ``upstream.model`` must say which."""
+        if self._served is not None:
+            return self._served
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                answer = await client.get(self._url + "/v1/models", headers=headers)
+            names = [str(card["id"]) for card in answer.raise_for_status().json()["data"]]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: its /v1/models could not be read (%s)", self.label, exc)
+            return None
+        if len(names) != 1:
+            listed = ", ".join(names) or "no model"
+            raise BackendFailed(f"the upstream {self._url} serves {listed}: set upstream.model")
+        log.info("%s serves %s: requests are renamed to it", self.label, names[0])
+        self._served = names[0]
+        return self._served
 
     @property
     def url(self) -> str:

@@ -73,6 +73,7 @@ def write_manifest(
     serve: str = "",
     more_variants: str = "",
 ) -> Manifest:
+    restarts = "" if "max_restarts" in serve else ", max_restarts: 3"
     text = f"""
 version: 1
 cache_dir: {tmp_path / "cache"}
@@ -81,7 +82,7 @@ models:
     source: {model_dir}
     default_variant: base
     on_missing: {{action: {on_missing}}}
-    serve: {{startup_timeout_s: 30, max_restarts: 3{serve}}}
+    serve: {{startup_timeout_s: 30{restarts}{serve}}}
     variants:
       base: {{method: none}}
       gptq: {{method: gptq, bits: 4}}

@@ -179,3 +179,11 @@ def test_json_schema_exports() -> None:
     schema = Manifest.model_json_schema()
     assert schema["additionalProperties"] is False
     assert "models" in schema["properties"]
+
+
+def test_a_key_written_twice_is_an_error_on_the_second_line() -> None:
+    text = GOOD.replace("      base: {method: none}\n", "      base: {method: none}\n" * 2)
+    assert manifest_errors(text) == [
+        "/m/bad.yaml:9: models.tiny.variants.base: duplicate key 'base' (first on line 8): "
+        "the second would silently replace the first"
+    ]

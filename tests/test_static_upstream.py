@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -81,3 +82,70 @@ models:
 """
     with pytest.raises(Exception, match="source is required: variants local"):
         parse_manifest(text, tmp_path / "m.yaml")
+
+
+def test_a_dead_upstream_fails_fast_once_its_circuit_is_open(
+    tmp_path: Path, fake_vllm_python: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = free_port()  # nothing listens there
+    text = f"""
+cache_dir: {tmp_path}
+models:
+  ext:
+    default_variant: main
+    variants:
+      main: {{method: none, upstream: {{url: "http://127.0.0.1:{dead}"}}}}
+    routing: {{failure_threshold: 3, open_s: 30}}
+"""
+    manifest = parse_manifest(text, tmp_path / "m.yaml")
+    registry = CollectorRegistry()
+    app = create_app(make_fleet(manifest, fake_vllm_python, AVX512), GatewaySettings(), registry)
+    body = {"model": "ext", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    with LiveServer(app, registry) as server, httpx.Client(timeout=60) as client:
+        first = client.post(server.url + "/v1/chat/completions", json=body)
+        assert first.status_code == 502, first.text  # three tries, then the circuit opens
+        assert "circuit opened after 3 failed requests" in caplog.text
+        for stream in (False, True):
+            t0 = time.perf_counter()
+            r = client.post(server.url + "/v1/chat/completions", json={**body, "stream": stream})
+            took = time.perf_counter() - t0
+            assert r.status_code == 503, r.text
+            assert took < 0.05, took
+            assert 1 <= int(r.headers["retry-after"]) <= 30
+            error = r.json()["error"]
+            assert "unreachable" in error["message"] and "circuit is open" in error["message"]
+        card = client.get(server.url + "/v1/models").json()["data"][0]
+        assert card["quantgate"]["state"] == "unreachable"
+
+
+def test_a_v1_url_works_and_the_model_name_is_asked_of_the_upstream(
+    tmp_path: Path, upstream: str, fake_vllm_python: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = f"""
+cache_dir: {tmp_path}
+models:
+  ext:
+    default_variant: main
+    variants:
+      main: {{method: none, upstream: {{url: "{upstream}/v1/", api_key_env: UPSTREAM_KEY}}}}
+      wrong:
+        method: none
+        upstream: {{url: "{upstream}", api_key_env: UPSTREAM_KEY, model: nope}}
+"""
+    caplog.set_level(logging.INFO)
+    manifest = parse_manifest(text, tmp_path / "m.yaml")
+    assert manifest.models["ext"].variants["main"].upstream.url == upstream  # type: ignore[union-attr]
+    registry = CollectorRegistry()
+    app = create_app(make_fleet(manifest, fake_vllm_python, AVX512), GatewaySettings(), registry)
+    body = {"model": "ext", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    with LiveServer(app, registry) as server, httpx.Client(timeout=30) as client:
+        r = client.post(server.url + "/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "real-name"
+        assert "ext:main upstream #0 serves real-name" in caplog.text
+        # the upstream's own error keeps its status and message, in the gateway's shape
+        r = client.post(server.url + "/v1/chat/completions", json={**body, "model": "ext:wrong"})
+        assert r.status_code == 404
+        assert r.json() == {"error": {"message": "The model `nope` does not exist.",
+                                      "type": "invalid_request_error", "param": "model",
+                                      "code": None}}  # fmt: skip
