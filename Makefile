@@ -12,6 +12,12 @@ TRAIN_STEPS ?= 300
 export QUANTGATE_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
 export QUANTGATE_QUANTIZER_PYTHON := $(CURDIR)/$(QUANT_VENV)/bin/python
 
+# torch is pinned as a CPU build (2.13.0+cpu), which PyPI does not carry: pip takes it from the
+# PyTorch CPU wheel index, or from a local wheel folder (PIP_FIND_LINKS) that already holds it.
+# Override: `make install TORCH_INDEX=https://mirror.example/whl/cpu`, or TORCH_INDEX= for none.
+TORCH_INDEX ?= $(if $(wildcard $(PIP_FIND_LINKS)/torch-*+cpu-*.whl),,https://download.pytorch.org/whl/cpu)
+TORCH_PIP := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+
 CHART_VENV := .venv-chart
 HELM := .quantgate/tools/helm
 IMAGE_TAG ?= 0.1.0
@@ -31,12 +37,12 @@ $(VENV)/.done: requirements/main.txt pyproject.toml
 # vLLM and llm-compressor pin different compressed-tensors: one environment each.
 $(VLLM_VENV)/.done: requirements/vllm.txt
 	rm -rf $(VLLM_VENV) && $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install $(PIP) -r requirements/vllm.txt
+	$(VLLM_VENV)/bin/pip install $(PIP) $(TORCH_PIP) -r requirements/vllm.txt
 	touch $@
 
 $(QUANT_VENV)/.done: requirements/quantizer.txt
 	rm -rf $(QUANT_VENV) && $(PYTHON) -m venv $(QUANT_VENV)
-	$(QUANT_VENV)/bin/pip install $(PIP) -r requirements/quantizer.txt
+	$(QUANT_VENV)/bin/pip install $(PIP) $(TORCH_PIP) -r requirements/quantizer.txt
 	touch $@
 
 ## gguf: llama.cpp's converter and quantizer in the quantizer environment (method: gguf).

@@ -25,9 +25,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
         help="build, serve (real vLLM) and measure every variant: size, memory, tokens/s, PPL",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description=__doc__.splitlines()[0].replace("``", "") if __doc__ else None,
     )
-    p.add_argument("manifest", type=Path)
+    p.add_argument("manifest", type=Path, help="the model manifest (YAML)")
     p.add_argument("--model", help="only this model (default: all)")
     p.add_argument("--variant", action="append", help="only these variants (repeatable)")
     p.add_argument("--requests", type=int, default=16, help="completions at @N (default 16)")

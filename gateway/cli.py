@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import bench_cli, quantize_cli, recommend_cli
+from gateway.logs import configure
 from serving.errors import ManifestError
 from serving.fleet import Fleet
 from serving.manifest import Manifest, Model, key_lines, load_manifest
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as exc:
         print(f"quantgate: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `quantgate ... | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 
@@ -43,14 +46,25 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gateway on a manifest")
-    serve.add_argument("manifest", type=Path)
+    serve.add_argument("manifest", type=Path, help="the model manifest (YAML)")
     serve.add_argument("--host", help="listen address (default: QUANTGATE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default: QUANTGATE_PORT or 8000)")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="least severe events logged (default info: every job, vLLM, circuit and swap event)",
+    )
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines (default) or JSON lines, one object per event",
+    )
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="validate a manifest; errors name file, line and field")
-    check.add_argument("manifest", type=Path)
+    check.add_argument("manifest", type=Path, help="the model manifest (YAML)")
     check.set_defaults(func=_check)
 
     schema = sub.add_parser("schema", help="print the manifest's JSON Schema")
@@ -60,8 +74,10 @@ def _parser() -> argparse.ArgumentParser:
         "make-model",
         help="build a small Llama model here (local tokenizer, brief training; no downloads)",
     )
-    make.add_argument("out", type=Path)
-    make.add_argument("--train-steps", type=int, default=300)
+    make.add_argument("out", type=Path, help="the folder to write the model into")
+    make.add_argument(
+        "--train-steps", type=int, default=300, help="training steps on the built-in text (300)"
+    )
     make.set_defaults(func=_make_model)
 
     quantize_cli.register(sub)
@@ -71,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="start the gateway on a manifest, send one chat completion, print the result"
     )
-    demo.add_argument("manifest", type=Path)
+    demo.add_argument("manifest", type=Path, help="the model manifest (YAML)")
     demo.add_argument(
         "--model", default="auto", help="model[:variant], or auto: the first servable quantized one"
     )
@@ -90,13 +106,14 @@ def _serve(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     gateway = GatewaySettings()
     serving = ServingSettings()
-    if serving.launcher == "local":
-        _require_python(serving.vllm_python, "QUANTGATE_VLLM_PYTHON", "vLLM")
-        _require_python(serving.quantizer_python, "QUANTGATE_QUANTIZER_PYTHON", "the quantizer")
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # health polls, one line each
+    if serving.launcher == "local":  # a manifest of upstreams only needs neither
+        local = [m for m in manifest.models.values() if m.source is not None]
+        if local:
+            _require_python(serving.vllm_python, "QUANTGATE_VLLM_PYTHON", "vLLM")
+        if any(_needs_quantizer(m) for m in local):
+            quantizer = serving.quantizer_python
+            _require_python(quantizer, "QUANTGATE_QUANTIZER_PYTHON", "the quantizer")
+    configure(args.log_level, args.log_format)
     uvloop.run(_run_gateway(args, manifest, gateway, serving))
     return 0
 
@@ -119,6 +136,12 @@ async def _run_gateway(
             timeout_graceful_shutdown=30,
         )
         await uvicorn.Server(config).serve()
+
+
+def _needs_quantizer(model: Model) -> bool:
+    """Whether a job may run for it: a variant to build or measure, or a source to prepare."""
+    prepared = model.origin.prepared_here
+    return not prepared or any(v.needs_job for v in model.variants.values())
 
 
 @asynccontextmanager

@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "quantize",
         help="quantize a local checkpoint into a folder: what the gateway's jobs build",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description=__doc__.splitlines()[0].replace("``", "") if __doc__ else None,
     )
     p.add_argument(
         "--model-path",

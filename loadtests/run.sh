@@ -32,7 +32,7 @@ while [[ $# -gt 0 ]]; do
 done
 locust="$root/.venv-load/bin/locust"
 if [[ ! -x $locust ]]; then
-  echo "run.sh: no $locust: run \`make .venv-load/.done\` (the load-test environment)" >&2
+  echo "run.sh: no $locust: run \`make install-load\` (the load-test environment)" >&2
   exit 2
 fi
 mkdir -p "$out"

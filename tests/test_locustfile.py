@@ -83,6 +83,10 @@ def test_failures_ttft_and_tokens_per_second_are_reported(tmp_path: Path) -> Non
     assert 0 < float(ttft["Median Response Time"]) < float(streams["Median Response Time"])
     assert float(speed["Min Response Time"]) > 0  # tokens/s (chunks that arrive together: high)
     assert float(speed["Average Content Size"]) == MAX_TOKENS  # tokens, from the usage event
+    total = run.stats["", "Aggregated"]  # requests only: not the TTFT and TOKENS/S rows
+    assert int(total["Request Count"]) == int(streams["Request Count"]) + int(
+        answers["Request Count"]
+    )
     failures = (tmp_path / "stats_failures.csv").read_text()
     for message in (
         "error event: boom: boom",

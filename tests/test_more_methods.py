@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,19 @@ from serving.hardware import Gpu, Hardware
 from serving.kernels import choose, planned_scheme, read_scheme
 from serving.launcher import LaunchSpec
 from serving.manifest import Method, Variant
-from serving.recommend import parse_size, recommend
+from serving.recommend import (
+    Workload,
+    estimate_kv_per_token,
+    kv_per_token_from_config,
+    parse_size,
+    recommend,
+)
 
 H100 = Hardware("cuda", gpus=(Gpu(0, "H100", 90, 81_559),))
 L4 = Hardware("cuda", gpus=(Gpu(0, "L4", 89, 23_034),))
 AVX2 = Hardware("cpu", frozenset({"avx2"}))
+A100 = Hardware("cuda", gpus=(Gpu(0, "A100", 80, 81_920),))
+T4 = Hardware("cuda", gpus=(Gpu(0, "T4", 75, 15_360),))
 
 
 def manifest(variant: str) -> str:
@@ -230,13 +239,48 @@ def test_sizes_are_read_with_their_units() -> None:
         parse_size("24 furlongs", "memory")
 
 
-def test_quality_takes_the_most_bits_that_fit() -> None:
-    rec = recommend(8e9, 24, "quality", L4)
-    assert rec.choice == "bf16"  # 14.9 GiB of weights in 16.5 GiB
-    rec = recommend(8e9, 16, "quality", L4)
+def test_quality_takes_the_most_bits_that_fit_fp8_first_where_the_gpu_has_it() -> None:
+    rec = recommend(8e9, 24, "quality", L4)  # bf16 would fit (14.9 GiB in 16.5), FP8 first
+    assert rec.choice == "fp8" and any("this GPU has FP8 kernels" in r for r in rec.reasons)
+    assert recommend(8e9, 80, "quality", H100).choice == "fp8"
+    assert recommend(8e9, 24, "quality", A100).choice == "bf16"  # no FP8 kernels: most bits
+    rec = recommend(8e9, 16, "quality", A100)  # FP8 weight-only (Marlin) on Ampere
     assert rec.choice == "fp8" and "not bf16: its 14.9 GiB do not fit" in rec.reasons
     rec = recommend(70e9, 80, "quality", H100)
     assert rec.choice == "gptq-w4a16" and rec.variant == {"method": "gptq", "bits": 4}
+    assert "not fp8: its 65.2 GiB do not fit" in rec.reasons
+
+
+def test_a_gpu_without_bf16_serves_the_base_in_float16() -> None:
+    rec = recommend(1e9, 16, "quality", T4)
+    assert rec.choice == "fp16" and rec.variant == {"method": "none"}
+    assert rec.serve == {"dtype": "float16"}
+    assert any("no bf16 on compute capability 7.5" in r for r in rec.reasons)
+
+
+def test_the_kv_cache_is_sized_from_context_and_concurrency() -> None:
+    assert 120 * 1024 < estimate_kv_per_token(8e9) <= 128 * 1024 + 1  # Llama-3.1-8B's 128 KiB
+    config = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "hidden_size": 4096}  # fmt: skip
+    assert kv_per_token_from_config(config) == 128 * 1024
+    small = Workload(context_length=8192, concurrency=4)  # 4 GiB of KV cache
+    assert recommend(8e9, 24, "quality", A100, workload=small).choice == "bf16"
+    big = Workload(context_length=8192, concurrency=24)  # 24 GiB (1 GiB per request)
+    rec = recommend(8e9, 80, "quality", A100, workload=big)  # (72 - 1.5 - 14.9) GiB: 55
+    assert rec.choice == "bf16" and rec.considered[0]["full_context_requests"] == 55
+    rec = recommend(8e9, 40, "quality", A100, workload=big)  # 10.5 GiB left for weights
+    assert rec.choice == "fp8" and "not bf16: its 14.9 GiB do not fit" in rec.reasons
+
+
+def test_70b_on_two_h100s_at_64_requests_of_8k_says_what_it_holds() -> None:
+    load = Workload(context_length=8192, concurrency=64, gpus=2)
+    rec = recommend(70e9, 80, "speed", H100, workload=load)
+    assert rec.choice == "fp8" and rec.serve == {"tensor_parallel_size": 2}
+    assert any("decode is compute-bound" in r for r in rec.reasons)
+    assert any("holds 30 at full context" in r for r in rec.reasons), rec.reasons
+    assert recommend(70e9, 80, "speed", H100, workload=replace(load, concurrency=8)).choice == (
+        "gptq-w4a16"  # few streams: memory-bound, 4-bit weights
+    )
 
 
 def test_speed_and_memory_take_4_bit_weights_where_a_kernel_serves_them() -> None:
@@ -253,7 +297,10 @@ def test_measured_rows_decide_where_they_cover_the_candidates() -> None:
     ]
     rec = recommend(8e9, 80, "speed", H100, measured)
     assert rec.choice == "fp8" and "measured 5075 tok/s" in rec.reasons[-1]
-    assert recommend(8e9, 80, "quality", H100, measured).choice == "bf16"  # not measured: rule
+    # bf16 is the reference (+0); FP8 within a point of it: the rule's order decides
+    assert recommend(8e9, 80, "quality", H100, measured).choice == "fp8"
+    worse = [{**measured[1], "ppl_increase": 0.02}, measured[0]]
+    assert recommend(8e9, 80, "quality", H100, worse).choice == "bf16"
 
 
 def test_nothing_fits_says_what_to_do() -> None:
@@ -269,7 +316,14 @@ def test_the_recommend_command(tmp_path: Path) -> None:
     run = cli("--model-size", "8B", "--gpu-memory", "24GiB", "--priority", "speed", "--gpu", "l4")
     assert run.returncode == 0 and run.stdout.startswith("recommended: gptq-w4a16")
     run = cli("--model-size", "8B", "--gpu-memory", "24GiB", "--json")
-    assert json.loads(run.stdout)["choice"] == "bf16"
+    assert json.loads(run.stdout)["choice"] == "bf16"  # an A100: no FP8 kernels
+    run = cli("--model-size", "8B", "--gpu-memory", "24GiB", "--concurrency", "4")
+    assert run.returncode == 2 and "go together" in run.stderr
+    pipe = subprocess.run(  # a reader that leaves early: no traceback
+        f"{sys.executable} -m gateway.cli recommend --model-size 8B --gpu-memory 24GiB | head -1",
+        shell=True, capture_output=True, text=True,
+    )  # fmt: skip
+    assert pipe.stdout.startswith("recommended:") and "Traceback" not in pipe.stderr
     run = cli("--model-size", "8B", "--gpu-memory", "24GiB", "--gpu", "tpu")
     assert run.returncode == 2 and "unknown GPU 'tpu'" in run.stderr
 
