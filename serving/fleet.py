@@ -580,7 +580,10 @@ class Fleet:
         slot.failure = None
         if self._built(model_name, model, name):
             return None
-        job = self.jobs.submit(model_name, model, name)  # the bring-up finds this same job
+        if not model.variants[name].needs_job:  # served from the source: prepare that
+            job = self.jobs.prepare_source(model_name, model)
+        else:
+            job = self.jobs.submit(model_name, model, name)  # the bring-up finds this same job
         if start:
             self._ensure_bring_up(model_name, name)
         return job

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -157,6 +158,22 @@ def test_the_base_of_a_gguf_source_is_served_from_the_import(
     variants = httpx.get(server.url + "/admin/variants").json()["data"]
     base = next(v for v in variants if v["variant"] == "base")
     assert base["state"] == "ready" and base["job"]["variant"] == SOURCE
+
+
+def test_building_the_base_of_a_gguf_source_prepares_the_source(
+    tmp_path: Path, live_gateway: ServeFleet
+) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    server: LiveServer = live_gateway(gguf_manifest(tmp_path, gguf), AVX512, GatewaySettings())
+    built = httpx.post(server.url + "/admin/variants/tiny/base/build", timeout=30)
+    assert built.status_code == 202, built.text
+    assert built.json()["job"]["variant"] == SOURCE  # not a job for "base" itself
+    deadline = time.monotonic() + 30
+    while (job := httpx.get(server.url + "/admin/jobs").json()["data"][0])["state"] != "succeeded":
+        assert job["state"] in ("queued", "running") and time.monotonic() < deadline, job
+        time.sleep(0.1)
+    assert len(httpx.get(server.url + "/admin/jobs").json()["data"]) == 1
 
 
 def test_a_group_size_the_imported_layers_refuse_fails_after_the_import(tmp_path: Path) -> None:
