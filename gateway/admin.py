@@ -1,4 +1,5 @@
-"""Admin routes: variants and their replicas, build/start/stop/scale, jobs and their logs.
+"""Admin routes: variants and their replicas, build/start/stop/scale, jobs and their logs,
+reloading the manifest.
 
 With ``QUANTGATE_ADMIN_KEY`` set, every admin route needs ``Authorization: Bearer <key>``;
 without it, admin routes answer only clients on the loopback interface.
@@ -15,6 +16,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from gateway.errors import NotFound, Unauthorized
+from gateway.reloader import Reloader
 from gateway.settings import GatewaySettings
 from serving.fleet import Fleet
 from serving.jobs import Job, tail
@@ -45,6 +47,14 @@ def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
     router = APIRouter(
         prefix="/admin", tags=["admin"], dependencies=[Depends(admin_guard(settings))]
     )
+
+    @router.post("/reload")
+    async def reload(request: Request) -> dict[str, Any]:
+        """Apply the manifest file as it is now (400 with its errors: the running one stays)."""
+        reloader: Reloader | None = getattr(request.app.state, "reloader", None)
+        if reloader is None:
+            raise NotFound("this gateway was not started from a manifest file")
+        return await reloader.reload("POST /admin/reload")
 
     @router.get("/variants")
     async def variants() -> dict[str, Any]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,6 +21,7 @@ from gateway.errors import error_response
 from gateway.keys import KeyRing
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import ENDPOINTS, Proxy
+from gateway.reloader import Reloader
 from gateway.settings import GatewaySettings
 from gateway.upstream import UpstreamPool
 from gateway.usage_admin import usage_router
@@ -40,8 +45,14 @@ class QuantgateApp(FastAPI):
 
 
 def create_app(
-    fleet: Fleet, settings: GatewaySettings, registry: CollectorRegistry | None = None
+    fleet: Fleet,
+    settings: GatewaySettings,
+    registry: CollectorRegistry | None = None,
+    manifest_path: Path | None = None,
+    watch_s: float | None = None,
 ) -> QuantgateApp:
+    """The app; with ``manifest_path`` it reloads that file on ``POST /admin/reload``, SIGHUP
+    and (``watch_s``) when its content changes."""
     metrics = GatewayMetrics(registry or CollectorRegistry())
     metrics.watch_jobs(fleet.jobs.jobs)
     metrics.watch_replicas(fleet.replica_rows)
@@ -58,9 +69,12 @@ def create_app(
             app.state.ledger = accounting.ledger
             app.state.proxy = Proxy(fleet, pool, metrics, settings, accounting)
             fleet.start()
+            watching = _reloading(app, manifest_path, fleet, keys, metrics, watch_s)
             try:
                 yield
             finally:
+                if watching is not None:
+                    watching.cancel()
                 await fleet.aclose()
                 pool.close()
 
@@ -101,6 +115,28 @@ def create_app(
     app.include_router(admin_router(fleet, settings))
     app.include_router(usage_router(settings))
     return app
+
+
+def _reloading(
+    app: FastAPI,
+    path: Path | None,
+    fleet: Fleet,
+    keys: KeyRing,
+    metrics: GatewayMetrics,
+    watch_s: float | None,
+) -> asyncio.Task[None] | None:
+    """Set up reloads of ``path`` (none without one); the file watch's task, if asked for."""
+    if path is None:
+        return None
+    reloader = app.state.reloader = Reloader(path, fleet, keys, metrics)
+
+    def on_hangup() -> None:
+        task = asyncio.ensure_future(reloader.reload("SIGHUP"))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged already
+
+    with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not main thread
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hangup)
+    return asyncio.create_task(reloader.watch(watch_s), name="manifest-watch") if watch_s else None
 
 
 def model_cards(fleet: Fleet) -> list[dict[str, Any]]:

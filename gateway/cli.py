@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level",
         default="info",
-        choices=["debug", "info", "warning", "error"],
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
         help="least severe events logged (default info: every job, vLLM, circuit and swap event)",
     )
     serve.add_argument(
@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         default="text",
         choices=["text", "json"],
         help="text lines (default) or JSON lines, one object per event",
+    )
+    serve.add_argument(
+        "--watch",
+        action="store_true",
+        help="reload the manifest when the file changes (also: SIGHUP, POST /admin/reload)",
     )
     serve.set_defaults(func=_serve)
 
@@ -127,7 +132,7 @@ async def _run_gateway(
 
     async with _fleet(manifest, serving) as fleet:
         config = uvicorn.Config(
-            create_app(fleet, gateway),
+            create_app(fleet, gateway, None, args.manifest.resolve(), 2.0 if args.watch else None),
             host=args.host or gateway.host,
             port=args.port or gateway.port,
             log_level=args.log_level,

@@ -8,6 +8,7 @@ QuantgateError
 ├── Unauthorized          401 missing or invalid API key or admin key
 ├── Forbidden             403 the key may not use this model or variant
 ├── NotFound              404
+│   (serving's ManifestError is 400 invalid_manifest, ReloadRefused 409 restart_needed)
 ├── PayloadTooLarge       413
 ├── RateLimited           429 requests/min, tokens/min (Retry-After) or token quota exhausted
 ├── LimiterUnavailable    503 the shared rate-limit store (Redis) cannot be reached
@@ -25,7 +26,9 @@ from starlette.responses import Response
 from serving.errors import (
     BackendFailed,
     JobFailed,
+    ManifestError,
     QuantgateError,
+    ReloadRefused,
     UnknownModel,
     VariantOverBudget,
     VariantUnavailable,
@@ -136,6 +139,10 @@ def error_response(exc: QuantgateError) -> Response:
 def _classify(exc: QuantgateError) -> tuple[int, str, str, str | None, dict[str, str]]:
     if isinstance(exc, UnknownModel):
         return 404, "invalid_request_error", "model_not_found", "model", {}
+    if isinstance(exc, ManifestError):
+        return 400, "invalid_request_error", "invalid_manifest", None, {}
+    if isinstance(exc, ReloadRefused):
+        return 409, "invalid_request_error", "restart_needed", None, {}
     if isinstance(exc, InvalidRequest):
         return 400, "invalid_request_error", "invalid_request", exc.param, {}
     if isinstance(exc, Unauthorized):

@@ -91,6 +91,10 @@ class KeyRing:
         log.info("API keys loaded: %s", ", ".join(p.name for p in digests.values()))
         return cls(digests)
 
+    def replace(self, other: KeyRing) -> None:
+        """Take ``other``'s keys (a reloaded manifest): every holder of this ring sees them."""
+        self._digests, self.open_access = other._digests, other.open_access
+
     @property
     def names(self) -> list[str]:
         return [principal.name for _, principal in self._digests]

@@ -32,5 +32,6 @@ def configure(level: str, style: LogFormat = "text") -> None:
     """Log to stderr at ``level`` in ``style``; health polls (httpx, one line each) muted."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLines() if style == "json" else logging.Formatter(TEXT))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    name = "DEBUG" if level.lower() == "trace" else level.upper()  # trace: uvicorn's own
+    logging.basicConfig(level=name, handlers=[handler], force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)

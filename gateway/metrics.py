@@ -123,6 +123,12 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.reloads = Counter(
+            "quantgate_manifest_reloads",
+            "Manifest reloads by result: applied, or refused (invalid, or needing a restart).",
+            ["result"],
+            registry=registry,
+        )
 
         self._children: dict[tuple[str, str], VariantMetrics] = {}
 

@@ -2,6 +2,7 @@
 
 QuantgateError
 ├── ManifestError            the manifest is unreadable or invalid (file, line, field)
+├── ReloadRefused            a valid new manifest that a running gateway cannot take (restart)
 ├── UnknownModel             a request names a model or variant the manifest does not have
 ├── VariantUnavailable       not servable now: being built, starting, or the wait ran out
 │                            (carries retry_after_s)
@@ -42,6 +43,10 @@ class ManifestError(QuantgateError):
     def __init__(self, issues: list[ManifestIssue]) -> None:
         self.issues = issues
         super().__init__("invalid manifest:\n" + "\n".join(f"  {issue}" for issue in issues))
+
+
+class ReloadRefused(QuantgateError):
+    pass
 
 
 class UnknownModel(QuantgateError):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import time
@@ -34,6 +35,7 @@ from serving import kernels, tuner
 from serving.errors import (
     BackendFailed,
     QuantgateError,
+    ReloadRefused,
     UnknownModel,
     VariantOverBudget,
     VariantUnavailable,
@@ -46,6 +48,7 @@ from serving.manifest import Manifest, Method, Model, split_model_name
 from serving.placement import Placement
 from serving.pool import VariantPool
 from serving.quality import over_budget
+from serving.reload import ManifestChange, compare, restart_needed
 from serving.replica import Replica, RestartPolicy, StaticReplica
 from serving.specs import LaunchPlanner
 from serving.store import VariantStore, weights_size
@@ -60,6 +63,9 @@ VLLM_PACKAGES = {
     Method.GGUF: ("vllm_gguf_plugin", "vllm-gguf-plugin==0.0.5"),
     Method.TORCHAO: QUANTIZER_PACKAGES["torchao"],
 }
+
+
+log = logging.getLogger(__name__)
 
 
 class VariantState(StrEnum):
@@ -134,6 +140,7 @@ class Fleet:
             for v in model.variants
         }
         self._reaper: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()  # variants a reload removed, draining
         self._swap_listeners: list[Callable[[SwapEvent], None]] = []
         self.swapper: Swapper | None = None
         if manifest.swapping is not None and manifest.swapping.enabled:
@@ -612,6 +619,42 @@ class Fleet:
         await slot.pool.stop(drain)
         self._specs.release(f"{model_name}:{name}#")
 
+    # -- reloading -------------------------------------------------------------------------
+    def reload(self, manifest: Manifest) -> ManifestChange:
+        """Serve ``manifest`` from now on (``serving.reload``): new variants appear, removed and
+        changed ones drain and stop in the background, kept ones keep their processes. Raises
+        ReloadRefused when it needs a restart; nothing changes then."""
+        why = restart_needed(self.manifest, manifest)
+        if why:
+            raise ReloadRefused(why)
+        old, change = self.manifest, compare(self.manifest, manifest)
+        retired = {key: self._slots.pop(key) for key in change.removed + change.changed}
+        self.manifest = manifest
+        self._specs.use(manifest)
+        for m, v in change.added + change.changed:
+            self._slots[(m, v)] = _Slot(self._pool(m, manifest.models[m], v))
+        for (m, v), slot in retired.items():
+            drain = old.models[m].serve.drain_s
+            task = asyncio.create_task(self._retire((m, v), slot, drain), name=f"retire-{m}:{v}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        self.start()  # the idle reaper, if the new manifest stops idle variants
+        return change
+
+    async def _retire(self, key: tuple[str, str], slot: _Slot, drain_s: float) -> None:
+        """Drain and stop the processes of a variant the manifest no longer has as it was."""
+        if slot.bring_up is not None:
+            slot.bring_up.cancel()
+            await asyncio.gather(slot.bring_up, return_exceptions=True)
+        if slot.pool.running:
+            log.info("%s:%s: left the manifest or changed; draining its replicas", *key)
+        await slot.pool.stop(drain_s)
+        current = self._slots.get(key)
+        live = {f"{key[0]}:{key[1]}#{r.index}" for r in current.pool.replicas} if current else set()
+        for owner in self.placement.claims():
+            if owner.startswith(f"{key[0]}:{key[1]}#") and owner not in live:
+                self.placement.release(owner)
+
     def replica_rows(self) -> list[dict[str, Any]]:
         """Every replica's model, variant, state and circuit (cheap: for metrics)."""
         return [
@@ -634,13 +677,16 @@ class Fleet:
     # -- background work -------------------------------------------------------------------
     def start(self) -> None:
         """Start the idle reaper (call from inside the running event loop)."""
-        if any(m.serve.idle_stop_s for m in self.manifest.models.values()):
+        idle_stops = any(m.serve.idle_stop_s for m in self.manifest.models.values())
+        if idle_stops and self._reaper is None:
             self._reaper = asyncio.create_task(self._reap_idle(), name="idle-reaper")
 
     async def _reap_idle(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            for (m, v), slot in self._slots.items():
+            for (m, v), slot in list(self._slots.items()):  # a reload may change them
+                if self._slots.get((m, v)) is not slot:
+                    continue
                 idle_stop = self.manifest.models[m].serve.idle_stop_s
                 if idle_stop and slot.pool.running and slot.pool.idle_for() >= idle_stop:
                     await self.stop(m, v)
@@ -650,6 +696,7 @@ class Fleet:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         bring_ups = [s.bring_up for s in self._slots.values() if s.bring_up is not None]
         for task in bring_ups:
             task.cancel()

@@ -71,6 +71,10 @@ class LaunchPlanner:
         self._host = host
         self._places_gpus = places_gpus
 
+    def use(self, manifest: Manifest) -> None:
+        """Plan from a reloaded manifest (``Fleet.reload``)."""
+        self._manifest = manifest
+
     def model_dir(self, model_name: str, name: str) -> Path:
         model = self._manifest.models[model_name]
         variant = model.variants[name]

@@ -1,0 +1,189 @@
+"""Reloading the manifest of a running gateway (real fleet, fake vLLM processes): a variant
+added, one removed while it streams (the stream completes), one changed, an unchanged one kept
+in the same process; a broken manifest refused while the old one keeps answering."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from conftest import LiveServer, free_port, make_fleet, write_manifest
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+
+
+def chat(client: httpx.Client, model: str, **extra: Any) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+    return client.post("/v1/chat/completions", json=body)
+
+
+def pid(client: httpx.Client, variant: str) -> int:
+    rows = client.get("/admin/backends").json()["data"]
+    found: int = next(r["pid"] for r in rows if r["variant"] == variant)
+    return found
+
+
+def alive(process: int) -> bool:
+    try:
+        os.kill(process, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stream_in_background(url: str, out: dict[str, Any], started: threading.Event) -> None:
+    body = {"model": "tiny:awq", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 40, "stream": True}  # fmt: skip
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+        out["status"], out["lines"] = r.status_code, []
+        for line in r.iter_lines():
+            out["lines"].append(line)
+            started.set()
+
+
+def test_reload_applies_a_diff_and_refuses_a_broken_manifest(
+    tmp_path: Path,
+    model_dir: Path,
+    fake_vllm_python: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv("FAKE_ITL_S", "0.05")  # 40 tokens: a 2 s stream
+    manifest = write_manifest(tmp_path, model_dir)
+    path = tmp_path / "manifest.yaml"
+    registry = CollectorRegistry()
+    fleet = make_fleet(manifest, fake_vllm_python)
+    app = create_app(fleet, GatewaySettings(), registry, path)
+    with LiveServer(app, registry) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        assert chat(c, "tiny:base").status_code == 200 and chat(c, "tiny:awq").status_code == 200
+        base_pid, awq_pid = pid(c, "base"), pid(c, "awq")
+        streamed: dict[str, Any] = {}
+        started = threading.Event()
+        reader = threading.Thread(target=stream_in_background, args=(server.url, streamed, started))
+        reader.start()
+        assert started.wait(10)
+
+        text = path.read_text()
+        new = text.replace("      awq: {method: awq, bits: 4}\n", "      rtn: {method: rtn}\n")
+        path.write_text(
+            new.replace("gptq: {method: gptq, bits: 4}", "gptq: {method: gptq, bits: 8}")
+        )
+        applied = c.post("/admin/reload")
+        assert applied.status_code == 200, applied.text
+        assert applied.json() == {"applied": True, "added": ["tiny:rtn"], "removed": ["tiny:awq"],
+                                  "changed": ["tiny:gptq"], "kept": ["tiny:base"]}  # fmt: skip
+        assert "manifest reload (POST /admin/reload) applied: added tiny:rtn" in caplog.text
+        gone = chat(c, "tiny:awq")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+
+        reader.join(30)  # the stream that was running on the removed variant completes
+        assert streamed["status"] == 200 and "data: [DONE]" in streamed["lines"][-2:]
+        assert sum('"content"' in line for line in streamed["lines"]) == 40
+        deadline = time.monotonic() + 20
+        while alive(awq_pid):  # then its vLLM drains and stops
+            assert time.monotonic() < deadline, "the removed variant's vLLM kept running"
+            time.sleep(0.1)
+
+        assert pid(c, "base") == base_pid and chat(c, "tiny:base").status_code == 200
+        assert chat(c, "tiny:rtn").status_code == 200  # built on demand, as any new variant
+
+        path.write_text(new.replace("variants:", "variants:\n      base: {method: none}", 1))
+        refused = c.post("/admin/reload")
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        assert error["code"] == "invalid_manifest" and "duplicate key 'base'" in error["message"]
+        assert f"{path}:" in error["message"]
+        assert chat(c, "tiny:base").status_code == 200 and pid(c, "base") == base_pid
+
+    applied_n = registry.get_sample_value("quantgate_manifest_reloads_total", {"result": "applied"})
+    refused_n = registry.get_sample_value("quantgate_manifest_reloads_total", {"result": "refused"})
+    assert (applied_n, refused_n) == (1, 1)
+
+
+def test_a_change_that_needs_a_restart_is_refused(
+    tmp_path: Path, model_dir: Path, fake_vllm_python: Path
+) -> None:
+    manifest = write_manifest(tmp_path, model_dir)
+    path = tmp_path / "manifest.yaml"
+    registry = CollectorRegistry()
+    app = create_app(make_fleet(manifest, fake_vllm_python), GatewaySettings(), registry, path)
+    with LiveServer(app, registry) as server:
+        path.write_text(path.read_text().replace("cache_dir: ", f"cache_dir: {tmp_path}/other#"))
+        refused = httpx.post(server.url + "/admin/reload")
+        assert refused.status_code == 409, refused.text
+        assert "cache_dir changed" in refused.json()["error"]["message"]
+
+
+def test_the_file_watch_reloads_a_changed_manifest(
+    tmp_path: Path, model_dir: Path, fake_vllm_python: Path
+) -> None:
+    manifest = write_manifest(tmp_path, model_dir)
+    path = tmp_path / "manifest.yaml"
+    registry = CollectorRegistry()
+    fleet = make_fleet(manifest, fake_vllm_python)
+    app = create_app(fleet, GatewaySettings(), registry, path, watch_s=0.1)
+    with LiveServer(app, registry) as server:
+        path.write_text(path.read_text().replace("      awq: {method: awq, bits: 4}\n", ""))
+        deadline = time.monotonic() + 10
+        while "tiny:awq" in [m["id"] for m in httpx.get(server.url + "/v1/models").json()["data"]]:
+            assert time.monotonic() < deadline, "the changed file was not reloaded"
+            time.sleep(0.1)
+
+
+def test_a_router_only_gateway_starts_without_environments_and_reloads_on_sighup(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "upstreams.yaml"
+    text = f"""
+cache_dir: {tmp_path / "cache"}
+models:
+  ext:
+    default_variant: a
+    variants:
+      a: {{method: none, upstream: {{url: "http://127.0.0.1:9/v1", model: m}}}}
+"""
+    path.write_text(text)
+    port = free_port()
+    env = {**os.environ, "QUANTGATE_VLLM_PYTHON": "/nonexistent/python",
+           "QUANTGATE_QUANTIZER_PYTHON": "/nonexistent/python"}  # fmt: skip
+    args = [sys.executable, "-m", "gateway.cli", "serve", str(path), "--port", str(port)]
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(url + "/health").status_code == 200, proc)
+        path.write_text(
+            text + '      b: {method: none, upstream: {url: "http://127.0.0.1:9", model: m}}\n'
+        )
+        proc.send_signal(signal.SIGHUP)
+        names = lambda: [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]]  # noqa: E731
+        wait_for(lambda: "ext:b" in names(), proc)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "manifest reload (SIGHUP) applied: added ext:b" in err, err[-3000:]
+
+
+def wait_for(check: Callable[[], bool], proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if check():
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
