@@ -14,7 +14,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import httpx
 PROMPT = "What is the capital of France? Answer in one word."
 EXPECTED = "Paris"
 MAX_TOKENS = 24
+TICK_S = 15.0  # while a request waits: what the gateway is doing, this often
 QUESTION: dict[str, Any] = {  # greedy, so the answer can be judged
     "messages": [{"role": "user", "content": PROMPT}],
     "max_tokens": MAX_TOKENS,
@@ -45,12 +49,12 @@ def run_demo(manifest: Path, model: str, port: int) -> int:
         client = OpenAI(base_url=base + "/v1", api_key="unused", timeout=1800, max_retries=0)
         print(f"\n>>> {model}: {PROMPT}\n    (first request: prepares the source, builds the "
               "variant, starts vLLM)")  # fmt: skip
-        answer = _ask(client, model)
+        answer = _ask(client, model, base)
         base_name = _base_of(base, model)
         answers = {model: answer}
         if base_name is not None:
             print(f"\n>>> {base_name}: {PROMPT}  (starts vLLM on the base weights)")
-            answers[base_name] = _ask(client, base_name)
+            answers[base_name] = _ask(client, base_name, base)
         _stream(client, model)
         _print_side_by_side(answers)
         _print_steps(base, model, base_name)
@@ -64,12 +68,50 @@ def run_demo(manifest: Path, model: str, port: int) -> int:
             os.killpg(server.pid, signal.SIGKILL)
 
 
-def _ask(client: Any, model: str) -> str:
+def _ask(client: Any, model: str, base: str) -> str:
     t0 = time.perf_counter()
-    reply = client.chat.completions.create(model=model, **QUESTION)
+    with _ticking(base, model):
+        reply = client.chat.completions.create(model=model, **QUESTION)
     text = str(reply.choices[0].message.content or "").strip()
     print(f"<<< {text!r}\n    {time.perf_counter() - t0:.1f} s, usage {reply.usage}")
     return text
+
+
+@contextmanager
+def _ticking(base: str, model: str, every_s: float = TICK_S) -> Iterator[None]:
+    """While a request waits: every ``every_s``, what the gateway is doing and for how long."""
+    stop, t0 = threading.Event(), time.perf_counter()
+
+    def tick() -> None:
+        while not stop.wait(every_s):
+            print(f"    ... {_doing(base, model)}, {time.perf_counter() - t0:.0f} s", flush=True)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _doing(base: str, model: str) -> str:
+    """``building: job smol:w8a8 quantize (12/30 layers)``-style: state and running job."""
+    try:
+        cards = httpx.get(base + "/v1/models", timeout=5).json()["data"]
+        jobs = httpx.get(base + "/admin/jobs", timeout=5).json()["data"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return "waiting"
+    state = next((c["quantgate"]["state"] for c in cards if c["id"] == model), "waiting")
+    running = [j for j in jobs if j["state"] == "running"]
+    if not running:
+        return state
+    job, progress = running[-1], running[-1]["progress"]
+    layers = (
+        progress["layers_total"]
+        and f" ({progress['layers_done']}/{progress['layers_total']} layers)"
+    )
+    return f"{state}: job {job['model']}:{job['variant']} {job['stage']}{layers or ''}"
 
 
 def _stream(client: Any, model: str) -> None:

@@ -354,20 +354,38 @@ def let_csv_catch_up(environment: Environment, **_: Any) -> None:
         gevent.sleep(stats.CSV_STATS_INTERVAL_SEC + 0.5)
 
 
+def _say_while_waiting(host: str, model: str, headers: dict[str, str], t0: float) -> None:
+    """Every 15 s of the warm-up: the variant's state as the gateway lists it."""
+    while True:
+        gevent.sleep(15)
+        state = "?"
+        try:
+            cards = requests.get(host.rstrip("/") + "/v1/models", headers=headers, timeout=5)
+            found = [c["quantgate"]["state"] for c in cards.json()["data"] if c["id"] == model]
+            state = found[0] if found else "not listed"
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            pass  # a plain vLLM server has no states; the wait goes on
+        log.info("warm-up: %s is %s after %.0f s", model, state, time.perf_counter() - t0)
+
+
 def warm_up(host: str, workload: Workload, timeout: float) -> None:
     """One small request outside the statistics: the first one may build the variant."""
     log.info("warm-up: one request for %s (builds and starts it if needed)", workload.model)
     message = {"role": "user", "content": workload.prompts[0]}
+    headers = {"Authorization": f"Bearer {workload.api_key(0)}"}
     t0 = time.perf_counter()
+    ticker = gevent.spawn(_say_while_waiting, host, workload.model, headers, t0)
     try:
         response = requests.post(
             host.rstrip("/") + "/v1/chat/completions",
             json={"model": workload.model, "max_tokens": 1, "messages": [message]},
-            headers={"Authorization": f"Bearer {workload.api_key(0)}"},
+            headers=headers,
             timeout=(10, timeout),
         )
     except requests.RequestException as exc:
         raise SystemExit(f"locustfile: warm-up request to {host} failed: {exc}") from None
+    finally:
+        ticker.kill()
     error = completion_error(response)
     if error:
         raise SystemExit(f"locustfile: warm-up request for {workload.model} failed: {error}")

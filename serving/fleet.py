@@ -469,6 +469,9 @@ class Fleet:
         self._swap_listeners.append(listener)
 
     def _swap_event(self, event: SwapEvent) -> None:
+        level = f" (level {event.level})" if event.level else ""
+        log.info("swap: %s:%s %s%s in %.2f s", event.model, event.variant, event.kind, level,
+                 event.seconds)  # fmt: skip
         for listener in self._swap_listeners:
             listener(event)
 

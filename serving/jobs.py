@@ -51,6 +51,7 @@ from serving.quality import PerplexityCache
 from serving.store import REPORT, VariantStore, discard
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 10.0  # layer progress in the log: at most this often per job
 
 # Runs a job's worker somewhere else (a Kubernetes Job): (job, model, spec, on_progress) -> result
 RemoteRun = Callable[["Job", Model, BuildSpec, OnProgress], Awaitable[dict[str, Any] | None]]
@@ -183,6 +184,7 @@ class JobRunner:
         self._active: dict[tuple[str, str], Job] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = False
+        self._told: dict[str, float] = {}  # job id -> when its progress was last logged
         self._jobs = {job.id: job for job in self._recover()}
 
     # -- reading ---------------------------------------------------------------------------
@@ -365,10 +367,14 @@ class JobRunner:
             )
 
     def _on_progress(self, job: Job, event: dict[str, Any]) -> None:
-        stage = job.stage
+        stage, done = job.stage, job.layers_done
         job.on_progress(event)
-        if job.stage != stage:
-            log.info("job %s: %s: %s", job.id, _title(job), job.stage)
+        now = time.monotonic()
+        moved = job.layers_done != done and now - self._told.get(job.id, 0.0) >= PROGRESS_EVERY_S
+        if job.stage != stage or moved:  # every stage, layers at most every PROGRESS_EVERY_S
+            self._told[job.id] = now
+            layers = f" ({job.layers_done}/{job.layers_total} layers)" if job.layers_total else ""
+            log.info("job %s: %s: %s%s", job.id, _title(job), job.stage, layers)
         self._save(job)
 
     def _on_pid(self, job: Job, pid: int) -> None:
