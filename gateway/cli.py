@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a manifest; errors name file, line and field")
     check.add_argument("manifest", type=Path, help="the model manifest (YAML)")
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also ask each static upstream's /v1/models what it serves",
+    )
     check.set_defaults(func=_check)
 
     schema = sub.add_parser("schema", help="print the manifest's JSON Schema")
@@ -197,9 +202,10 @@ def _check(args: argparse.Namespace) -> int:
             for v, spec in model.variants.items()
         )
         print(f"{name}: {variants}")
-        problems += _check_model(
-            name, model, f"{args.manifest}:{lines.get(('models', name, 'source'), 1)}"
-        )
+        source_line = lines.get(("models", name, "source"), 1)
+        problems += _check_model(name, model, f"{args.manifest}:{source_line}")
+        if args.probe:
+            problems += _probe_upstreams(name, model)
     if problems:
         return 2
     print(f"{args.manifest}: ok")
@@ -233,6 +239,35 @@ def _check_model(name: str, model: Model, where: str) -> int:
         except InvalidRecipe as exc:
             problems += 1
             print(f"  {name}:{v}: cannot be built: {exc}", file=sys.stderr)
+    return problems
+
+
+def _probe_upstreams(name: str, model: Model) -> int:
+    """Ask each upstream of the model what it serves; the number of problems."""
+    import httpx
+
+    problems = 0
+    for v, spec in model.variants.items():
+        up = spec.upstream
+        if up is None:
+            continue
+        key = os.environ.get(up.api_key_env or "", "")
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        try:
+            answer = httpx.get(up.url + "/v1/models", headers=headers, timeout=10)
+            served = [str(card["id"]) for card in answer.raise_for_status().json()["data"]]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            print(f"  {name}:{v}: upstream {up.url}/v1/models: {exc}", file=sys.stderr)
+            problems += 1
+            continue
+        wanted = up.model or (served[0] if len(served) == 1 else None)
+        if wanted not in served:
+            need = f"model {up.model!r} is not among them" if up.model else "set upstream.model"
+            print(f"  {name}:{v}: upstream {up.url} serves {', '.join(served)}: {need}",
+                  file=sys.stderr)  # fmt: skip
+            problems += 1
+        else:
+            print(f"  {name}:{v}: upstream {up.url} serves {wanted}")
     return problems
 
 

@@ -149,3 +149,38 @@ models:
         assert r.json() == {"error": {"message": "The model `nope` does not exist.",
                                       "type": "invalid_request_error", "param": "model",
                                       "code": None}}  # fmt: skip
+
+
+def test_check_probe_asks_each_upstream_what_it_serves(tmp_path: Path, upstream: str) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(f"""
+cache_dir: {tmp_path}
+models:
+  ext:
+    default_variant: good
+    variants:
+      good: {{method: none, upstream: {{url: "{upstream}/v1", api_key_env: UPSTREAM_KEY}}}}
+      wrong: {{method: none, upstream: {{url: "{upstream}", api_key_env: UPSTREAM_KEY, model: x}}}}
+""")
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(path), "--probe"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"ext:good: upstream {upstream} serves real-name" in run.stdout
+    assert f"ext:wrong: upstream {upstream} serves real-name: model 'x' is not among" in run.stderr
+
+
+def test_check_flags_a_source_that_is_not_there_for_the_base_too(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(f"""version: 1
+cache_dir: {tmp_path}
+models:
+  tiny:
+    source: {tmp_path}/nowhere
+    default_variant: base
+    variants:
+      base: {{method: none}}
+""")
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(path)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 2
+    assert f"{path}:5: models.tiny.source: source {tmp_path}/nowhere does not exist" in run.stderr
