@@ -447,6 +447,9 @@ class Fleet:
                     self._parked[(model_name, name)] = parked
                 t0 = time.monotonic()
                 await slot.pool.scale(replicas or model.serve.replicas)
+                log.info("%s:%s ready: %d replica(s), kernel %s (%s), up in %.1f s", model_name,
+                         name, len(slot.pool.ready()), slot.kernel.kernel, slot.kernel.reason,
+                         time.monotonic() - t0)  # fmt: skip
                 if self._resident(model_name, name) is not None:  # swap-managed
                     self._swap_event(SwapEvent(model_name, name, "start", time.monotonic() - t0))
         except VariantUnavailable:

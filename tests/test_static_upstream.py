@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -184,3 +185,13 @@ models:
                          capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 2
     assert f"{path}:5: models.tiny.source: source {tmp_path}/nowhere does not exist" in run.stderr
+
+
+def test_log_lines_as_json_carry_the_event() -> None:
+    from gateway.logs import JsonLines
+
+    record = logging.LogRecord("serving.replica", logging.WARNING, __file__, 1,
+                               "%s: circuit opened", ("ext:a #0",), None)  # fmt: skip
+    line = json.loads(JsonLines().format(record))
+    assert line["level"] == "WARNING" and line["logger"] == "serving.replica"
+    assert line["message"] == "ext:a #0: circuit opened" and line["time"]
