@@ -12,12 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.accounting import Accounting
 from gateway.admin import admin_router
-from gateway.errors import error_response
+from gateway.errors import (
+    error_response,
+    http_error_response,
+    validation_error_response,
+)
 from gateway.keys import KeyRing
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import ENDPOINTS, Proxy
@@ -91,6 +97,14 @@ def create_app(
     @app.exception_handler(QuantgateError)
     async def _quantgate_error(request: Request, exc: QuantgateError) -> Response:
         return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return http_error_response(exc.status_code, exc.detail, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        return validation_error_response(exc.errors())
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:

@@ -14,12 +14,18 @@ QuantgateError
 ├── LimiterUnavailable    503 the shared rate-limit store (Redis) cannot be reached
 └── UpstreamError         502 the backend could not be reached or broke off
 
+The web framework's own errors (404, 405, a refused admin body: 400) and unexpected ones (500)
+get the same body (``http_error_response``, ``validation_error_response``,
+``internal_error_response``); so do an upstream's (``upstream_error_body``).
+
 Messages never contain an API key.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from starlette.responses import Response
 
@@ -176,6 +182,31 @@ def _classify(exc: QuantgateError) -> tuple[int, str, str, str | None, dict[str,
     if isinstance(exc, UpstreamError):
         return 502, "upstream_error", "upstream_unreachable", None, {}
     return 500, "internal_error", "internal_error", None, {}
+
+
+def http_error_response(status: int, detail: object, headers: Mapping[str, str] | None) -> Response:
+    """The web framework's own errors (no such route 404, wrong method 405) in the same shape."""
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, f"http_{status}")
+    type_ = "invalid_request_error" if status < 500 else "internal_error"
+    body = error_body(str(detail), type_, code)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def validation_error_response(errors: Sequence[Mapping[str, Any]]) -> Response:
+    """A body or query the admin routes' models refuse: 400, each problem with where it is."""
+    where = [".".join(str(p) for p in e.get("loc", ()) if p != "body") for e in errors]
+    msgs = [str(e.get("msg")) for e in errors]
+    parts = [f"{w}: {m}" if w else m for w, m in zip(where, msgs, strict=True)]
+    param = where[0] if where else None
+    body = error_body("; ".join(parts), "invalid_request_error", "invalid_request", param)
+    return Response(body, status_code=400, media_type="application/json")
+
+
+def internal_error_response(exc: BaseException) -> Response:
+    """An error no one meant (a bug): 500 in the same shape, never a plain-text page."""
+    message = f"internal error ({type(exc).__name__}); the gateway's log has the details"
+    body = error_body(message, "internal_error", "internal_error")
+    return Response(body, status_code=500, media_type="application/json")
 
 
 def sse_error_event(message: str) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from gateway.errors import (
     PayloadTooLarge,
     UpstreamError,
     error_response,
+    internal_error_response,
     sse_error_event,
     upstream_error_body,
 )
@@ -56,6 +58,8 @@ ENDPOINTS = {
 RETRY_STATUS = frozenset({502, 503})
 MAX_ATTEMPTS = 3
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,6 +116,12 @@ class Proxy:
         except QuantgateError as exc:
             response = error_response(exc)
             self._finish(call, response.status_code, None)
+            await response(scope, receive, send)
+            return
+        except Exception as exc:  # a bug: still an OpenAI body, still counted and logged
+            log.exception("internal error serving %s for %s:%s", path, call.model, call.variant)
+            response = internal_error_response(exc)
+            self._finish(call, 500, None)
             await response(scope, receive, send)
             return
         if routed.stream and upstream.status == 200:

@@ -98,6 +98,45 @@ def test_bad_requests_get_openai_errors(
     assert error["code"] == code and error["message"] and error["type"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("GET", "/v1/nothing-here", None, 404, "not_found"),
+        ("GET", "/v1/chat/completions", None, 405, "method_not_allowed"),
+        ("POST", "/admin/variants/tiny/gptq/scale", {"replicas": -1}, 400, "invalid_request"),
+    ],
+)
+def test_the_frameworks_own_errors_are_openai_errors(
+    gateway: Start, method: str, path: str, body: object, status: int, code: str
+) -> None:
+    server = gateway()
+    r = httpx.request(method, server.url + path, json=body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and error["message"] and error["type"], error
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_an_unexpected_error_is_a_500_body_and_leaves_no_request_in_flight(
+    gateway: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = gateway()
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
+    fleet = server.server.config.app.state.fleet  # type: ignore[attr-defined]
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(fleet, "acquire", broken)
+    r = httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30)
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "internal_error" and "RuntimeError" in r.text
+    labels = {"model": "tiny", "variant": "base"}
+    assert sample(server, "quantgate_requests_in_flight", **labels) == 0
+    status = {**labels, "endpoint": "chat", "status": "500"}
+    assert sample(server, "quantgate_requests_total", **status) == 1
+
+
 def test_oversized_body_is_413(gateway: Start) -> None:
     server = gateway(max_body_bytes=2048)
     r = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": "x" * 5000})
