@@ -206,6 +206,8 @@ def _check(args: argparse.Namespace) -> int:
         problems += _check_model(name, model, f"{args.manifest}:{source_line}")
         if args.probe:
             problems += _probe_upstreams(name, model)
+    if not manifest.models:
+        print("no models: the gateway serves nothing until a reload adds some")
     if problems:
         return 2
     print(f"{args.manifest}: ok")

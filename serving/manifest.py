@@ -788,7 +788,10 @@ class Auth(Strict):
 class Manifest(Strict):
     version: Literal[1] = 1
     cache_dir: Path = Field(description="Where built variants, job logs and vLLM logs live.")
-    models: dict[Name, Model] = Field(min_length=1)
+    models: dict[Name, Model] = Field(
+        default_factory=dict,
+        description="What it serves (none: nothing until a reload of the manifest adds some).",
+    )
     auth: Auth | None = None
     aliases: dict[str, str] = Field(
         default_factory=dict, description="other names clients may use: alias -> model[:variant]"

@@ -341,10 +341,13 @@ def test_broken_values_fail_with_a_clear_message(path: Path) -> None:
     assert expect in result.stderr
 
 
-def test_the_chart_needs_a_manifest() -> None:
-    result = helm_template()
-    assert result.returncode != 0
-    assert "manifest.models: Must have at least 1 properties" in result.stderr
+def test_the_default_values_lint_strict_and_serve_nothing_until_a_manifest_comes() -> None:
+    (config,) = [c for c in find(render(), "ConfigMap") if "manifest.yaml" in c.get("data", {})]
+    assert yaml.safe_load(config["data"]["manifest.yaml"])["models"] == {}
+    lint = subprocess.run(
+        [str(HELM), "lint", "--strict", str(CHART)], capture_output=True, text=True
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_values_schema_carries_the_current_manifest_schema() -> None:

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from conftest import LiveServer, free_port, make_fleet, write_manifest
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from serving.manifest import parse_manifest
 
 
 def chat(client: httpx.Client, model: str, **extra: Any) -> httpx.Response:
@@ -187,3 +188,21 @@ def wait_for(check: Callable[[], bool], proc: subprocess.Popen[str]) -> None:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_an_empty_manifest_serves_nothing_until_a_reload_adds_a_model(
+    tmp_path: Path, fake_vllm_python: Path
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(f"version: 1\ncache_dir: {tmp_path / 'cache'}\n")
+    manifest = parse_manifest(path.read_text(), path)
+    registry = CollectorRegistry()
+    app = create_app(make_fleet(manifest, fake_vllm_python), GatewaySettings(), registry, path)
+    with LiveServer(app, registry) as server, httpx.Client(base_url=server.url) as c:
+        assert c.get("/v1/models").json()["data"] == []
+        assert chat(c, "ext").status_code == 404
+        added = "models:\n  ext:\n    default_variant: a\n    variants:\n"
+        added += '      a: {method: none, upstream: {url: "http://127.0.0.1:9"}}\n'
+        path.write_text(path.read_text() + added)
+        assert c.post("/admin/reload").json()["added"] == ["ext:a"]
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["ext", "ext:a"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The chart's CI, no cluster needed (`make chart` runs it):
-#   1. helm lint --strict with every example values file;
+#   1. helm lint --strict with the default values and with every example values file;
 #   2. helm template every example, then validate every rendered object against the
 #      Kubernetes OpenAPI schemas of 1.30 (the oldest supported) and 1.37 (the newest bundled);
 #   3. every helm/tests/bad-*.yaml must fail to render, with the message its "# expect:" names;
@@ -13,6 +13,11 @@ chart=helm/quantgate
 kube=1.30.0
 base=$chart/examples/cpu-demo.yaml   # a valid release the broken files are layered on
 rm -rf "$out" && mkdir -p "$out"
+
+"$helm" lint --strict --quiet --kube-version "$kube" "$chart" >"$out/defaults.lint" \
+    || { cat "$out/defaults.lint"; echo "FAIL lint: the default values"; exit 1; }
+"$helm" template qg "$chart" --namespace quantgate --kube-version "$kube" >"$out/defaults.yaml"
+echo "ok   default values: lint --strict, $(grep -c '^kind:' "$out/defaults.yaml") objects"
 
 for example in "$chart"/examples/*.yaml; do
     name=$(basename "$example" .yaml)
