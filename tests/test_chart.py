@@ -154,6 +154,16 @@ def test_no_pod_gets_service_link_env_vars(path: Path) -> None:
     assert all(pod["enableServiceLinks"] is False for pod in pods)
 
 
+def test_gateways_that_scale_out_share_limits_in_redis_and_the_ledger_in_postgres() -> None:
+    objects = render(example("single-gpu"))  # an HPA of 2 to 6 gateways
+    assert one(objects, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 2
+    env = env_of(container(one(objects, "Deployment", "gateway"), "gateway"))
+    assert env["QUANTGATE_REDIS_URL"] == {"secretKeyRef": {"name": "llm-redis", "key": "url"}}
+    assert env["QUANTGATE_LEDGER_URL"] == {"secretKeyRef": {"name": "llm-ledger", "key": "url"}}
+    single = env_of(container(one(render(example("cpu-demo")), "Deployment", "gateway"), "gateway"))
+    assert "QUANTGATE_REDIS_URL" not in single and "QUANTGATE_LEDGER_URL" not in single
+
+
 def test_a_chart_made_secret_holds_the_admin_key_the_gateway_reads() -> None:
     objects = render(example("cpu-demo"))
     ref = env_of(container(one(objects, "Deployment", "gateway"), "gateway"))["QUANTGATE_ADMIN_KEY"]

@@ -80,6 +80,11 @@ Checks that need more than the schema: paths on the cache volume, and static bac
 name a model and variant of the manifest. Included once, from the manifest ConfigMap.
 */}}
 {{- define "quantgate.validate" -}}
+{{- $g := .Values.gateway }}
+{{- $shared := .Values.sharedState }}
+{{- if and (or (gt (int $g.replicas) 1) $g.autoscaling.enabled) (not (and $shared.redis.existingSecret $shared.ledger.existingSecret)) }}
+{{- fail "more than one gateway pod (gateway.replicas > 1 or gateway.autoscaling.enabled) needs shared state: sharedState.redis.existingSecret (rate limits and quotas in Redis) and sharedState.ledger.existingSecret (the usage ledger in PostgreSQL); without them each pod counts limits on its own and they share one SQLite file" }}
+{{- end }}
 {{- $root := printf "%s/" (trimSuffix "/" .Values.cache.mountPath) }}
 {{- if not (hasPrefix $root (printf "%s/" (trimSuffix "/" .Values.manifest.cache_dir))) }}
 {{- fail (printf "manifest.cache_dir %q must be cache.mountPath (%s) or a folder under it" .Values.manifest.cache_dir .Values.cache.mountPath) }}
