@@ -52,16 +52,23 @@ class Reloader:
             return {"applied": True, **change.as_dict()}
 
     async def watch(self, interval_s: float = 2.0) -> None:
-        """Reload whenever the file's content changes (polled: works on a ConfigMap volume,
-        whose files are swapped through a symlink)."""
+        """Reload whenever the file's content, or a key file's, changes (polled: works on
+        ConfigMap and Secret volumes, whose files are swapped through a symlink)."""
         while True:
             await asyncio.sleep(interval_s)
             if self._stamp() != self._seen:
                 with contextlib.suppress(ManifestError, ReloadRefused):
                     await self.reload("file changed")
 
-    def _stamp(self) -> bytes | None:
-        try:
-            return self.path.read_bytes()
-        except OSError:
-            return None
+    def _stamp(self) -> list[bytes | None]:
+        """The manifest's content and that of the key files it names (a rotated key reloads)."""
+        auth = self._fleet.manifest.auth
+        files = [k.key_file for k in auth.keys if k.key_file] if auth else []
+        return [_read(path) for path in (self.path, *files)]
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None

@@ -164,6 +164,25 @@ def test_gateways_that_scale_out_share_limits_in_redis_and_the_ledger_in_postgre
     assert "QUANTGATE_REDIS_URL" not in single and "QUANTGATE_LEDGER_URL" not in single
 
 
+def test_client_keys_come_from_a_secret_as_the_files_the_manifest_names() -> None:
+    objects = render(example("single-gpu"))
+    pod = one(objects, "Deployment", "gateway")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "client-keys"]
+    assert volume["secret"] == {"secretName": "llm-client-keys", "defaultMode": 0o440}
+    (mount,) = [m for m in container(one(objects, "Deployment", "gateway"), "gateway")
+                ["volumeMounts"] if m["name"] == "client-keys"]  # fmt: skip
+    assert mount == {
+        "name": "client-keys",
+        "mountPath": "/var/run/quantgate/keys",
+        "readOnly": True,
+    }
+    manifest = values_of(example("single-gpu"))["manifest"]
+    files = [k["key_file"] for k in manifest["auth"]["keys"]]
+    assert all(f.startswith(mount["mountPath"] + "/") for f in files)
+    args = container(one(objects, "Deployment", "gateway"), "gateway")["args"]
+    assert "--watch" in args  # a rotated key is read again without a restart
+
+
 def test_a_chart_made_secret_holds_the_admin_key_the_gateway_reads() -> None:
     objects = render(example("cpu-demo"))
     ref = env_of(container(one(objects, "Deployment", "gateway"), "gateway"))["QUANTGATE_ADMIN_KEY"]

@@ -206,3 +206,38 @@ def test_an_empty_manifest_serves_nothing_until_a_reload_adds_a_model(
         path.write_text(path.read_text() + added)
         assert c.post("/admin/reload").json()["added"] == ["ext:a"]
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["ext", "ext:a"]
+
+
+def test_a_rotated_key_file_is_read_again_by_the_watch(
+    tmp_path: Path, fake_vllm_python: Path
+) -> None:
+    key = tmp_path / "team-a.key"
+    key.write_text("sk-old\n")
+    key.chmod(0o600)
+    path = tmp_path / "m.yaml"
+    path.write_text(f"""version: 1
+cache_dir: {tmp_path / "cache"}
+auth:
+  keys: [{{name: team-a, key_file: {key}, models: ["*"]}}]
+models:
+  ext:
+    default_variant: a
+    variants:
+      a: {{method: none, upstream: {{url: "http://127.0.0.1:9"}}}}
+""")
+    manifest = parse_manifest(path.read_text(), path)
+    registry = CollectorRegistry()
+    fleet = make_fleet(manifest, fake_vllm_python)
+    app = create_app(fleet, GatewaySettings(), registry, path, watch_s=0.1)
+    with LiveServer(app, registry) as server, httpx.Client(base_url=server.url) as c:
+
+        def models(token: str) -> int:
+            return c.get("/v1/models", headers={"authorization": f"Bearer {token}"}).status_code
+
+        assert (models("sk-old"), models("sk-new")) == (200, 401)
+        key.write_text("sk-new\n")  # the Secret changed; the kubelet swapped the file
+        deadline = time.monotonic() + 10
+        while models("sk-new") != 200:
+            assert time.monotonic() < deadline, "the rotated key was not read again"
+            time.sleep(0.1)
+        assert models("sk-old") == 401
