@@ -18,6 +18,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from gateway.metrics import GatewayMetrics
+from serving.kube.names import variant_labels
 from serving.manifest import ServeOptions, parse_manifest
 from serving.store import VariantStore
 
@@ -181,6 +182,36 @@ def test_client_keys_come_from_a_secret_as_the_files_the_manifest_names() -> Non
     assert all(f.startswith(mount["mountPath"] + "/") for f in files)
     args = container(one(objects, "Deployment", "gateway"), "gateway")["args"]
     assert "--watch" in args  # a rotated key is read again without a restart
+
+
+def vllm_metric_names() -> set[str]:
+    """The metric names vLLM registers, from the installed vLLM's own source (a counter is
+    exported with ``_total``, a histogram with ``_bucket``, ``_sum`` and ``_count``)."""
+    found = sorted(ROOT.glob(".venv-vllm/lib/python3*/site-packages/vllm/v1/metrics/loggers.py"))
+    if not found:
+        pytest.fail("vLLM is not installed in .venv-vllm: run `make install`")
+    text = found[0].read_text()
+    names = set(re.findall(r'"(vllm:[a-z_]+)"', text))
+    return {n + end for n in names for end in ("", "_total", "_bucket", "_sum", "_count")}
+
+
+def test_the_dashboards_vllm_row_reads_metrics_vllm_exports_through_the_pod_monitor() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "quantgate.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {m for e in exprs for m in re.findall(r"vllm:[a-z_]+", e)}
+    assert {"vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"} <= used
+    assert used <= vllm_metric_names(), used - vllm_metric_names()
+    (monitor,) = find(render(example("dynamic")), "PodMonitor")
+    relabels = monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert {r["targetLabel"] for r in relabels} >= {"model", "variant", "namespace"}
+    selector = monitor["spec"]["selector"]["matchExpressions"]
+    assert {"key": "quantgate.io/model", "operator": "Exists"} in selector
+    # the pods it selects: the fleet's vLLM Deployments and the chart's static backends
+    dynamic = variant_labels("tiny", "gptq", "abc123")
+    assert dynamic["app.kubernetes.io/component"] == "server" and "quantgate.io/model" in dynamic
+    for static in find(render(example("single-gpu")), "Deployment", "vllm"):
+        labels = static["spec"]["template"]["metadata"]["labels"]
+        assert "quantgate.io/model" in labels and labels["app.kubernetes.io/component"] == "vllm"
 
 
 def test_a_chart_made_secret_holds_the_admin_key_the_gateway_reads() -> None:
