@@ -344,20 +344,20 @@ class JobRunner:
             model.origin, self._store.root, job.log_path, job.id, model.source_token_env, job.model,
             evaluation,
         )  # fmt: skip
-        report = await self._execute(job, spec, model, remote=False)
+        report = await self._execute(job, spec, model)  # on Kubernetes: a Job, like builds
         if report["perplexity"]["base"]:
             self._perplexity.put(spec.final, report["perplexity"]["base"], _texts(model))
         job.output = spec.final
 
     async def _execute(
-        self, job: Job, spec: BuildSpec, model: Model, remote: bool = True
+        self, job: Job, spec: BuildSpec, model: Model
     ) -> dict[str, Any]:
         """Run the worker for ``spec`` once a job slot is free; return the report."""
         async with self._slots:
             job.state, job.started_at, job.stage = JobState.RUNNING, time.time(), "starting"
             self._save(job)
             log.info("job %s running: %s", job.id, _title(job))
-            elsewhere = partial(self._remote, job, model) if self._remote and remote else None
+            elsewhere = partial(self._remote, job, model) if self._remote else None
             return await run_build(
                 spec,
                 self._command,

@@ -15,11 +15,12 @@ from test_kube_launcher import DEPLOYMENTS, JOBS, NS, WORKER_LOG, Scene, until_s
 
 from serving.fleet import Fleet
 from serving.hardware import Gpu, Hardware
-from serving.jobs import JobRunner
-from serving.kube import names, runtime
+from serving.jobs import SOURCE, JobRunner
+from serving.kube import names, objects, runtime
 from serving.kube.launcher import KubernetesLauncher
 from serving.kube.settings import KubernetesSettings
 from serving.kube.volume import CacheVolume
+from serving.kube.workload import QuantizationWorkload
 from serving.manifest import parse_manifest
 from serving.store import VariantStore
 
@@ -65,7 +66,7 @@ models:
             spec = json.loads((job.log_path.parent / "spec.json").read_text())
             # the pod's paths, and the same perplexity measurement as a local build
             assert spec["source"] == "/var/cache/quantgate/models/tiny"
-            assert spec["evaluate"] == {"context": 256, "stride": 128, "base": True}
+            assert spec["evaluate"] == {"context": 256, "stride": 128, "base": True, "texts": None}
             staging = cache / Path(spec["output"]).relative_to("/var/cache/quantgate")
             staging.mkdir(parents=True)
             (staging / "config.json").write_text(json.dumps(QUANTIZED))
@@ -104,3 +105,88 @@ models:
     assert container["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
     assert "--quantization" in container["args"] or "--quantization" in container.get("command", [])
     assert out["scaled"]["spec"]["replicas"] == 0  # stop scales to zero, keeps the objects
+
+
+def test_a_gguf_source_is_imported_by_a_job_into_the_cache_volume(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    gguf = cache / "models" / "smol.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(b"GGUF and the rest of the file")
+    text = f"""
+cache_dir: {cache}
+models:
+  smol:
+    source: {gguf}
+    default_variant: base
+    variants:
+      base: {{method: none}}
+"""
+    manifest = parse_manifest(text, tmp_path / "m.yaml")
+    model = manifest.models["smol"]
+
+    async def scenario(cluster: FakeKubernetes) -> dict[str, Any]:
+        async with ApiClient(Configuration(host=cluster.url)) as api:
+            s = Scene(api)
+            launcher = KubernetesLauncher(api, KubernetesSettings(namespace=NS), poll_s=0.02)
+            volume = CacheVolume("quantgate-cache", cache)
+            jobs = JobRunner(VariantStore(cache), lambda spec: [],
+                             remote=runtime.remote_job(launcher, volume))  # fmt: skip
+            job = jobs.prepare_source("smol", model)
+            assert job is not None and job.variant == SOURCE
+            job_name = names.job_name(job.id)
+            await until_stored(cluster, JOBS, job_name)
+            stored = cluster.stored(JOBS, NS, job_name)
+            spec = json.loads((job.log_path.parent / "spec.json").read_text())
+            # the pod imports the file into the staging folder on the volume, then ends
+            staging = cache / Path(spec["output"]).relative_to("/var/cache/quantgate")
+            staging.mkdir(parents=True)
+            (staging / "config.json").write_text("{}")
+            cluster.serve_log(NS, f"{job_name}-abcde", WORKER_LOG)
+            labels = names.job_labels("smol", SOURCE, job.recipe_hash, job.id)
+            await s.pod(f"{job_name}-abcde", labels, {"phase": "Succeeded"})
+            await s.job_status(
+                job_name, succeeded=1, conditions=[{"type": "Complete", "status": "True"}]
+            )
+            await job.wait()
+            await jobs.aclose()
+            return {"spec": spec, "job": stored}
+
+    with FakeKubernetes() as cluster:
+        out = asyncio.run(scenario(cluster))
+    spec = out["spec"]
+    assert spec["source"] == "/var/cache/quantgate/models/smol.gguf"
+    assert spec["recipe"]["method"] == "import-gguf"
+    assert spec["recipe"]["file"] == "/var/cache/quantgate/models/smol.gguf"  # as the pod sees it
+    assert spec["output"].startswith("/var/cache/quantgate/.sources/.staging/gguf-")
+    container = out["job"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][-1].startswith("/var/cache/quantgate/.jobs/")
+    # prepared once, on the volume every quantization Job and vLLM pod mounts
+    assert (model.source_path / "report.json").is_file()
+    assert model.source_path.parent == cache / ".sources"
+
+
+def test_a_hub_download_job_gets_the_token_from_the_configured_secret() -> None:
+    text = """
+cache_dir: /var/cache/quantgate
+models:
+  llama:
+    source: hf://org/private-model@v1
+    source_token_env: ORG_HF_TOKEN
+    default_variant: base
+    variants:
+      base: {method: none}
+"""
+    manifest = parse_manifest(text, Path("/etc/quantgate/m.yaml"))
+    model = manifest.models["llama"]
+    recipe = model.origin.recipe(model.source_token_env)
+    volume = CacheVolume("quantgate-cache", Path("/var/cache/quantgate"))
+    spec_file = Path("/var/cache/quantgate/.jobs/j1/spec.json")
+    workload = QuantizationWorkload.of("j1", "llama", model, SOURCE, spec_file, volume, recipe)
+    settings = KubernetesSettings(namespace=NS, hub_token_secret="hf-token")
+    env = objects.quantization_job(workload, settings).spec.template.spec.containers[0].env
+    token = next(e for e in env if e.name == "ORG_HF_TOKEN")
+    assert token.value_from.secret_key_ref.name == "hf-token"
+    assert token.value_from.secret_key_ref.key == "token"
+    unset = KubernetesSettings(namespace=NS)  # no Secret configured: a public repository
+    env = objects.quantization_job(workload, unset).spec.template.spec.containers[0].env
+    assert [e.name for e in env] == ["PYTHONUNBUFFERED"]

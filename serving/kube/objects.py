@@ -18,6 +18,7 @@ from kubernetes.aio.client import (
     V1DeploymentSpec,
     V1DeploymentStrategy,
     V1EnvVar,
+    V1EnvVarSource,
     V1HTTPGetAction,
     V1Job,
     V1JobSpec,
@@ -27,6 +28,7 @@ from kubernetes.aio.client import (
     V1PodTemplateSpec,
     V1Probe,
     V1ResourceRequirements,
+    V1SecretKeySelector,
     V1Service,
     V1ServicePort,
     V1ServiceSpec,
@@ -185,6 +187,16 @@ def service(w: VariantWorkload, settings: KubernetesSettings) -> V1Service:
     )
 
 
+def quantizer_env(q: QuantizationWorkload, settings: KubernetesSettings) -> list[V1EnvVar]:
+    """Unbuffered output; for a Hub download, the token from the configured Secret (optional:
+    a public repository needs none) under the name the manifest gives it."""
+    env = [V1EnvVar(name="PYTHONUNBUFFERED", value="1")]
+    if q.token_env and settings.hub_token_secret:
+        ref = V1SecretKeySelector(name=settings.hub_token_secret, key="token", optional=True)
+        env.append(V1EnvVar(name=q.token_env, value_from=V1EnvVarSource(secret_key_ref=ref)))
+    return env
+
+
 def quantization_job(q: QuantizationWorkload, settings: KubernetesSettings) -> V1Job:
     """One try (``backoffLimit: 0``): a failed quantization is reported, not retried."""
     labels = names.job_labels(q.model, q.variant, q.recipe_hash, q.job_id)
@@ -192,7 +204,7 @@ def quantization_job(q: QuantizationWorkload, settings: KubernetesSettings) -> V
         name=QUANTIZER_CONTAINER,
         image=settings.quantizer_image,
         command=["python", "-m", "serving.worker.quantize", str(q.spec_path)],
-        env=[V1EnvVar(name="PYTHONUNBUFFERED", value="1")],
+        env=quantizer_env(q, settings),
         resources=resources(q.kube, 1 if q.kube.gpus else 0),  # the worker uses one device
         volume_mounts=[cache_mount(read_only=False)],
     )

@@ -1,7 +1,8 @@
 """The fleet on Kubernetes: the launcher's Deployments and Jobs behind the fleet's interfaces.
 
 ``launch`` turns a LaunchSpec into a ``KubeServer`` (a Deployment + Service that the replica
-supervisor drives like a local process); ``remote_job`` runs a quantization job as a Job.
+supervisor drives like a local process); ``remote_job`` runs a quantization job as a Job, and
+the import or download of a model's GGUF or Hub source too, into the shared cache volume.
 Kubernetes restarts crashed pods and schedules GPUs itself, so the fleet neither restarts nor
 places them (``Fleet(places_gpus=False)``). A variant is one Deployment: replica 0.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from serving.build import BuildSpec, OnProgress
@@ -101,14 +101,16 @@ def remote_job(launcher: KubernetesLauncher, volume: CacheVolume) -> Any:
         job: Job, model: Model, build: BuildSpec, on_progress: OnProgress
     ) -> dict[str, Any] | None:
         worker = build.worker_spec()
-        # a model's GGUF or Hub source is prepared by the gateway itself, never sent here
-        assert isinstance(build.source, Path), "sources are prepared locally"
         spec = quantization_spec(
             volume, build.source, build.staging, build.recipe, worker["evaluate"]
         )
         spec_file = job.log_path.parent / "spec.json"
         spec_file.write_text(json.dumps(spec, indent=2), encoding="utf-8")
-        workload = QuantizationWorkload.of(job.id, job.model, model, job.variant, spec_file, volume)
+        # a variant's build, or the import or download of the model's source (SOURCE)
+        recipe = build.recipe if job.variant not in model.variants else None
+        workload = QuantizationWorkload.of(
+            job.id, job.model, model, job.variant, spec_file, volume, recipe
+        )
         return await launcher.run_quantization_job(workload, lambda s: on_progress({"stage": s}))
 
     return run

@@ -32,6 +32,11 @@ class KubernetesSettings(BaseSettings):
         description="The claim holding the cache: variants, job specs and logs (ReadWriteMany "
         "when the gateway, vLLM and jobs may land on different nodes).",
     )
+    hub_token_secret: str | None = Field(
+        None,
+        description="A Secret whose key `token` is a Hugging Face token: given to the Jobs that "
+        "download hf:// sources, as the variable the manifest's source_token_env names.",
+    )
     job_ttl_s: int = Field(3600, ge=0, description="Finished Jobs are removed after this.")
     job_deadline_s: int = Field(6 * 3600, ge=1, description="A Job running longer fails.")
 

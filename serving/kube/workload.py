@@ -14,6 +14,7 @@ from serving.errors import BackendFailed, JobFailed
 from serving.kube import names
 from serving.kube.volume import CacheVolume
 from serving.manifest import KubernetesOptions, Method, Model, ServeOptions
+from serving.manifest import recipe_hash as hash_of
 from serving.specs import compile_key
 
 
@@ -81,6 +82,7 @@ class QuantizationWorkload:
     recipe_hash: str
     spec_path: PurePosixPath  # inside the cache volume
     kube: KubernetesOptions
+    token_env: str | None = None  # a Hub download: the variable its token goes in
 
     @classmethod
     def of(
@@ -91,8 +93,11 @@ class QuantizationWorkload:
         variant: str,
         spec_file: Path,
         volume: CacheVolume,
+        recipe: dict[str, Any] | None = None,
     ) -> QuantizationWorkload:
-        """The Job that runs the worker on ``spec_file`` (written in the cache beforehand)."""
+        """The Job that runs the worker on ``spec_file`` (written in the cache beforehand);
+        ``recipe``: what it runs when that is not one of the model's variants (a source's
+        import or download)."""
         try:
             spec_path = volume.path(spec_file)
         except ValueError as exc:
@@ -101,9 +106,10 @@ class QuantizationWorkload:
             job_id=job_id,
             model=model_name,
             variant=variant,
-            recipe_hash=model.variants[variant].recipe_hash(),
+            recipe_hash=hash_of(recipe) if recipe else model.variants[variant].recipe_hash(),
             spec_path=spec_path,
             kube=model.kubernetes,
+            token_env=(recipe or {}).get("token_env"),
         )
 
     @property
@@ -113,7 +119,7 @@ class QuantizationWorkload:
 
 def quantization_spec(
     volume: CacheVolume,
-    source: Path,
+    source: Path | str,
     output: Path,
     recipe: dict[str, Any],
     evaluate: dict[str, Any] | None = None,
@@ -128,8 +134,14 @@ def quantization_spec(
         calibration = dict(recipe.get("calibration") or {})
         if calibration.get("dataset"):
             calibration["dataset"] = str(volume.path(Path(calibration["dataset"])))
+        if recipe.get("file"):  # a GGUF source's import: the file as the pod sees it
+            recipe = {**recipe, "file": str(volume.path(Path(recipe["file"])))}
+        texts = (evaluate or {}).get("texts")
+        if texts:  # a model's own evaluation texts, as the pod sees them
+            moved = [{**t, "path": str(volume.path(Path(t["path"])))} for t in texts["texts"]]
+            evaluate = {**(evaluate or {}), "texts": {**texts, "texts": moved}}
         return {
-            "source": str(volume.path(source)),
+            "source": str(volume.path(source)) if isinstance(source, Path) else source,
             "output": str(volume.path(output)),
             "recipe": {**recipe, "calibration": calibration} if calibration else recipe,
             "evaluate": evaluate,

@@ -90,7 +90,7 @@ name a model and variant of the manifest. Included once, from the manifest Confi
 {{- fail (printf "manifest.cache_dir %q must be cache.mountPath (%s) or a folder under it" .Values.manifest.cache_dir .Values.cache.mountPath) }}
 {{- end }}
 {{- range $name, $model := .Values.manifest.models }}
-{{- if not (hasPrefix $root $model.source) }}
+{{- if and $model.source (not (hasPrefix "hf://" $model.source)) (not (hasPrefix $root $model.source)) }}
 {{- fail (printf "manifest.models.%s.source %q must be an absolute path under cache.mountPath (%s): quantization Jobs and vLLM pods mount only the cache volume" $name $model.source $.Values.cache.mountPath) }}
 {{- end }}
 {{- end }}
