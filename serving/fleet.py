@@ -682,7 +682,12 @@ class Fleet:
 
     # -- background work -------------------------------------------------------------------
     def start(self) -> None:
-        """Start the idle reaper (call from inside the running event loop)."""
+        """Start the idle reaper (call from inside the running event loop); name the built
+        variants' folders (``VariantStore.link_name``)."""
+        for m, model in self.manifest.models.items():
+            for v, variant in model.variants.items():
+                if variant.needs_build and variant.upstream is None:
+                    self._store.link_name(m, v, variant)
         idle_stops = any(m.serve.idle_stop_s for m in self.manifest.models.values())
         if idle_stops and self._reaper is None:
             self._reaper = asyncio.create_task(self._reap_idle(), name="idle-reaper")

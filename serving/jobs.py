@@ -336,6 +336,7 @@ class JobRunner:
         report = await self._execute(job, spec, model)
         if base is None and report["perplexity"]["base"]:
             self._perplexity.put(model.source_path, report["perplexity"]["base"], texts)
+        self._store.link_name(job.model, job.variant, variant)
         job.output = spec.final
 
     async def _prepare(self, job: Job, model: Model) -> None:

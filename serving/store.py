@@ -30,6 +30,7 @@ from serving.manifest import Variant
 from serving.worker.gguf import GGUF_FILE
 
 REPORT = "report.json"
+BY_NAME = "by-name"
 TUNING = "kernel_tuning"
 
 
@@ -39,6 +40,23 @@ class VariantStore:
 
     def variant_dir(self, model: str, variant: Variant) -> Path:
         return self.root / model / f"{variant.method.value}-{variant.recipe_hash()}"
+
+    def by_name(self, model: str, name: str) -> Path:
+        """``<cache>/<model>/by-name/<variant name>``: a link to the variant's folder as the
+        manifest names it now (what the chart's static backends serve)."""
+        return self.root / model / BY_NAME / name
+
+    def link_name(self, model: str, name: str, variant: Variant) -> None:
+        """Point the variant's name at its built folder (atomically; a new recipe under the
+        same name moves the link)."""
+        link, target = self.by_name(model, name), self.variant_dir(model, variant)
+        if not (target / REPORT).is_file() or (link.is_symlink() and link.resolve() == target):
+            return
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{name}.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(Path("..") / target.name, target_is_directory=True)
+        tmp.replace(link)
 
     def is_built(self, model: str, variant: Variant) -> bool:
         return (self.variant_dir(model, variant) / REPORT).is_file()

@@ -381,16 +381,20 @@ def test_static_fp8_serves_the_source_quantized_at_load(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["single-gpu", "multi-gpu-tp"])
-def test_static_model_dirs_are_where_the_variant_store_puts_the_variants(name: str) -> None:
+def test_static_backends_serve_a_built_variant_by_its_name(name: str) -> None:
     values = values_of(example(name))
     manifest = parse_manifest(yaml.safe_dump(values["manifest"]), Path("/etc/quantgate/m.yaml"))
     store = VariantStore(manifest.cache_dir)
+    served = {}
+    for dep in find(render(example(name)), "Deployment", "vllm"):
+        labels = dep["metadata"]["labels"]
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        served[(labels["quantgate.io/model"], labels["quantgate.io/variant"])] = args
     for backend in values["static"]["backends"]:
-        model = manifest.models[backend["model"]]
-        variant = model.variants[backend["variant"]]
-        if "modelDir" in backend:
-            want = store.variant_dir(backend["model"], variant)
-            assert backend["modelDir"] == str(want)
+        key = (backend["model"], backend["variant"])
+        model = manifest.models[key[0]]
+        want = model.source if not model.variants[key[1]].needs_build else store.by_name(*key)
+        assert str(want) in served[key], (key, served[key])  # the gateway keeps that link
 
 
 @pytest.mark.parametrize("path", BROKEN, ids=lambda p: p.stem)

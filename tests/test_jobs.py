@@ -211,3 +211,25 @@ def _alive(pid: int) -> bool:
         Path(f"/proc/{pid}").exists()
         and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
     )
+
+
+def test_a_build_names_its_folder_by_the_variant_name(model_dir: Path, tmp_path: Path) -> None:
+    runner, store = make_runner(tmp_path)
+    model = make_model(model_dir)
+
+    async def build(name: str, m: Model) -> None:
+        await runner.submit("tiny", m, name).wait()
+
+    asyncio.run(build("gptq", model))
+    link = store.by_name("tiny", "gptq")
+    assert link.is_symlink() and link.resolve() == store.variant_dir("tiny", model.variants["gptq"])
+    assert (link / "report.json").is_file()
+    # the same name with a new recipe: the link moves to the new build once it is there
+    eight = {"gptq": {"method": "gptq", "bits": 8}}
+    changed = Model.model_validate(
+        {"source": model_dir, "default_variant": "gptq", "variants": eight}
+    )
+    asyncio.run(build("gptq", changed))
+    assert link.resolve() == store.variant_dir("tiny", changed.variants["gptq"])
+    new_dir = store.variant_dir("tiny", changed.variants["gptq"])
+    assert link.readlink() == Path("..") / new_dir.name  # relative: the same on every mount

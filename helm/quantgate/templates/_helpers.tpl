@@ -107,9 +107,6 @@ name a model and variant of the manifest. Included once, from the manifest Confi
 {{- if not $variant }}
 {{- fail (printf "static.backends[%d].variant %q is not a variant of model %q (%s)" $i $b.variant $b.model (keys $model.variants | sortAlpha | join ", ")) }}
 {{- end }}
-{{- if and (not (has $variant.method (list "none" "fp8"))) (not $b.modelDir) }}
-{{- fail (printf "static.backends[%d] (%s:%s) needs modelDir: the built variant's folder, %s/%s/%s-<recipe hash> (GET /admin/variants shows the hash)" $i $b.model $b.variant (trimSuffix "/" $.Values.manifest.cache_dir) $b.model $variant.method) }}
-{{- end }}
 {{- if and $b.modelDir (not (hasPrefix $root $b.modelDir)) }}
 {{- fail (printf "static.backends[%d].modelDir %q must be under cache.mountPath (%s)" $i $b.modelDir $.Values.cache.mountPath) }}
 {{- end }}
@@ -143,7 +140,9 @@ Call with (dict "ctx" $ "backend" <entry>).
 {{- $_ := set $out "enforceEager" ($serve.enforce_eager | default false) }}
 {{- $_ := set $out "serveExtraArgs" ($serve.extra_args | default list) }}
 {{- $_ := set $out "cpuKvCacheGib" ($serve.cpu_kv_cache_gib | default 1) }}
-{{- $_ := set $out "modelDir" (ternary $b.modelDir $model.source (hasKey $b "modelDir")) }}
+{{- $byName := printf "%s/%s/by-name/%s" (trimSuffix "/" .ctx.Values.manifest.cache_dir) $b.model $b.variant }}
+{{- $default := ternary $model.source $byName (has (get ($variant | default dict) "method") (list "none" "fp8")) }}
+{{- $_ := set $out "modelDir" (ternary $b.modelDir $default (hasKey $b "modelDir")) }}
 {{- $_ := set $out "quantization" (ternary "fp8" "" (eq (get ($variant | default dict) "method") "fp8")) }}
 {{- $served := list (printf "%s:%s" $b.model $b.variant) }}
 {{- if eq $model.default_variant $b.variant }}
