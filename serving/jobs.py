@@ -350,9 +350,7 @@ class JobRunner:
             self._perplexity.put(spec.final, report["perplexity"]["base"], _texts(model))
         job.output = spec.final
 
-    async def _execute(
-        self, job: Job, spec: BuildSpec, model: Model
-    ) -> dict[str, Any]:
+    async def _execute(self, job: Job, spec: BuildSpec, model: Model) -> dict[str, Any]:
         """Run the worker for ``spec`` once a job slot is free; return the report."""
         async with self._slots:
             job.state, job.started_at, job.stage = JobState.RUNNING, time.time(), "starting"

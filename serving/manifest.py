@@ -636,6 +636,24 @@ class Resources(Strict):
     limits: ResourceAmounts = ResourceAmounts()
 
 
+class Autoscaling(Strict):
+    """vLLM pods scaled on their own queue by KEDA (Kubernetes, dynamic mode): a ScaledObject
+    on ``vllm:num_requests_waiting`` per variant. Stopping an idle variant still scales it to 0
+    (the ScaledObject is paused there); its next request resumes it."""
+
+    min_replicas: int = Field(1, ge=1, description="pods while the variant is running")
+    max_replicas: int = Field(ge=1, description="pods at most")
+    waiting_per_replica: float = Field(
+        4.0, gt=0, description="queued requests per pod that add one (KEDA's threshold)"
+    )
+
+    @model_validator(mode="after")
+    def _check_range(self) -> Self:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} < min_replicas {self.min_replicas}")
+        return self
+
+
 class KubernetesOptions(Strict):
     """How the model's pods are placed and sized when Quantgate runs on Kubernetes."""
 
@@ -647,6 +665,7 @@ class KubernetesOptions(Strict):
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="vLLM --gpu-memory-utilization (vLLM's default: 0.9)"
     )
+    autoscaling: Autoscaling | None = None
 
 
 class Model(Strict):

@@ -38,6 +38,8 @@ LAUNCHER_RULES = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/log"): {"get", "list", "watch"},
     ("apps", "deployments/scale"): {"get", "update", "patch"},
+    # with keda.prometheusUrl: the ScaledObjects of autoscaled variants
+    ("keda.sh", "scaledobjects"): {"get", "list", "watch", "create", "update", "patch", "delete"},
 }
 
 
@@ -245,6 +247,8 @@ def test_dynamic_role_grants_exactly_what_the_launcher_needs() -> None:
     role, binding = one(objects, "Role"), one(objects, "RoleBinding")
     assert rules(role) == LAUNCHER_RULES
     gateway = one(objects, "Deployment", "gateway")
+    env = env_of(container(gateway, "gateway"))
+    assert env["QUANTGATE_PROMETHEUS_URL"] == "http://prometheus-operated.monitoring.svc:9090"
     account = gateway["spec"]["template"]["spec"]["serviceAccountName"]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",

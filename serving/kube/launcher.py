@@ -26,6 +26,7 @@ from kubernetes.aio.client import (
     AppsV1Api,
     BatchV1Api,
     CoreV1Api,
+    CustomObjectsApi,
     V1Deployment,
     V1Pod,
 )
@@ -39,6 +40,7 @@ from serving.worker.protocol import PROGRESS, RESULT
 
 FIELD_MANAGER = "quantgate"
 APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
 CALL_TIMEOUT_S = 30
 LOG_LINES = 20
 API_ERRORS = (ApiException, aiohttp.ClientError, TimeoutError)
@@ -53,6 +55,7 @@ class KubernetesLauncher:
         self.namespace = settings.namespace
         self._apps = AppsV1Api(api)
         self._core = CoreV1Api(api)
+        self._custom = CustomObjectsApi(api)
         self._batch = BatchV1Api(api)
         self._poll_s = poll_s
 
@@ -61,9 +64,16 @@ class KubernetesLauncher:
         return f"http://{names.variant_name(model, variant)}.{self.namespace}.svc:{objects.PORT}"
 
     async def ensure_variant(self, w: VariantWorkload, replicas: int = 1) -> None:
-        """Create or update the variant's Deployment (at ``replicas``) and Service."""
+        """Create or update the variant's Deployment (at ``replicas``) and Service; an
+        autoscaled variant's replica count is its ScaledObject's (KEDA), resumed here."""
+        autoscaled = w.kube.autoscaling is not None
+        if autoscaled and not self.settings.prometheus_url:
+            raise BackendFailed(
+                f"{w.model}:{w.variant} autoscales on vLLM's queue, which KEDA reads from "
+                "Prometheus: set QUANTGATE_PROMETHEUS_URL (the chart's autoscaling.prometheusUrl)"
+            )
         async with _failing_as(BackendFailed, f"cannot create {w.model}:{w.variant}"):
-            dep = objects.deployment(w, self.settings, replicas)
+            dep = objects.deployment(w, self.settings, None if autoscaled else replicas)
             svc = objects.service(w, self.settings)
             apps, core = self._apps, self._core
             await self._apply(
@@ -72,6 +82,32 @@ class KubernetesLauncher:
             await self._apply(
                 core.patch_namespaced_service, core.create_namespaced_service, svc, w.name
             )
+            if autoscaled:
+                await self._apply(self._keda_patch, self._keda_create,
+                                  objects.scaled_object(w, self.settings), w.name)  # fmt: skip
+                await self._pause(w.name, None)
+
+    async def _keda_patch(
+        self, name: str, namespace: str, body: dict[str, Any], **kw: Any
+    ) -> object:
+        return await self._custom.patch_namespaced_custom_object(
+            objects.KEDA_GROUP, objects.KEDA_VERSION, namespace, objects.KEDA_PLURAL, name, body,
+            **kw,
+        )  # fmt: skip
+
+    async def _keda_create(self, namespace: str, body: dict[str, Any], **kw: Any) -> object:
+        return await self._custom.create_namespaced_custom_object(
+            objects.KEDA_GROUP, objects.KEDA_VERSION, namespace, objects.KEDA_PLURAL, body, **kw
+        )
+
+    async def _pause(self, name: str, replicas: int | None) -> None:
+        """Hold the ScaledObject's target at ``replicas`` pods (KEDA's paused-replicas), or let
+        KEDA scale it again (None)."""
+        value = None if replicas is None else str(replicas)
+        await self._keda_patch(
+            name, self.namespace, {"metadata": {"annotations": {objects.KEDA_PAUSED: value}}},
+            _content_type=MERGE, _request_timeout=CALL_TIMEOUT_S,
+        )  # fmt: skip
 
     async def _apply(self, patch: ApiCall, create: ApiCall, body: object, name: str) -> None:
         """Server-side apply; a plain create where the API server answers 404 to it."""
@@ -92,9 +128,14 @@ class KubernetesLauncher:
                 self.namespace, body, field_manager=FIELD_MANAGER, _request_timeout=CALL_TIMEOUT_S
             )
 
-    async def scale(self, model: str, variant: str, replicas: int) -> None:
-        """Set the variant's replicas; 0 frees its pods (and GPUs) and keeps its objects."""
+    async def scale(
+        self, model: str, variant: str, replicas: int, autoscaled: bool = False
+    ) -> None:
+        """Set the variant's replicas; 0 frees its pods (and GPUs) and keeps its objects (an
+        autoscaled variant's ScaledObject is paused at 0 first, so KEDA keeps it there)."""
         async with _failing_as(BackendFailed, f"cannot scale {model}:{variant}"):
+            if autoscaled:
+                await self._pause(names.variant_name(model, variant), replicas)
             await self._apps.patch_namespaced_deployment(
                 names.variant_name(model, variant),
                 self.namespace,
@@ -300,14 +341,15 @@ class VllmDeployment:
             await self._launcher.wait_ready(w.model, w.variant, timeout_s)
         except BaseException:
             with contextlib.suppress(BackendFailed):
-                await self._launcher.scale(w.model, w.variant, 0)
+                await self._launcher.scale(w.model, w.variant, 0, w.kube.autoscaling is not None)
             raise
         self._up, self.ready_at = True, time.time()
 
     async def stop(self, grace_s: float = 15.0) -> None:
         """Scale to zero (``grace_s`` is the pods' business: their termination grace period)."""
         self._up = False
-        await self._launcher.scale(self.workload.model, self.workload.variant, 0)
+        w = self.workload
+        await self._launcher.scale(w.model, w.variant, 0, w.kube.autoscaling is not None)
 
 
 @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ limits. One replica per variant and GPUs are scarce, so a changed variant is rep
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from kubernetes.aio.client import (
     V1Container,
@@ -43,6 +44,8 @@ from serving.kube.workload import QuantizationWorkload, VariantWorkload
 from serving.manifest import KubernetesOptions
 from serving.worker.gguf import GGUF_FILE
 
+KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
+KEDA_PAUSED = "autoscaling.keda.sh/paused-replicas"  # KEDA holds the target at this count
 PORT = 8000
 GPU = "nvidia.com/gpu"
 VLLM_CONTAINER = "vllm"
@@ -149,7 +152,10 @@ def _pod_spec(
     )
 
 
-def deployment(w: VariantWorkload, settings: KubernetesSettings, replicas: int = 1) -> V1Deployment:
+def deployment(
+    w: VariantWorkload, settings: KubernetesSettings, replicas: int | None = 1
+) -> V1Deployment:
+    """``replicas`` None: left out, for the autoscaler to own (``scaled_object``)."""
     labels = names.variant_labels(w.model, w.variant, w.recipe_hash)
     volumes = [cache_volume(settings.cache_pvc)]
     if w.tensor_parallel_size > 1:
@@ -171,6 +177,33 @@ def deployment(w: VariantWorkload, settings: KubernetesSettings, replicas: int =
             ),
         ),
     )
+
+
+def scaled_object(w: VariantWorkload, settings: KubernetesSettings) -> dict[str, Any]:
+    """KEDA's ScaledObject for an autoscaled variant: its Deployment between min and max pods,
+    one more per ``waiting_per_replica`` requests in vLLM's queue (as Prometheus has it from
+    the chart's PodMonitor, which labels the samples with model and variant)."""
+    scaling = w.kube.autoscaling
+    assert scaling is not None and settings.prometheus_url
+    where = f'namespace="{settings.namespace}",model="{names.label_value(w.model)}",'
+    where += f'variant="{names.label_value(w.variant)}"'
+    trigger = {
+        "serverAddress": settings.prometheus_url,
+        "query": f"sum(vllm:num_requests_waiting{{{where}}})",
+        "threshold": str(scaling.waiting_per_replica),
+    }
+    labels = names.variant_labels(w.model, w.variant, w.recipe_hash)
+    return {
+        "apiVersion": f"{KEDA_GROUP}/{KEDA_VERSION}",
+        "kind": "ScaledObject",
+        "metadata": {"name": w.name, "namespace": settings.namespace, "labels": labels},
+        "spec": {
+            "scaleTargetRef": {"name": w.name},
+            "minReplicaCount": scaling.min_replicas,
+            "maxReplicaCount": scaling.max_replicas,
+            "triggers": [{"type": "prometheus", "metadata": trigger}],
+        },
+    }
 
 
 def service(w: VariantWorkload, settings: KubernetesSettings) -> V1Service:

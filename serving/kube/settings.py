@@ -37,6 +37,11 @@ class KubernetesSettings(BaseSettings):
         description="A Secret whose key `token` is a Hugging Face token: given to the Jobs that "
         "download hf:// sources, as the variable the manifest's source_token_env names.",
     )
+    prometheus_url: str | None = Field(
+        None,
+        description="The Prometheus that scrapes the vLLM pods (the chart's PodMonitor): what "
+        "KEDA asks for a variant's queue when the manifest autoscales it.",
+    )
     job_ttl_s: int = Field(3600, ge=0, description="Finished Jobs are removed after this.")
     job_deadline_s: int = Field(6 * 3600, ge=1, description="A Job running longer fails.")
 
