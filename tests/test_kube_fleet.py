@@ -190,3 +190,87 @@ models:
     unset = KubernetesSettings(namespace=NS)  # no Secret configured: a public repository
     env = objects.quantization_job(workload, unset).spec.template.spec.containers[0].env
     assert [e.name for e in env] == ["PYTHONUNBUFFERED"]
+
+
+def test_the_whole_dynamic_flow_pull_build_serve_autoscale_stop(tmp_path: Path) -> None:
+    """A GGUF source pulled into the volume by a Job, the variant built by another, served by
+    a Deployment that KEDA scales to 3 pods (the gateway keeps that count), then stopped."""
+    cache = tmp_path / "cache"
+    gguf = cache / "models" / "smol.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(b"GGUF and the rest of the file")
+    text = f"""
+cache_dir: {cache}
+models:
+  smol:
+    source: {gguf}
+    default_variant: gptq
+    kubernetes:
+      gpus: 1
+      autoscaling: {{min_replicas: 1, max_replicas: 4}}
+    variants:
+      gptq: {{method: gptq, bits: 4, group_size: 64}}
+"""
+    manifest = parse_manifest(text, tmp_path / "m.yaml")
+    settings = KubernetesSettings(namespace=NS, prometheus_url="http://prometheus:9090")
+
+    async def play_job(cluster: FakeKubernetes, s: Scene, job: Any, config: dict[str, Any]) -> None:
+        job_name = names.job_name(job.id)
+        await until_stored(cluster, JOBS, job_name)
+        spec = json.loads((job.log_path.parent / "spec.json").read_text())
+        staging = cache / Path(spec["output"]).relative_to("/var/cache/quantgate")
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / "config.json").write_text(json.dumps(config))
+        cluster.serve_log(NS, f"{job_name}-abcde", WORKER_LOG)
+        labels = names.job_labels(job.model, job.variant, job.recipe_hash, job.id)
+        await s.pod(f"{job_name}-abcde", labels, {"phase": "Succeeded"})
+        await s.job_status(
+            job_name, succeeded=1, conditions=[{"type": "Complete", "status": "True"}]
+        )
+
+    async def scenario(cluster: FakeKubernetes) -> dict[str, Any]:
+        async with ApiClient(Configuration(host=cluster.url)) as api:
+            s = Scene(api)
+            launcher = KubernetesLauncher(api, settings, poll_s=0.02)
+            volume = CacheVolume("quantgate-cache", cache)
+            store = VariantStore(cache)
+            jobs = JobRunner(store, lambda spec: [], remote=runtime.remote_job(launcher, volume))
+            fleet = Fleet(
+                manifest, store, jobs, Path("/unused"), H100,
+                launch=runtime.launch(launcher, volume, manifest), places_gpus=False,
+            )  # fmt: skip
+            build = fleet.build("smol", "gptq")
+            assert build is not None
+            await asyncio.sleep(0.1)
+            pull = jobs.source_job(manifest.models["smol"])
+            assert pull is not None and pull.variant == SOURCE
+            imported = {"hidden_size": 576, "intermediate_size": 1536, "model_type": "llama"}
+            await play_job(cluster, s, pull, imported)
+            await play_job(cluster, s, build, QUANTIZED)
+            deployment = names.variant_name("smol", "gptq")
+            await until_stored(cluster, DEPLOYMENTS, deployment)
+            await s.deployment_status(deployment, replicas=1, readyReplicas=1)
+            for _ in range(200):
+                if fleet.state("smol", "gptq").value == "ready":
+                    break
+                await asyncio.sleep(0.02)
+            ready = fleet.state("smol", "gptq").value
+            # KEDA sees a queue: 3 pods; the gateway, serving on, leaves them be
+            await s.apps.patch_namespaced_deployment(deployment, NS, {"spec": {"replicas": 3}})
+            await s.deployment_status(deployment, replicas=3, readyReplicas=3)
+            scaled = cluster.stored(DEPLOYMENTS, NS, deployment)
+            await fleet.stop("smol", "gptq")
+            paused = cluster.stored("keda.sh/v1alpha1/scaledobjects", NS, deployment)
+            stopped = cluster.stored(DEPLOYMENTS, NS, deployment)
+            await fleet.aclose()
+            return {"ready": ready, "scaled": scaled, "paused": paused, "stopped": stopped,
+                    "pull": cluster.stored(JOBS, NS, names.job_name(pull.id))}  # fmt: skip
+
+    with FakeKubernetes() as cluster:
+        out = asyncio.run(scenario(cluster))
+    assert out["pull"] is not None  # the source came in through a Job of its own
+    assert out["ready"] == "ready"
+    assert out["scaled"]["spec"]["replicas"] == 3
+    assert out["paused"]["metadata"]["annotations"]["autoscaling.keda.sh/paused-replicas"] == "0"
+    assert out["paused"]["spec"]["maxReplicaCount"] == 4
+    assert out["stopped"]["spec"]["replicas"] == 0
