@@ -554,6 +554,11 @@ class ServeOptions(Strict):
         "each kernel vLLM offers at the first launch and keeps the fastest; a kernel class name "
         "(e.g. MarlinLinearKernel) pins it",
     )
+    optimize_for: Literal["balanced", "latency", "throughput"] = Field(
+        "balanced",
+        description="which measured kernel serves: latency (most tokens/s at 1 stream), "
+        "throughput (at 64 streams), balanced (never slower than vLLM's default at either)",
+    )
 
 
 class Swapping(Strict):

@@ -8,11 +8,14 @@ really used from its log (``Using <Kernel> for <Method>``) and stops it. The res
 the variant's report under ``kernel_tuning["<GPU name>|vllm <version>"]`` and every later
 launch on that GPU type and vLLM version reuses it.
 
-Winner rule: never slower than vLLM's own choice. A candidate is eligible when its tokens/s at
+Winner rule (``serve.optimize_for``): ``latency`` launches the kernel with the most tokens/s at
+1 stream, ``throughput`` the one with the most at 64 streams; ``balanced`` (the default) never
+serves slower than vLLM's own choice. A candidate is eligible when its tokens/s at
 1 stream and at 64 streams are both at least those of vLLM's default; among the eligible the
 highest geometric mean of the two wins, ties going to the default. A tuned launch thus never
 serves slower than an untuned one at either measured load; a kernel that is faster at batch 1
-but slower at 64 streams is not chosen (pin it with ``serve.kernel`` when latency matters more).
+but slower at 64 streams is not chosen there (``optimize_for: latency`` chooses it). The
+measurements are kept per kernel, so a changed ``optimize_for`` picks again without measuring.
 
 Candidates run alternatives first and vLLM's default last. When the last one wins (under this
 rule, the default whenever no alternative beats it at both loads) its server keeps running and
@@ -31,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -43,6 +46,7 @@ from serving.manifest import Model
 from serving.store import VariantStore
 
 log = logging.getLogger(__name__)
+Goal = Literal["balanced", "latency", "throughput"]  # serve.optimize_for
 
 DISABLED = "VLLM_DISABLED_KERNELS"
 AUTO = "auto"
@@ -79,13 +83,21 @@ def pinned(choice: KernelChoice, kernel: str) -> KernelChoice:
     return _launching(choice, kernel, kernel, reason)
 
 
-def from_stored(choice: KernelChoice, key: str, stored: dict[str, Any]) -> KernelChoice | None:
-    """The winner of an earlier tuning, or None if it no longer matches the candidates."""
-    if stored.get("winner") not in candidates(choice):
+def from_stored(
+    choice: KernelChoice, key: str, stored: dict[str, Any], goal: Goal = "balanced"
+) -> KernelChoice | None:
+    """The winner of an earlier tuning for ``goal`` (its measurements are goal-free), or None
+    if it no longer matches the candidates."""
+    rows = {k: r for k, r in (stored.get("candidates") or {}).items() if "tok_s_1" in r}
+    measured = {k: Measurement(r["tok_s_1"], r["tok_s_64"], r.get("ready_s", 0.0), r.get("used"))
+                for k, r in rows.items() if k in candidates(choice)}  # fmt: skip
+    default = candidates(choice)[-1] if candidates(choice) else ""
+    winner = pick_winner(default, measured, goal) if measured else stored.get("winner")
+    if winner not in candidates(choice):
         return None
-    winner: str = stored["winner"]
-    reason = f"tuned on {key}: {winner} (vLLM's default: {choice.kernel})"
-    return _launching(choice, winner, str(stored.get("kernel") or winner), reason)
+    used = measured[winner].used if winner in measured else stored.get("kernel")
+    reason = f"tuned on {key} for {goal}: {winner} (vLLM's default: {choice.kernel})"
+    return _launching(choice, winner, str(used or winner), reason)
 
 
 def _launching(choice: KernelChoice, kernel: str, used: str, reason: str) -> KernelChoice:
@@ -137,10 +149,20 @@ class Measurement:
         return math.sqrt(max(self.tok_s_1, 0.0) * max(self.tok_s_64, 0.0))
 
 
-def pick_winner(default: str, measured: dict[str, Measurement]) -> str:
-    """The winner under the rule above; without a default measurement, the best score."""
+def pick_winner(default: str, measured: dict[str, Measurement], goal: Goal = "balanced") -> str:
+    """The winner for ``goal`` (``serve.optimize_for``): ``latency``, the most tokens/s at 1
+    stream; ``throughput``, at 64 streams; ``balanced``, the rule above. Ties go to vLLM's
+    default; without a default measurement, the best for the goal."""
     if not measured:
         raise ValueError("no candidate was measured")
+    if goal != "balanced":
+        at_one = goal == "latency"
+
+        def speed(k: str) -> tuple[float, bool]:
+            m = measured[k]
+            return (m.tok_s_1 if at_one else m.tok_s_64), k == default
+
+        return max(measured, key=speed)
     base = measured.get(default)
     eligible = [
         k
@@ -224,6 +246,7 @@ class KernelTuner:
         spec: LaunchSpec,
         key: str,
         side: Callable[[int], LaunchSpec | None] | None = None,
+        goal: Goal = "balanced",
     ) -> Tuned:
         """Measure every candidate of ``choice``; BackendFailed if none ran.
 
@@ -255,13 +278,13 @@ class KernelTuner:
                 await self._measure(kernel, server, measured, errors, keep=kernel == default)
             if not measured:
                 raise BackendFailed(f"kernel tuning: every candidate failed: {errors}")
-            winner = pick_winner(default, measured)
+            winner = pick_winner(default, measured, goal)
             kept = together[-1] if winner == default and default in measured else None
         finally:
             for server in servers:
                 if server is not kept:
                     await server.stop()
-        return self._outcome(choice, key, winner, measured, errors, kept)
+        return self._outcome(choice, key, winner, measured, errors, kept, goal)
 
     async def _start(self, server: Server) -> str | None:
         """Start a candidate; an error message if it cannot run."""
@@ -306,6 +329,7 @@ class KernelTuner:
         measured: dict[str, Measurement],
         errors: dict[str, str],
         kept: Server | None,
+        goal: Goal,
     ) -> Tuned:
         rows: dict[str, dict[str, Any]] = {k: {"error": e} for k, e in errors.items()}
         for k, m in measured.items():
@@ -322,8 +346,8 @@ class KernelTuner:
             "benchmark": self._bench.describe(),
             "tuned_at": round(time.time(), 1),
         }
-        log.info("tuned on %s: %s wins (%s)", key, winner, rows)
-        tuned = from_stored(choice, key, result)
+        log.info("tuned on %s for %s: %s wins (%s)", key, goal, winner, rows)
+        tuned = from_stored(choice, key, result, goal)
         assert tuned is not None
         return Tuned(tuned, result, kept)
 
@@ -380,14 +404,15 @@ class KernelTuning:
         key = tuning_key(self._hardware, first, self._version)
         variant = model.variants[name]
         stored = self._store.tuning(model_name, variant).get(key)
-        known = from_stored(choice, key, stored) if stored else None
+        goal = model.serve.optimize_for
+        known = from_stored(choice, key, stored, goal) if stored else None
         if known is not None:
             return known, None
         self.active.add((model_name, name))
         try:
             tuner = KernelTuner(self._launch, model.serve.startup_timeout_s)
             spare = (lambda i: side(first, i)) if side else None
-            tuned = await tuner.tune(choice, first, key, spare)
+            tuned = await tuner.tune(choice, first, key, spare, goal)
         finally:
             self.active.discard((model_name, name))
         self._store.save_tuning(model_name, variant, key, tuned.result)

@@ -95,6 +95,29 @@ def test_the_key_names_the_gpu_its_count_and_the_vllm_version(tmp_path: Path) ->
     assert tuning_key(hw, spec("0,1"), "0.26.0") == "NVIDIA H100 80GB HBM3 x2|vllm 0.26.0"
 
 
+def test_optimize_for_picks_the_kernel_that_wins_at_the_load_served() -> None:
+    # H200, vLLM 0.26, 8B-shape GPTQ W4A16: Marlin +16 % at 1 stream, Machete +10 % at 64
+    h200 = {MACHETE: m(268, 8752), MARLIN: m(310, 7943)}
+    assert pick_winner(MACHETE, h200) == MACHETE  # balanced: Marlin is slower at 64
+    assert pick_winner(MACHETE, h200, "latency") == MARLIN
+    assert pick_winner(MACHETE, h200, "throughput") == MACHETE
+    assert pick_winner(MACHETE, {MACHETE: m(300, 8000), MARLIN: m(300, 7000)}, "latency") == (
+        MACHETE  # a tie: vLLM's default
+    )
+
+
+def test_a_stored_tuning_is_read_again_for_another_goal_without_measuring() -> None:
+    rows = {MACHETE: {"tok_s_1": 268, "tok_s_64": 8752, "used": MACHETE},
+            MARLIN: {"tok_s_1": 310, "tok_s_64": 7943, "used": MARLIN}}  # fmt: skip
+    stored = {"winner": MACHETE, "kernel": MACHETE, "candidates": rows}
+    latency = from_stored(HOPPER, "H200|vllm 0.26.0", stored, "latency")
+    assert latency is not None and latency.kernel == MARLIN
+    assert latency.env == {"VLLM_DISABLED_KERNELS": MACHETE}
+    assert "for latency" in (latency.reason or "")
+    throughput = from_stored(HOPPER, "H200|vllm 0.26.0", stored, "throughput")
+    assert throughput is not None and throughput.kernel == MACHETE
+
+
 def test_a_stored_winner_is_reused_unless_it_is_no_longer_a_candidate() -> None:
     stored = {"winner": MARLIN, "kernel": MARLIN, "env": {}}
     choice = from_stored(HOPPER, "H100|vllm 0.26.0", stored)
