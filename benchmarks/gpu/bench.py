@@ -5,7 +5,7 @@
 Each request streams ``out-tokens`` tokens (ignore_eos) after a prompt of ``prompt-tokens``
 token ids (exact length whatever the tokenizer; ids 100-999 exist in every vocabulary). Prints
 one JSON line per concurrency: output tokens/s (from the usage vLLM reports), TTFT and
-inter-token latency percentiles. Adapted from ../shared/gpu/device/bench.py (aiohttp: the
+inter-token latency percentiles. (aiohttp: the
 client must not be the bottleneck at 64 streams of ~9,000 tokens/s).
 """
 

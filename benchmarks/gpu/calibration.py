@@ -1,4 +1,4 @@
-"""Issue 9's quantization timing at full calibration size, through Quantgate's own jobs.
+"""Quantization timing at full calibration size, through Quantgate's own jobs.
 
     python3 benchmarks/gpu/calibration.py --work /tmp/qg --out $OUT [--budget-s 330]
         [--samples 512] [--seq-len 2048] [--methods gptq,awq]

@@ -1,10 +1,10 @@
 #!/bin/bash
-# What run_methods.sh (SET=gguf) needs on the GPU machine beside .gpu/, into .whl/ (carried):
+# What run_methods.sh (SET=gguf) needs on the GPU host beside .gpu/, into .whl/:
 # bitsandbytes (CUDA 13.0 library only, sm_90 cubins kept), vllm-gguf-plugin without its CUDA
 # extension (Triton kernels serve), gguf, sentencepiece and diskcache for the machine's Python
 # 3.12, llama-cpp-python's wheel from `make gguf` with one copy of each library, and llama.cpp's
-# converter, and torchao without its CUDA extensions. ~8 MB: with .gpu/payload.tar.xz, the tree and redis it stays under the 64 MiB a
-# call carries, but only with .gpu/quantizer.tar.xz moved aside for the call.
+# converter, and torchao without its CUDA extensions. ~8 MB, so that the copy to the GPU host
+# stays small (the quantizer bundle, .gpu/quantizer.tar.xz, is not needed for this set).
 #   bash benchmarks/gpu/carry_wheels.sh        (run from the repo root, after `make gguf`)
 set -euo pipefail
 PY=.venv/bin/python
@@ -15,7 +15,7 @@ pip download -q --no-deps --only-binary :all: --python-version 3.12 \
   --platform manylinux_2_28_x86_64 -d .whl sentencepiece==0.2.3
 cp "$DL"/gguf-*.whl "$DL"/diskcache-*.whl .whl/
 unzip -q -o -d "$DL/bnb" "$DL"/bitsandbytes-*.whl 'bitsandbytes/libbitsandbytes_cuda130.so'
-python3 ../shared/gpu/fatbin_prune.py prune "$DL/bnb/bitsandbytes/libbitsandbytes_cuda130.so" 90 "$DL/bnb130.so"
+python3 benchmarks/gpu/bundle/fatbin_prune.py prune "$DL/bnb/bitsandbytes/libbitsandbytes_cuda130.so" 90 "$DL/bnb130.so"
 $PY benchmarks/gpu/trim_wheel.py "$DL"/bitsandbytes-*.whl .whl \
   --drop 'bitsandbytes/libbitsandbytes_cuda1[0-2]*.so' --drop 'bitsandbytes/libbitsandbytes_cuda13[1-9].so' \
   --drop 'bitsandbytes/libbitsandbytes_xpu*' --drop 'bitsandbytes/libbitsandbytes_rocm*' \

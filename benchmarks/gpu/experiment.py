@@ -62,7 +62,7 @@ PACKAGES = [*REQUIRED, "vllm", "torch", "transformers"]  # fmt: skip
 SERVE = {"max_model_len": 2048, "gpu_memory_utilization": 0.85, "startup_timeout_s": 480,
          "drain_s": 5, "extra_args": ["--attention-backend", "TRITON_ATTN"],
          "env": {"VLLM_USE_FLASHINFER_SAMPLER": "0"}}  # fmt: skip
-CALIBRATION = {"gptq": {"samples": 128, "max_seq_length": 512},  # as measured in shared/gpu
+CALIBRATION = {"gptq": {"samples": 128, "max_seq_length": 512},  # as measured on an H100
                "awq": {"samples": 64, "max_seq_length": 512}}  # half: AWQ is ~2x slower  # fmt: skip
 KERNEL_LINE = re.compile(r"Using \w+Kernel for \w+")
 VERSION_LINE = re.compile(r"Initializing a V1 LLM engine \(v[^)]+\)")
@@ -193,7 +193,7 @@ def preflight(phase: str, results: Results, clock: Clock) -> None:
     results.step(clock, "preflight", gpus=len(gpus))
     missing = [n for n in REQUIRED if versions[n] is None]
     if missing:
-        raise SystemExit(f"missing here: {missing}: carry them as wheels (docs/benchmarks.md)")
+        raise SystemExit(f"missing here: {missing}: put their wheels in .whl/ (docs/benchmarks.md)")
     if len(gpus) < GPUS[phase]:
         raise SystemExit(f"phase {phase} needs {GPUS[phase]} GPUs; this machine has {len(gpus)}")
 

@@ -6,8 +6,7 @@ Weights are random, so answers are noise; shapes, formats and kernels are real. 
 goes to OUT_DIR/<format>/ with a tokenizer trained here (nothing is downloaded) and a
 ``.complete`` marker written last: a folder with the marker is kept as it is. A lock per
 format lets a second run (the experiment) wait for one already writing (started early by the
-run_*.sh scripts, while the vLLM payload unpacks).
-Adapted from ../shared/gpu/device/make_models.py.
+run_*.sh scripts, while the vLLM bundle unpacks).
 """
 
 from __future__ import annotations

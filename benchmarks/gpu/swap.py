@@ -1,8 +1,8 @@
-"""Issue 13 on one GPU: two 8B-shape variants that cannot both be awake take turns through
+"""Swapping on one GPU: two 8B-shape variants that cannot both be awake take turns through
 Quantgate's swapping (vLLM sleep mode), then a second cold start shows the compile cache.
 
     python3 benchmarks/gpu/swap.py --work /tmp/qg --out $OUT [--switches 24] [--only ...]
-    (on the GPU machine: bash benchmarks/gpu/run_swap.sh, which sets up the payload first)
+    (on the GPU host: bash benchmarks/gpu/run_swap.sh, which unpacks the bundle first)
 
 Steps (results.json is rewritten after each; what finished survives a timeout):
   cold     first request for gptq8b, then for awq8b: each a cold start with an empty compile

@@ -1,11 +1,12 @@
-"""Copy a wheel without some of its files, so that it fits in what a GPU call may carry (64 MiB).
+"""Copy a wheel without some of its files, so that the offline bundle stays small (a copy of a
+few tens of MiB to the GPU host).
 
     python benchmarks/gpu/trim_wheel.py WHEEL OUT_DIR --drop GLOB [--drop GLOB ...]
         [--replace MEMBER=FILE ...]
 
-Used for issue 11's GPU run (docs/benchmarks.md): bitsandbytes keeps the CUDA 13.0 library only
-(the GPU machine's torch is cu130; the wheel carries one per CUDA version, 129 MB), its cubins
-for GPUs other than sm_90 zero-filled by ../shared/gpu/fatbin_prune.py (``--replace``), and
+Used for the GPU run of more methods (docs/benchmarks.md): bitsandbytes keeps the CUDA 13.0 library only
+(the GPU host's torch is cu130; the wheel carries one per CUDA version, 129 MB), its cubins
+for GPUs other than sm_90 zero-filled by benchmarks/gpu/bundle/fatbin_prune.py (``--replace``), and
 vllm-gguf-plugin leaves out its CUDA extension (28 MB; its Triton kernels serve instead,
 ``VLLM_GGUF_USE_CUDA=0``). RECORD is rewritten for the files kept; the wheel's name stays.
 """
