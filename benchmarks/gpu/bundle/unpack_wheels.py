@@ -4,14 +4,20 @@ For the vLLM wheel it also leaves out the libraries the offline bundle does with
 flash-attention import, and prunes the kernel library's cubins to sm_90 (see build.sh).
 Usage: unpack_wheels.py WHEELS SITE
 """
-import os
+
 import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
-SKIP = ("vllm/vllm_flash_attn/_vllm_fa", "vllm/_moe_C", "vllm/vllm-rs",
-        "vllm/third_party/deep_gemm/", "vllm/third_party/fmha_sm100/")
+SKIP = (
+    "vllm/vllm_flash_attn/_vllm_fa",
+    "vllm/_moe_C",
+    "vllm/vllm-rs",
+    "vllm/third_party/deep_gemm/",
+    "vllm/third_party/fmha_sm100/",
+)
 
 
 def target(name: str) -> str | None:
@@ -26,27 +32,28 @@ def target(name: str) -> str | None:
 
 
 def main() -> None:
-    wheels, site = sys.argv[1], sys.argv[2]
-    for whl in sorted(os.listdir(wheels)):
-        with zipfile.ZipFile(os.path.join(wheels, whl)) as z:
+    wheels, site = Path(sys.argv[1]), Path(sys.argv[2])
+    for whl in sorted(wheels.iterdir()):
+        with zipfile.ZipFile(whl) as z:
             for name in z.namelist():
-                out = target(name)
-                if out is None:
+                member = target(name)
+                if member is None:
                     continue
-                out = os.path.join(site, out)
-                os.makedirs(os.path.dirname(out), exist_ok=True)
-                with z.open(name) as src, open(out, "wb") as dst:
+                out = site / member
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(name) as src, out.open("wb") as dst:
                     shutil.copyfileobj(src, dst)
-    fa = os.path.join(site, "vllm", "vllm_flash_attn")
-    if os.path.isdir(fa):
+    fa = site / "vllm" / "vllm_flash_attn"
+    if fa.is_dir():
         # vLLM imports its flash-attention package at start and needs one of its kernel libraries
         # (fa3 alone is 153 MB of sm_90 code). This stub satisfies the import; serve with
         # --attention-backend TRITON_ATTN so no flash-attention kernel is ever called.
-        with open(os.path.join(fa, "_vllm_fa2_C.py"), "w") as f:
-            f.write('"""Stub: flash-attention kernels are not carried; use --attention-backend TRITON_ATTN."""\n')
-        lib = os.path.join(site, "vllm", "_C_stable_libtorch.abi3.so")
-        here = os.path.dirname(os.path.abspath(__file__))
-        subprocess.run([sys.executable, os.path.join(here, "fatbin_prune.py"), "prune", lib, "90", lib], check=True)
+        (fa / "_vllm_fa2_C.py").write_text(
+            '"""Stub: no flash-attention kernels here; use --attention-backend TRITON_ATTN."""\n'
+        )
+        lib = str(site / "vllm" / "_C_stable_libtorch.abi3.so")
+        prune = Path(__file__).resolve().parent / "fatbin_prune.py"
+        subprocess.run([sys.executable, str(prune), "prune", lib, "90", lib], check=True)
 
 
 if __name__ == "__main__":
