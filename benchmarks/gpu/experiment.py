@@ -229,8 +229,10 @@ def make_models(
     return {fmt: work / "models" / fmt for fmt in formats}
 
 
-def manifest(phase: str, work: Path, models: dict[str, Path], pin: str | None) -> dict[str, Any]:
-    serve = {**SERVE, **({"kernel": pin} if pin else {})}
+def manifest(
+    phase: str, work: Path, models: dict[str, Path], pin: str | None, goal: str = "balanced"
+) -> dict[str, Any]:
+    serve = {**SERVE, "optimize_for": goal, **({"kernel": pin} if pin else {})}
     if phase in ("gptq", "awq", "bf16"):
         variants: dict[str, Any] = {"base": {"method": "none"}}
         for method in ("gptq", "awq"):
@@ -408,6 +410,12 @@ def main() -> int:
     ap.add_argument("--started-at", type=float, default=time.time())
     ap.add_argument("--budget-s", type=float, default=550, help="from --started-at")
     ap.add_argument("--pin", help="serve.kernel for the phase (default: tune; pack: Marlin)")
+    ap.add_argument(
+        "--optimize-for",
+        default="balanced",
+        choices=["balanced", "latency", "throughput"],
+        help="serve.optimize_for: which measured kernel serves",
+    )
     ap.add_argument("--dry-run", action="store_true", help="on a CPU, against stand-ins")
     ap.add_argument("--fake-gpus", type=int, help="dry run: GPUs the fake nvidia-smi shows")
     a = ap.parse_args()
@@ -427,7 +435,7 @@ def main() -> int:
         kill_leftovers(results, clock)
         preflight(a.phase, results, clock)
         models = make_models(a.phase, a.work, results, clock, a.dry_run)
-        spec = manifest(a.phase, a.work, models, a.pin)
+        spec = manifest(a.phase, a.work, models, a.pin, a.optimize_for)
         (a.work / "manifest.yaml").write_text(json.dumps(spec, indent=2))  # JSON is YAML
         results.data["manifest"] = spec
         with Gateway(a.work / "manifest.yaml", env, a.work / "gateway.log") as gw:

@@ -37,7 +37,7 @@ if [ "$PHASE" = swap ]; then  # swapping: swap.py's own steps (ONLY=swap|recold:
     ${WARM:+--warm} ${BUDGET_S:+--budget-s "$BUDGET_S"}
 else
   python3 benchmarks/gpu/experiment.py "$PHASE" --work /tmp/qg --out "$OUT" --started-at "$START" \
-    ${PIN:+--pin "$PIN"} ${BUDGET_S:+--budget-s "$BUDGET_S"}
+    ${PIN:+--pin "$PIN"} ${OPTIMIZE_FOR:+--optimize-for "$OPTIMIZE_FOR"} ${BUDGET_S:+--budget-s "$BUDGET_S"}
 fi
 rc=$?
 cat "$OUT/table.md" 2>/dev/null

@@ -6,7 +6,8 @@
 #                                          -> 1/16/64 streams, direct and via gateway  (~8.5 / ~6.5 min)
 #   bash benchmarks/gpu/run_h100.sh awq    the same for AWQ                            (~8.7 / ~6.7 min)
 #   bash benchmarks/gpu/run_h100.sh bf16   the bf16 base variant                       (~3.5 min)
-# PIN=MarlinLinearKernel pins the kernel (no tuning: one vLLM start instead of two).
+# PIN=MarlinLinearKernel pins the kernel (no tuning: one vLLM start instead of two);
+# OPTIMIZE_FOR=latency|throughput|balanced sets serve.optimize_for (which measured kernel serves).
 # Needs .gpu/ (bash benchmarks/gpu/bundle/build.sh .gpu) and .whl/ (docs/benchmarks.md) in the checkout. Writes $OUT/results.json,
 START=$(date +%s)
 PHASE=${1:-gptq}
