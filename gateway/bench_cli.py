@@ -91,6 +91,7 @@ def table(rows: list[BenchRow], load: Load) -> str:
     footer = [
         f"N = {load.concurrency} concurrent; {load.max_tokens} tokens per completion (ignore_eos)",
         "peak = sum of VmHWM over the vLLM process group (KV cache space included)",
-        "PPL: held-out built-in text, strided (context 256, stride 128)",
+        "PPL: pooled over the held-out domains, strided (context 256, stride 128); "
+        "ΔPPL: the worst domain's increase over the base (what the quality gate reads)",
     ]
     return "\n".join([*lines, "", *footer, *(["", "notes:", *notes] if notes else [])])
