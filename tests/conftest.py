@@ -155,6 +155,18 @@ def make_fleet(manifest: Manifest, vllm_python: Path, hardware: Hardware = AVX51
     return Fleet(manifest, store, JobRunner(store, fake_worker), vllm_python, hardware)
 
 
+def gateway_on(
+    text: str, path: Path, vllm_python: Path, watch_s: float | None = None
+) -> LiveServer:
+    """A live gateway (real fleet, fake vLLM) on manifest ``text``, written to ``path``, which
+    it reloads from (``POST /admin/reload``, ``watch_s``); enter it with ``with``."""
+    path.write_text(text)
+    manifest = parse_manifest(text, path)
+    registry = CollectorRegistry()
+    app = create_app(make_fleet(manifest, vllm_python), GatewaySettings(), registry, path, watch_s)
+    return LiveServer(app, registry)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -107,11 +107,33 @@ models:
     assert out["scaled"]["spec"]["replicas"] == 0  # stop scales to zero, keeps the objects
 
 
-def test_a_gguf_source_is_imported_by_a_job_into_the_cache_volume(tmp_path: Path) -> None:
+def gguf_on_volume(tmp_path: Path) -> tuple[Path, Path]:
+    """A cache folder (the volume) with a GGUF file on it."""
     cache = tmp_path / "cache"
     gguf = cache / "models" / "smol.gguf"
     gguf.parent.mkdir(parents=True)
     gguf.write_bytes(b"GGUF and the rest of the file")
+    return cache, gguf
+
+
+async def play_job(
+    cluster: FakeKubernetes, s: Scene, cache: Path, job: Any, config: dict[str, Any]
+) -> None:
+    """The Job's pod: the worker writes ``config`` into the staging folder, logs, succeeds."""
+    job_name = names.job_name(job.id)
+    await until_stored(cluster, JOBS, job_name)
+    spec = json.loads((job.log_path.parent / "spec.json").read_text())
+    staging = cache / Path(spec["output"]).relative_to("/var/cache/quantgate")
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / "config.json").write_text(json.dumps(config))
+    cluster.serve_log(NS, f"{job_name}-abcde", WORKER_LOG)
+    labels = names.job_labels(job.model, job.variant, job.recipe_hash, job.id)
+    await s.pod(f"{job_name}-abcde", labels, {"phase": "Succeeded"})
+    await s.job_status(job_name, succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+
+
+def test_a_gguf_source_is_imported_by_a_job_into_the_cache_volume(tmp_path: Path) -> None:
+    cache, gguf = gguf_on_volume(tmp_path)
     text = f"""
 cache_dir: {cache}
 models:
@@ -133,20 +155,10 @@ models:
                              remote=runtime.remote_job(launcher, volume))  # fmt: skip
             job = jobs.prepare_source("smol", model)
             assert job is not None and job.variant == SOURCE
-            job_name = names.job_name(job.id)
-            await until_stored(cluster, JOBS, job_name)
-            stored = cluster.stored(JOBS, NS, job_name)
-            spec = json.loads((job.log_path.parent / "spec.json").read_text())
             # the pod imports the file into the staging folder on the volume, then ends
-            staging = cache / Path(spec["output"]).relative_to("/var/cache/quantgate")
-            staging.mkdir(parents=True)
-            (staging / "config.json").write_text("{}")
-            cluster.serve_log(NS, f"{job_name}-abcde", WORKER_LOG)
-            labels = names.job_labels("smol", SOURCE, job.recipe_hash, job.id)
-            await s.pod(f"{job_name}-abcde", labels, {"phase": "Succeeded"})
-            await s.job_status(
-                job_name, succeeded=1, conditions=[{"type": "Complete", "status": "True"}]
-            )
+            await play_job(cluster, s, cache, job, {})
+            stored = cluster.stored(JOBS, NS, names.job_name(job.id))
+            spec = json.loads((job.log_path.parent / "spec.json").read_text())
             await job.wait()
             await jobs.aclose()
             return {"spec": spec, "job": stored}
@@ -195,10 +207,7 @@ models:
 def test_the_whole_dynamic_flow_pull_build_serve_autoscale_stop(tmp_path: Path) -> None:
     """A GGUF source pulled into the volume by a Job, the variant built by another, served by
     a Deployment that KEDA scales to 3 pods (the gateway keeps that count), then stopped."""
-    cache = tmp_path / "cache"
-    gguf = cache / "models" / "smol.gguf"
-    gguf.parent.mkdir(parents=True)
-    gguf.write_bytes(b"GGUF and the rest of the file")
+    cache, gguf = gguf_on_volume(tmp_path)
     text = f"""
 cache_dir: {cache}
 models:
@@ -213,20 +222,6 @@ models:
 """
     manifest = parse_manifest(text, tmp_path / "m.yaml")
     settings = KubernetesSettings(namespace=NS, prometheus_url="http://prometheus:9090")
-
-    async def play_job(cluster: FakeKubernetes, s: Scene, job: Any, config: dict[str, Any]) -> None:
-        job_name = names.job_name(job.id)
-        await until_stored(cluster, JOBS, job_name)
-        spec = json.loads((job.log_path.parent / "spec.json").read_text())
-        staging = cache / Path(spec["output"]).relative_to("/var/cache/quantgate")
-        staging.mkdir(parents=True, exist_ok=True)
-        (staging / "config.json").write_text(json.dumps(config))
-        cluster.serve_log(NS, f"{job_name}-abcde", WORKER_LOG)
-        labels = names.job_labels(job.model, job.variant, job.recipe_hash, job.id)
-        await s.pod(f"{job_name}-abcde", labels, {"phase": "Succeeded"})
-        await s.job_status(
-            job_name, succeeded=1, conditions=[{"type": "Complete", "status": "True"}]
-        )
 
     async def scenario(cluster: FakeKubernetes) -> dict[str, Any]:
         async with ApiClient(Configuration(host=cluster.url)) as api:
@@ -245,8 +240,8 @@ models:
             pull = jobs.source_job(manifest.models["smol"])
             assert pull is not None and pull.variant == SOURCE
             imported = {"hidden_size": 576, "intermediate_size": 1536, "model_type": "llama"}
-            await play_job(cluster, s, pull, imported)
-            await play_job(cluster, s, build, QUANTIZED)
+            await play_job(cluster, s, cache, pull, imported)
+            await play_job(cluster, s, cache, build, QUANTIZED)
             deployment = names.variant_name("smol", "gptq")
             await until_stored(cluster, DEPLOYMENTS, deployment)
             await s.deployment_status(deployment, replicas=1, readyReplicas=1)

@@ -17,12 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
-from conftest import LiveServer, free_port, make_fleet, write_manifest
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
-from serving.manifest import parse_manifest
+from conftest import free_port, gateway_on, write_manifest
 
 
 def chat(client: httpx.Client, model: str, **extra: Any) -> httpx.Response:
@@ -63,12 +59,10 @@ def test_reload_applies_a_diff_and_refuses_a_broken_manifest(
 ) -> None:
     caplog.set_level(logging.INFO)
     monkeypatch.setenv("FAKE_ITL_S", "0.05")  # 40 tokens: a 2 s stream
-    manifest = write_manifest(tmp_path, model_dir)
+    write_manifest(tmp_path, model_dir)
     path = tmp_path / "manifest.yaml"
-    registry = CollectorRegistry()
-    fleet = make_fleet(manifest, fake_vllm_python)
-    app = create_app(fleet, GatewaySettings(), registry, path)
-    with LiveServer(app, registry) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+    server_of = gateway_on(path.read_text(), path, fake_vllm_python)
+    with server_of as server, httpx.Client(base_url=server.url, timeout=60) as c:
         assert chat(c, "tiny:base").status_code == 200 and chat(c, "tiny:awq").status_code == 200
         base_pid, awq_pid = pid(c, "base"), pid(c, "awq")
         streamed: dict[str, Any] = {}
@@ -109,19 +103,19 @@ def test_reload_applies_a_diff_and_refuses_a_broken_manifest(
         assert f"{path}:" in error["message"]
         assert chat(c, "tiny:base").status_code == 200 and pid(c, "base") == base_pid
 
-    applied_n = registry.get_sample_value("quantgate_manifest_reloads_total", {"result": "applied"})
-    refused_n = registry.get_sample_value("quantgate_manifest_reloads_total", {"result": "refused"})
+    applied_n = server.registry.get_sample_value("quantgate_manifest_reloads_total",
+                                                 {"result": "applied"})  # fmt: skip
+    refused_n = server.registry.get_sample_value("quantgate_manifest_reloads_total",
+                                                 {"result": "refused"})  # fmt: skip
     assert (applied_n, refused_n) == (1, 1)
 
 
 def test_a_change_that_needs_a_restart_is_refused(
     tmp_path: Path, model_dir: Path, fake_vllm_python: Path
 ) -> None:
-    manifest = write_manifest(tmp_path, model_dir)
+    write_manifest(tmp_path, model_dir)
     path = tmp_path / "manifest.yaml"
-    registry = CollectorRegistry()
-    app = create_app(make_fleet(manifest, fake_vllm_python), GatewaySettings(), registry, path)
-    with LiveServer(app, registry) as server:
+    with gateway_on(path.read_text(), path, fake_vllm_python) as server:
         path.write_text(path.read_text().replace("cache_dir: ", f"cache_dir: {tmp_path}/other#"))
         refused = httpx.post(server.url + "/admin/reload")
         assert refused.status_code == 409, refused.text
@@ -131,12 +125,9 @@ def test_a_change_that_needs_a_restart_is_refused(
 def test_the_file_watch_reloads_a_changed_manifest(
     tmp_path: Path, model_dir: Path, fake_vllm_python: Path
 ) -> None:
-    manifest = write_manifest(tmp_path, model_dir)
+    write_manifest(tmp_path, model_dir)
     path = tmp_path / "manifest.yaml"
-    registry = CollectorRegistry()
-    fleet = make_fleet(manifest, fake_vllm_python)
-    app = create_app(fleet, GatewaySettings(), registry, path, watch_s=0.1)
-    with LiveServer(app, registry) as server:
+    with gateway_on(path.read_text(), path, fake_vllm_python, watch_s=0.1) as server:
         path.write_text(path.read_text().replace("      awq: {method: awq, bits: 4}\n", ""))
         deadline = time.monotonic() + 10
         while "tiny:awq" in [m["id"] for m in httpx.get(server.url + "/v1/models").json()["data"]]:
@@ -195,10 +186,10 @@ def test_an_empty_manifest_serves_nothing_until_a_reload_adds_a_model(
 ) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(f"version: 1\ncache_dir: {tmp_path / 'cache'}\n")
-    manifest = parse_manifest(path.read_text(), path)
-    registry = CollectorRegistry()
-    app = create_app(make_fleet(manifest, fake_vllm_python), GatewaySettings(), registry, path)
-    with LiveServer(app, registry) as server, httpx.Client(base_url=server.url) as c:
+    with (
+        gateway_on(path.read_text(), path, fake_vllm_python) as server,
+        httpx.Client(base_url=server.url) as c,
+    ):
         assert c.get("/v1/models").json()["data"] == []
         assert chat(c, "ext").status_code == 404
         added = "models:\n  ext:\n    default_variant: a\n    variants:\n"
@@ -225,11 +216,10 @@ models:
     variants:
       a: {{method: none, upstream: {{url: "http://127.0.0.1:9"}}}}
 """)
-    manifest = parse_manifest(path.read_text(), path)
-    registry = CollectorRegistry()
-    fleet = make_fleet(manifest, fake_vllm_python)
-    app = create_app(fleet, GatewaySettings(), registry, path, watch_s=0.1)
-    with LiveServer(app, registry) as server, httpx.Client(base_url=server.url) as c:
+    with (
+        gateway_on(path.read_text(), path, fake_vllm_python, watch_s=0.1) as server,
+        httpx.Client(base_url=server.url) as c,
+    ):
 
         def models(token: str) -> int:
             return c.get("/v1/models", headers={"authorization": f"Bearer {token}"}).status_code

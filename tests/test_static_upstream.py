@@ -12,11 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
-from conftest import AVX512, FAKES, LiveServer, free_port, make_fleet
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
+from conftest import FAKES, free_port, gateway_on
 from serving.manifest import parse_manifest
 
 
@@ -56,10 +53,7 @@ models:
         method: none
         upstream: {{url: "{upstream}", api_key_env: UPSTREAM_KEY, model: real-name}}
 """
-    manifest = parse_manifest(text, tmp_path / "m.yaml")
-    registry = CollectorRegistry()
-    app = create_app(make_fleet(manifest, fake_vllm_python, AVX512), GatewaySettings(), registry)
-    with LiveServer(app, registry) as server:
+    with gateway_on(text, tmp_path / "m.yaml", fake_vllm_python) as server:
         card = httpx.get(server.url + "/v1/models").json()["data"][0]
         assert card["quantgate"]["state"] == "ready"
         assert card["quantgate"]["kernel"] == "external"
@@ -68,7 +62,7 @@ models:
         assert r.status_code == 200, r.text
         assert r.json()["model"] == "real-name"
         labels = {"model": "ext", "variant": "main"}
-        assert registry.get_sample_value("quantgate_completion_tokens_total", labels) == 3
+        assert server.registry.get_sample_value("quantgate_completion_tokens_total", labels) == 3
 
 
 def test_upstream_variant_needs_no_source_but_local_ones_do(tmp_path: Path) -> None:
@@ -98,11 +92,9 @@ models:
       main: {{method: none, upstream: {{url: "http://127.0.0.1:{dead}"}}}}
     routing: {{failure_threshold: 3, open_s: 30}}
 """
-    manifest = parse_manifest(text, tmp_path / "m.yaml")
-    registry = CollectorRegistry()
-    app = create_app(make_fleet(manifest, fake_vllm_python, AVX512), GatewaySettings(), registry)
+    server_of = gateway_on(text, tmp_path / "m.yaml", fake_vllm_python)
     body = {"model": "ext", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-    with LiveServer(app, registry) as server, httpx.Client(timeout=60) as client:
+    with server_of as server, httpx.Client(timeout=60) as client:
         first = client.post(server.url + "/v1/chat/completions", json=body)
         assert first.status_code == 502, first.text  # three tries, then the circuit opens
         assert "circuit opened after 3 failed requests" in caplog.text
@@ -136,10 +128,9 @@ models:
     caplog.set_level(logging.INFO)
     manifest = parse_manifest(text, tmp_path / "m.yaml")
     assert manifest.models["ext"].variants["main"].upstream.url == upstream  # type: ignore[union-attr]
-    registry = CollectorRegistry()
-    app = create_app(make_fleet(manifest, fake_vllm_python, AVX512), GatewaySettings(), registry)
+    server_of = gateway_on(text, tmp_path / "m.yaml", fake_vllm_python)
     body = {"model": "ext", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-    with LiveServer(app, registry) as server, httpx.Client(timeout=30) as client:
+    with server_of as server, httpx.Client(timeout=30) as client:
         r = client.post(server.url + "/v1/chat/completions", json=body)
         assert r.status_code == 200, r.text
         assert r.json()["model"] == "real-name"

@@ -140,7 +140,9 @@ def test_admin_scale_stop_and_start(gateway: Start) -> None:
     assert httpx.post(url + "/stop", timeout=30).json()["state"] == "built"
     assert backends(server) == []
     assert httpx.post(url + "/start", timeout=30).json()["state"] == "ready"
-    assert httpx.post(url + "/scale", json={"replicas": -1}).status_code == 422
+    refused = httpx.post(url + "/scale", json={"replicas": -1})
+    assert refused.status_code == 400  # an OpenAI-style body, not FastAPI's 422
+    assert refused.json()["error"]["param"] == "replicas"
 
 
 def test_port_in_use_is_a_clear_error(gateway: Start) -> None:
