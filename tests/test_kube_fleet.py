@@ -21,7 +21,7 @@ from serving.kube.launcher import KubernetesLauncher
 from serving.kube.settings import KubernetesSettings
 from serving.kube.volume import CacheVolume
 from serving.kube.workload import QuantizationWorkload
-from serving.manifest import parse_manifest
+from serving.manifest import Manifest, parse_manifest
 from serving.store import VariantStore
 
 H100 = Hardware("cuda", gpus=(Gpu(0, "NVIDIA H100", 90, 0),))
@@ -29,6 +29,22 @@ W4A16 = {"weights": {"num_bits": 4, "type": "int"}, "input_activations": None}
 QUANTIZED = {
     "quantization_config": {"quant_method": "compressed-tensors", "config_groups": {"g": W4A16}}
 }
+
+
+def kube_fleet(
+    api: ApiClient, settings: KubernetesSettings, cache: Path, manifest: Manifest
+) -> tuple[Fleet, JobRunner]:
+    """The fleet as `quantgate serve` wires it on Kubernetes: jobs as Jobs, vLLM as Deployments,
+    the cache volume at ``cache``."""
+    launcher = KubernetesLauncher(api, settings, poll_s=0.02)
+    volume = CacheVolume("quantgate-cache", cache)
+    store = VariantStore(cache)
+    jobs = JobRunner(store, lambda spec: [], remote=runtime.remote_job(launcher, volume))
+    fleet = Fleet(
+        manifest, store, jobs, Path("/unused"), H100,
+        launch=runtime.launch(launcher, volume, manifest), places_gpus=False,
+    )  # fmt: skip
+    return fleet, jobs
 
 
 def test_a_missing_variant_is_built_by_a_job_then_served_by_a_deployment(tmp_path: Path) -> None:
@@ -50,14 +66,7 @@ models:
     async def scenario(cluster: FakeKubernetes) -> dict[str, Any]:
         async with ApiClient(Configuration(host=cluster.url)) as api:
             s = Scene(api)
-            launcher = KubernetesLauncher(api, KubernetesSettings(namespace=NS), poll_s=0.02)
-            volume = CacheVolume("quantgate-cache", cache)
-            store = VariantStore(cache)
-            jobs = JobRunner(store, lambda spec: [], remote=runtime.remote_job(launcher, volume))
-            fleet = Fleet(
-                manifest, store, jobs, Path("/unused"), H100,
-                launch=runtime.launch(launcher, volume, manifest), places_gpus=False,
-            )  # fmt: skip
+            fleet, _ = kube_fleet(api, KubernetesSettings(namespace=NS), cache, manifest)
             job = fleet.build("tiny", "gptq")
             assert job is not None
             job_name = names.job_name(job.id)
@@ -226,14 +235,7 @@ models:
     async def scenario(cluster: FakeKubernetes) -> dict[str, Any]:
         async with ApiClient(Configuration(host=cluster.url)) as api:
             s = Scene(api)
-            launcher = KubernetesLauncher(api, settings, poll_s=0.02)
-            volume = CacheVolume("quantgate-cache", cache)
-            store = VariantStore(cache)
-            jobs = JobRunner(store, lambda spec: [], remote=runtime.remote_job(launcher, volume))
-            fleet = Fleet(
-                manifest, store, jobs, Path("/unused"), H100,
-                launch=runtime.launch(launcher, volume, manifest), places_gpus=False,
-            )  # fmt: skip
+            fleet, jobs = kube_fleet(api, settings, cache, manifest)
             build = fleet.build("smol", "gptq")
             assert build is not None
             await asyncio.sleep(0.1)
