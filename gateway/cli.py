@@ -253,10 +253,8 @@ def _probe_upstreams(name: str, model: Model) -> int:
         up = spec.upstream
         if up is None:
             continue
-        key = os.environ.get(up.api_key_env or "", "")
-        headers = {"authorization": f"Bearer {key}"} if key else {}
         try:
-            answer = httpx.get(up.url + "/v1/models", headers=headers, timeout=10)
+            answer = httpx.get(up.url + "/v1/models", headers=up.auth_headers(), timeout=10)
             served = [str(card["id"]) for card in answer.raise_for_status().json()["data"]]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             print(f"  {name}:{v}: upstream {up.url}/v1/models: {exc}", file=sys.stderr)

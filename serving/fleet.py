@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -294,9 +293,7 @@ class Fleet:
         upstream = model.variants[served].upstream
         if upstream is None:
             return Lease(model_name, served, replica.url, replica, JSON_HEADERS, rename)
-        headers = dict(JSON_HEADERS)
-        if upstream.api_key_env:
-            headers["authorization"] = f"Bearer {os.environ.get(upstream.api_key_env, '')}"
+        headers = {**JSON_HEADERS, **upstream.auth_headers()}
         forward = upstream.model
         if forward is None and isinstance(replica, StaticReplica):
             try:
@@ -614,7 +611,12 @@ class Fleet:
             await self._bring_up(model_name, name, replicas)
         else:
             await slot.pool.scale(replicas)
-        live = {f"{model_name}:{name}#{r.index}" for r in slot.pool.replicas}
+        self._release_claims(model_name, name)
+
+    def _release_claims(self, model_name: str, name: str) -> None:
+        """Give back the GPUs claimed for the variant's replicas that no longer run."""
+        slot = self._slots.get((model_name, name))
+        live = {f"{model_name}:{name}#{r.index}" for r in slot.pool.replicas} if slot else set()
         for owner in self.placement.claims():
             if owner.startswith(f"{model_name}:{name}#") and owner not in live:
                 self.placement.release(owner)
@@ -655,11 +657,7 @@ class Fleet:
         if slot.pool.running:
             log.info("%s:%s: left the manifest or changed; draining its replicas", *key)
         await slot.pool.stop(drain_s)
-        current = self._slots.get(key)
-        live = {f"{key[0]}:{key[1]}#{r.index}" for r in current.pool.replicas} if current else set()
-        for owner in self.placement.claims():
-            if owner.startswith(f"{key[0]}:{key[1]}#") and owner not in live:
-                self.placement.release(owner)
+        self._release_claims(*key)
 
     def replica_rows(self) -> list[dict[str, Any]]:
         """Every replica's model, variant, state and circuit (cheap: for metrics)."""

@@ -383,6 +383,7 @@ class JobRunner:
     def _finish(self, job: Job, state: JobState) -> None:
         job.state, job.finished_at = state, time.time()
         self._active.pop(job.key, None)
+        self._told.pop(job.id, None)
         self._save(job)
         job.done.set()
 

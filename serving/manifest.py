@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -186,6 +187,12 @@ class Upstream(Strict):
         None,
         description="Model name it serves; default: the one its /v1/models lists (asked once)",
     )
+
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header its key gives (none without ``api_key_env``)."""
+        if not self.api_key_env:
+            return {}
+        return {"authorization": f"Bearer {os.environ.get(self.api_key_env, '')}"}
 
     @field_validator("url")
     @classmethod
