@@ -1,0 +1,264 @@
+"""A variant: the base weights, a quantization recipe, or an upstream already running."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import (
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+
+from serving.manifest.base import Strict, resolve_path
+from serving.manifest.methods import (
+    BUILTIN_CALIBRATION,
+    CALIBRATED,
+    GGUF_BITS,
+    GGUF_BY_BITS,
+    LOAD_TIME,
+    MEASURED_AT_LOAD,
+    NOT_OFFERED,
+    Backend,
+    GgufType,
+    Method,
+)
+from serving.manifest.recipes import recipe_hash, recipe_problems
+
+
+class Calibration(Strict):
+    """Calibration text: a local .txt/.jsonl file, a folder of them, a ``datasets``
+    ``save_to_disk`` folder, or (unset) the built-in mix: the corpus's train split as prose and
+    as chat turns in the model's template, and Python code."""
+
+    dataset: Path | None = None
+    split: str | None = Field(
+        None, description="datasets folders with splits: which one (default train)"
+    )
+    text_field: str = Field("text", description="the text column of .jsonl files and datasets")
+    samples: int = Field(64, ge=1, le=100_000)
+    max_seq_length: int = Field(256, ge=16, le=32_768)
+    seed: int = 0
+
+    _dataset = field_validator("dataset")(resolve_path)
+
+    @model_validator(mode="after")
+    def _check_split(self) -> Self:
+        if self.dataset is None and self.split not in (None, "train"):
+            raise ValueError(
+                "the built-in corpus calibrates on its 'train' split only "
+                "(its held-out split is kept for perplexity)"
+            )
+        return self
+
+    def recipe(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["dataset"] = str(self.dataset) if self.dataset else None
+        if self.dataset is None:  # what the built-in mix is: a new mix is a new recipe
+            data["builtin"] = BUILTIN_CALIBRATION
+        return data
+
+
+class Upstream(Strict):
+    """An OpenAI-compatible server that is already running: Quantgate routes to it, meters it,
+    limits it, but neither builds nor launches it."""
+
+    url: str = Field(
+        pattern=r"^https?://",
+        description="Base URL, as an OpenAI client takes it: a trailing /v1 is taken off (the "
+        "gateway adds the request's /v1/... path)",
+    )
+    api_key_env: str | None = Field(None, description="Environment variable holding its key")
+    model: str | None = Field(
+        None,
+        description="Model name it serves; default: the one its /v1/models lists (asked once)",
+    )
+
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header its key gives (none without ``api_key_env``)."""
+        if not self.api_key_env:
+            return {}
+        return {"authorization": f"Bearer {os.environ.get(self.api_key_env, '')}"}
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        base = value.rstrip("/")
+        return base.removesuffix("/v1") if base.endswith("/v1") else base
+
+
+class Variant(Strict):
+    """One way of serving a model: the base weights, or a quantization recipe."""
+
+    method: Method
+    backend: Backend | None = Field(None, description="default: llmcompressor (gguf: llamacpp)")
+    bits: int | None = Field(None, description="weight bits; default 4 (w8a8, fp8: 8)")
+    activation_bits: Literal[8, 16] | None = Field(
+        None, description="16: weight-only; 8: int8 dynamic per-token activations"
+    )
+    group_size: int | None = Field(
+        None, description="Weights per quantization group (default 128); -1: per channel."
+    )
+    symmetric: bool | None = Field(None, description="default: yes, except AWQ")
+    gguf_type: GgufType | None = Field(
+        None, description="gguf only: llama.cpp's type (default q4_k_m; bits 8 -> q8_0)"
+    )
+    ignore: tuple[str, ...] = ("lm_head",)
+    calibration: Calibration | None = None
+    upstream: Upstream | None = None
+    _evaluation: dict[str, Any] | None = PrivateAttr(None)
+    max_ppl_increase: float | None = Field(
+        None,
+        description="Quality gate: refuse to serve the variant when its held-out perplexity "
+        "exceeds the base's by more than this fraction (0.05 or '5%').",
+    )
+
+    @field_validator("max_ppl_increase", mode="before")
+    @classmethod
+    def _percent(cls, value: object) -> object:
+        """'5%' is 0.05; a bare number is a fraction, so 5 (+500 %, a likely slip for 5 %) is
+        refused: write '500%' to mean it."""
+        if isinstance(value, str) and value.strip().endswith("%"):
+            return float(value.strip()[:-1]) / 100
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 1:
+            raise ValueError(
+                f"max_ppl_increase {value} would mean +{value:.0%}: write a fraction "
+                f"(0.05) or a percentage ('{value}%')"
+            )
+        return value
+
+    @field_validator("gguf_type", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value  # llama.cpp writes Q4_K_M
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _offered(cls, value: object) -> object:
+        reason = NOT_OFFERED.get(str(value).lower()) if isinstance(value, str) else None
+        if reason:
+            raise ValueError(f"method {value!r} is not offered: {reason}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_recipe(self) -> Self:
+        problems = recipe_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def quantized(self) -> bool:
+        return self.method is not Method.NONE
+
+    @property
+    def needs_build(self) -> bool:
+        """Whether a quantization job makes it (FP8 and bitsandbytes NF4: vLLM quantizes at load;
+        bitsandbytes int8 is built: vLLM loads LLM.int8 only from a checkpoint)."""
+        if self.method is Method.BITSANDBYTES:
+            return self.bits == 8
+        return self.method is not Method.NONE and self.method not in LOAD_TIME
+
+    @property
+    def measured_at_load(self) -> bool:
+        """Quantized by vLLM at load, yet measured first: a job loads the base through
+        transformers with the same quantization and measures its perplexity (bitsandbytes; FP8
+        has no CPU path in transformers and is served unmeasured)."""
+        return self.method in MEASURED_AT_LOAD and not self.needs_build
+
+    @property
+    def needs_job(self) -> bool:
+        """Whether a job runs before the variant is served: a build, or a measure only."""
+        return self.needs_build or self.measured_at_load
+
+    @property
+    def serve_quantization(self) -> str | None:
+        """vLLM's ``--quantization`` for variants quantized at load rather than built."""
+        return None if self.needs_build else LOAD_TIME.get(self.method)
+
+    @property
+    def weight_bits(self) -> int:
+        if self.method is Method.NONE:
+            return 16
+        if self.method is Method.GGUF:
+            return GGUF_BITS[self.ggml_type]
+        return self.bits or (8 if self.method in (Method.W8A8, Method.FP8) else 4)
+
+    @property
+    def ggml_type(self) -> GgufType:
+        """The GGUF type: the one named, else the one for ``bits`` (default Q4_K_M)."""
+        return self.gguf_type or GGUF_BY_BITS.get(self.bits or 4, GgufType.Q4_K_M)
+
+    @property
+    def act_bits(self) -> int:
+        if self.method in (Method.W8A8, Method.FP8):
+            return 8
+        return self.activation_bits or 16
+
+    @property
+    def scheme(self) -> str:
+        """``W4A16``-style name of the weight and activation precision."""
+        if self.method is Method.NONE:
+            return "BF16"
+        if self.method is Method.FP8:
+            return "FP8"
+        if self.method is Method.GGUF:
+            return self.ggml_type.value.upper()
+        if self.method is Method.BITSANDBYTES and self.weight_bits == 8:
+            return "LLM.int8"
+        return (
+            "NF4" if self.method is Method.BITSANDBYTES else f"W{self.weight_bits}A{self.act_bits}"
+        )
+
+    def recipe(self) -> dict[str, Any]:
+        """The recipe with defaults filled in: what the worker is told and what is hashed (with
+        the model's own evaluation texts, where it names any: new texts, a new measure)."""
+        recipe = self._method_recipe()
+        if self._evaluation is not None and self.needs_job:
+            recipe["evaluation"] = self._evaluation
+        return recipe
+
+    def measure_with(self, evaluation: dict[str, Any] | None) -> None:
+        """The evaluation texts its model names (``Model`` sets them on each variant)."""
+        self._evaluation = evaluation
+
+    def _method_recipe(self) -> dict[str, Any]:
+        if not self.needs_build:
+            return {"method": self.method.value}
+        if self.method is Method.BITSANDBYTES:
+            return {"method": "bitsandbytes", "backend": Backend.TRANSFORMERS.value, "bits": 8}
+        if self.method is Method.TORCHAO:
+            return {
+                "method": "torchao",
+                "backend": Backend.TRANSFORMERS.value,
+                "bits": 4,
+                "group_size": self.group_size or 128,
+            }
+        if self.method is Method.GGUF:
+            return {
+                "method": "gguf",
+                "backend": Backend.LLAMACPP.value,
+                "gguf_type": self.ggml_type.value,
+                "bits": self.weight_bits,
+            }
+        per_channel = self.method is Method.W8A8 or self.scheme == "W8A8"
+        recipe: dict[str, Any] = {
+            "method": self.method.value,
+            "backend": (self.backend or Backend.LLMCOMPRESSOR).value,
+            "bits": self.weight_bits,
+            "activation_bits": self.act_bits,
+            "group_size": self.group_size or (-1 if per_channel else 128),
+            "symmetric": self.symmetric
+            if self.symmetric is not None
+            else self.method is not Method.AWQ,
+            "ignore": list(self.ignore),
+        }
+        if self.method in CALIBRATED:
+            recipe["calibration"] = (self.calibration or Calibration()).recipe()
+        return recipe
+
+    def recipe_hash(self) -> str:
+        return recipe_hash(self.recipe())
