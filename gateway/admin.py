@@ -58,42 +58,44 @@ def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
 
     @router.get("/variants")
     async def variants() -> dict[str, Any]:
-        return {"object": "list", "data": fleet.backends()}
+        return {"object": "list", "data": [s.model_dump(mode="json") for s in fleet.statuses()]}
 
     @router.get("/backends")
     async def backends() -> dict[str, Any]:
         """Every replica of every variant: state, port, pid, kernel, uptime, restarts."""
         rows = []
-        for v in fleet.backends():
-            for r in v["replicas"]:
-                rows.append({"model": v["model"], "variant": v["variant"],
-                             "kernel": v["kernel"]["kernel"], **r})  # fmt: skip
+        for v in fleet.statuses():
+            for r in v.replicas:
+                rows.append(
+                    {"model": v.model, "variant": v.variant, "kernel": v.kernel.kernel, **r}
+                )
         return {"object": "list", "data": rows, "placement": fleet.placement.claims()}
 
     @router.post("/variants/{model}/{variant}/build", status_code=202)
     async def build(model: str, variant: str) -> dict[str, Any]:
         model_name, name = fleet.resolve(f"{model}:{variant}")
         job = fleet.build(model_name, name)
-        return {"variant": fleet.describe(model_name, name), "job": job.summary() if job else None}
+        status = fleet.status(model_name, name).model_dump(mode="json")
+        return {"variant": status, "job": job.summary() if job else None}
 
     @router.post("/variants/{model}/{variant}/start")
     async def start(model: str, variant: str) -> dict[str, Any]:
         model_name, name = fleet.resolve(f"{model}:{variant}")
         replicas = fleet.manifest.models[model_name].serve.replicas
         await fleet.scale(model_name, name, replicas)
-        return fleet.describe(model_name, name)
+        return fleet.status(model_name, name).model_dump(mode="json")
 
     @router.post("/variants/{model}/{variant}/stop")
     async def stop(model: str, variant: str) -> dict[str, Any]:
         model_name, name = fleet.resolve(f"{model}:{variant}")
         await fleet.stop(model_name, name)
-        return fleet.describe(model_name, name)
+        return fleet.status(model_name, name).model_dump(mode="json")
 
     @router.post("/variants/{model}/{variant}/scale")
     async def scale(model: str, variant: str, body: ScaleRequest) -> dict[str, Any]:
         model_name, name = fleet.resolve(f"{model}:{variant}")
         await fleet.scale(model_name, name, body.replicas)
-        return fleet.describe(model_name, name)
+        return fleet.status(model_name, name).model_dump(mode="json")
 
     @router.get("/jobs")
     async def jobs() -> dict[str, Any]:

@@ -160,7 +160,7 @@ def model_cards(fleet: Fleet) -> list[dict[str, Any]]:
     for model_name, model in fleet.manifest.models.items():
         for name in [None, *model.variants]:
             variant = name or model.default_variant
-            info = fleet.describe(model_name, variant)
+            info = fleet.status(model_name, variant)
             card_id = model_name if name is None else f"{model_name}:{name}"
             cards.append(
                 {
@@ -171,14 +171,14 @@ def model_cards(fleet: Fleet) -> list[dict[str, Any]]:
                     "quantgate": {
                         "model": model_name,
                         "variant": variant,
-                        "state": info["state"],
-                        "residency": info["residency"],
-                        "method": info["method"],
-                        "default": info["default"],
-                        "kernel": info["kernel"]["kernel"],
-                        "kernel_measured": info["kernel"]["measured"],
-                        "quantization": info["kernel"]["quantization"],
-                        "error": info["error"],
+                        "state": info.state.value,
+                        "residency": info.residency,
+                        "method": info.method,
+                        "default": info.default,
+                        "kernel": info.kernel.kernel,
+                        "kernel_measured": info.kernel.measured,
+                        "quantization": info.kernel.quantization,
+                        "error": info.error,
                     },
                 }
             )

@@ -11,12 +11,10 @@ from typing import Any
 
 from serving.bench import BenchRow, Load, run_bench
 from serving.build import worker_command
-from serving.fleet import Fleet
+from serving.fleet import open_fleet
 from serving.hardware import Hardware
-from serving.jobs import JobRunner
 from serving.manifest import load_manifest
 from serving.settings import ServingSettings
-from serving.store import VariantStore
 
 COLUMNS = ("variant", "scheme", "size MiB", "peak GiB", "tok/s @1", "tok/s @N", "PPL", "ΔPPL")
 
@@ -40,9 +38,8 @@ def register(sub: Any) -> None:
 def bench(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     settings = ServingSettings()
-    store = VariantStore(manifest.cache_dir)
     command = worker_command(
-        settings.quantizer_python, store.root / ".runtime", settings.quantizer_pythonpath
+        settings.quantizer_python, manifest.cache_dir / ".runtime", settings.quantizer_pythonpath
     )
     names = [
         (m, v)
@@ -55,8 +52,10 @@ def bench(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     async def measure() -> list[BenchRow]:
-        jobs = JobRunner(store, command, settings.max_concurrent_jobs)
-        fleet = Fleet(manifest, store, jobs, settings.vllm_python, Hardware.detect())
+        fleet = open_fleet(
+            manifest, command, settings.vllm_python, Hardware.detect(),
+            max_concurrent_jobs=settings.max_concurrent_jobs,
+        )  # fmt: skip
         try:
             return await run_bench(fleet, names, load)
         finally:

@@ -158,19 +158,17 @@ def _needs_quantizer(model: Model) -> bool:
 async def _fleet(manifest: Manifest, serving: ServingSettings) -> AsyncIterator[Fleet]:
     """The fleet for ``QUANTGATE_LAUNCHER``: child processes here, or pods on Kubernetes."""
     from serving.build import worker_command
-    from serving.fleet import Fleet
+    from serving.fleet import Scheduled, open_fleet
     from serving.hardware import Hardware
-    from serving.jobs import JobRunner
-    from serving.store import VariantStore
 
-    store = VariantStore(manifest.cache_dir)
-    command = worker_command(
-        serving.quantizer_python, store.root / ".runtime", serving.quantizer_pythonpath
+    worker = worker_command(
+        serving.quantizer_python, manifest.cache_dir / ".runtime", serving.quantizer_pythonpath
     )
     if serving.launcher == "local":
-        jobs = JobRunner(store, command, serving.max_concurrent_jobs)
-        hw = Hardware.detect()
-        yield Fleet(manifest, store, jobs, serving.vllm_python, hw, serving.vllm_host)
+        yield open_fleet(
+            manifest, worker, serving.vllm_python, Hardware.detect(), host=serving.vllm_host,
+            max_concurrent_jobs=serving.max_concurrent_jobs,
+        )  # fmt: skip
         return
     from serving.kube import runtime
     from serving.kube.client import connect
@@ -183,11 +181,12 @@ async def _fleet(manifest: Manifest, serving: ServingSettings) -> AsyncIterator[
     try:
         launcher = KubernetesLauncher(api, kube)
         volume = CacheVolume(kube.cache_pvc, manifest.cache_dir)
-        remote = runtime.remote_job(launcher, volume)
-        jobs = JobRunner(store, command, serving.max_concurrent_jobs, remote)
-        yield Fleet(
-            manifest, store, jobs, serving.vllm_python, kube.hardware(),
-            launch=runtime.launch(launcher, volume, manifest), places_gpus=False,
+        scheduled = Scheduled(
+            runtime.launch(launcher, volume, manifest), runtime.remote_job(launcher, volume)
+        )
+        yield open_fleet(
+            manifest, worker, serving.vllm_python, kube.hardware(),
+            max_concurrent_jobs=serving.max_concurrent_jobs, scheduled=scheduled,
         )  # fmt: skip
     finally:
         await api.close()  # type: ignore[no-untyped-call]

@@ -54,8 +54,8 @@ class Load:
 
 
 async def bench_variant(fleet: Fleet, model: str, name: str, load: Load) -> BenchRow:
-    info = fleet.describe(model, name)
-    row = BenchRow(model, name, info["method"], info["scheme"])
+    info = fleet.status(model, name)
+    row = BenchRow(model, name, info.method, info.scheme)
     try:
         await _build(fleet, model, name)
     except QuantgateError as exc:
@@ -83,13 +83,13 @@ async def _build(fleet: Fleet, model: str, name: str) -> None:
 
 
 def _read_report(fleet: Fleet, model: str, name: str, row: BenchRow) -> None:
-    info = fleet.describe(model, name)
-    report = info["report"]
+    info = fleet.status(model, name)
+    report = info.report
     spec = fleet.manifest.models[model]
     source = spec.source_path if spec.source is not None else None
     if report is None and source is not None:  # the base weights, or FP8 (quantized at load)
         row.size_bytes = dir_size(source)
-        base = fleet.jobs.base_perplexity(spec) if info["method"] == "none" else None
+        base = fleet.jobs.base_perplexity(spec) if info.method == "none" else None
         row.perplexity, row.ppl_increase = (base["perplexity"], 0.0) if base else (None, None)
         return
     if report is None:  # an upstream: nothing on this disk

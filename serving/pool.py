@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,22 @@ from serving.replica import (
 SpecFactory = Callable[[int], LaunchSpec]
 
 
+class Changed:
+    """Wakes whoever waits for the replicas of a variant to change (state, circuit)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, at_most_s: float) -> None:
+        """Until the next change, or ``at_most_s`` seconds (time alone reopens a circuit)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), at_most_s)
+
+
 class VariantPool:
     def __init__(
         self,
@@ -38,6 +55,7 @@ class VariantPool:
         self._policy = policy
         self.replicas: list[Replica] = []
         self._turn = 0
+        self.changed = Changed()
 
     @classmethod
     def static(cls, name: str, url: str) -> VariantPool:
@@ -113,7 +131,7 @@ class VariantPool:
 
     def _replica(self, index: int) -> Replica:
         return Replica(index, lambda: self._spec(index), self._launch, self._policy, self._prepare,
-                       self.name)  # fmt: skip
+                       self.name, self.changed.notify)  # fmt: skip
 
     def pick(
         self, exclude: frozenset[int] = frozenset(), key: str | None = None, load_cap: int = 4

@@ -59,7 +59,9 @@ class Replica:
         policy: RestartPolicy,
         prepare: Callable[[Server], Awaitable[None]] | None = None,
         label: str = "",
+        on_change: Callable[[], None] | None = None,
     ) -> None:
+        self._on_change = on_change  # told of every state and circuit change (waiters wake)
         self.index = index
         self.label = f"{label or 'replica'} #{index}"  # in log lines: model:variant #index
         self._prepare = prepare  # run on a healthy server before it is routable
@@ -83,6 +85,19 @@ class Replica:
         self.awake_since = 0.0  # monotonic time it last became ready (start or wake)
 
     @property
+    def state(self) -> ReplicaState:
+        return self._state
+
+    @state.setter
+    def state(self, value: ReplicaState) -> None:
+        self._state = value
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+    @property
     def routable(self) -> bool:
         return self.state is ReplicaState.READY and time.monotonic() >= self._open_until
 
@@ -98,12 +113,14 @@ class Replica:
                 log.warning("%s: circuit opened after %d failed requests in a row; no requests "
                             "for %.0f s", self.label, self._failures, open_s)  # fmt: skip
             self._open_until = time.monotonic() + open_s
+            self._changed()
 
     def record_success(self) -> None:
+        self._failures = 0
         if self._open_until:
             log.info("%s: circuit closed (a request succeeded)", self.label)
-        self._failures = 0
-        self._open_until = 0.0
+            self._open_until = 0.0
+            self._changed()
 
     def open_for(self) -> float:
         """Seconds until an open circuit lets one request try again (0: not open)."""

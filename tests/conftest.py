@@ -26,11 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from serving.errors import ManifestError
-from serving.fleet import Fleet
+from serving.fleet import Fleet, open_fleet
 from serving.hardware import Hardware
-from serving.jobs import JobRunner
 from serving.manifest import Manifest, parse_manifest
-from serving.store import VariantStore
 
 FAKES = Path(__file__).parent / "fakes"
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,8 +149,7 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 
 def make_fleet(manifest: Manifest, vllm_python: Path, hardware: Hardware = AVX512) -> Fleet:
-    store = VariantStore(manifest.cache_dir)
-    return Fleet(manifest, store, JobRunner(store, fake_worker), vllm_python, hardware)
+    return open_fleet(manifest, fake_worker, vllm_python, hardware)
 
 
 def gateway_on(

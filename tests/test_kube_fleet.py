@@ -13,7 +13,7 @@ from fakes.kube_api import FakeKubernetes
 from kubernetes.aio.client import ApiClient, Configuration
 from test_kube_launcher import DEPLOYMENTS, JOBS, NS, WORKER_LOG, Scene, until_stored
 
-from serving.fleet import Fleet
+from serving.fleet import Fleet, Scheduled, open_fleet
 from serving.hardware import Gpu, Hardware
 from serving.jobs import SOURCE, JobRunner
 from serving.kube import names, objects, runtime
@@ -38,13 +38,11 @@ def kube_fleet(
     the cache volume at ``cache``."""
     launcher = KubernetesLauncher(api, settings, poll_s=0.02)
     volume = CacheVolume("quantgate-cache", cache)
-    store = VariantStore(cache)
-    jobs = JobRunner(store, lambda spec: [], remote=runtime.remote_job(launcher, volume))
-    fleet = Fleet(
-        manifest, store, jobs, Path("/unused"), H100,
-        launch=runtime.launch(launcher, volume, manifest), places_gpus=False,
-    )  # fmt: skip
-    return fleet, jobs
+    scheduled = Scheduled(
+        runtime.launch(launcher, volume, manifest), runtime.remote_job(launcher, volume)
+    )
+    fleet = open_fleet(manifest, lambda spec: [], Path("/unused"), H100, scheduled=scheduled)
+    return fleet, fleet.jobs
 
 
 def test_a_missing_variant_is_built_by_a_job_then_served_by_a_deployment(tmp_path: Path) -> None:
@@ -94,7 +92,7 @@ models:
                 if fleet.state("tiny", "gptq").value == "ready":
                     break
                 await asyncio.sleep(0.02)
-            described = fleet.describe("tiny", "gptq")
+            described = fleet.status("tiny", "gptq").model_dump(mode="json")
             stored = cluster.stored(DEPLOYMENTS, NS, deployment)
             await fleet.stop("tiny", "gptq")
             scaled = cluster.stored(DEPLOYMENTS, NS, deployment)

@@ -4,7 +4,7 @@
 supervisor drives like a local process); ``remote_job`` runs a quantization job as a Job, and
 the import or download of a model's GGUF or Hub source too, into the shared cache volume.
 Kubernetes restarts crashed pods and schedules GPUs itself, so the fleet neither restarts nor
-places them (``Fleet(places_gpus=False)``). A variant is one Deployment: replica 0.
+places them (``open_fleet(scheduled=...)``). A variant is one Deployment: replica 0.
 """
 
 from __future__ import annotations

@@ -26,12 +26,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from serving.worker.protocol import HF_QUANTIZER_PACKAGES as PACKAGES
 from serving.worker.protocol import fail
-
-PACKAGES = {  # method: module, what to install
-    "bitsandbytes": ("bitsandbytes", "bitsandbytes>=0.48.1"),
-    "torchao": ("torchao", "torchao==0.18.0"),
-}
 
 
 def require(method: str) -> None:

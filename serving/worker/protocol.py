@@ -17,6 +17,13 @@ from typing import Any, NoReturn
 PROGRESS = "QUANTGATE_PROGRESS "
 RESULT = "QUANTGATE_RESULT "
 FAILURE = "quantgate: "
+# Libraries that measure or build a method through transformers, which vLLM also imports to
+# serve it: method -> (module, what to install). The worker checks its environment, the fleet
+# vLLM's.
+HF_QUANTIZER_PACKAGES = {
+    "bitsandbytes": ("bitsandbytes", "bitsandbytes>=0.48.1"),
+    "torchao": ("torchao", "torchao==0.18.0"),
+}
 
 
 def progress(stage: str, **fields: Any) -> None:
