@@ -19,7 +19,8 @@ from gateway.errors import NotFound, Unauthorized
 from gateway.reloader import Reloader
 from gateway.settings import GatewaySettings
 from serving.fleet import Fleet
-from serving.jobs import Job, tail
+from serving.job import Job
+from serving.processes import tail
 
 
 class ScaleRequest(BaseModel):
@@ -56,6 +57,12 @@ def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
             raise NotFound("this gateway was not started from a manifest file")
         return await reloader.reload("POST /admin/reload")
 
+    _variant_routes(router, fleet)
+    _job_routes(router, fleet)
+    return router
+
+
+def _variant_routes(router: APIRouter, fleet: Fleet) -> None:
     @router.get("/variants")
     async def variants() -> dict[str, Any]:
         return {"object": "list", "data": [s.model_dump(mode="json") for s in fleet.statuses()]}
@@ -97,6 +104,8 @@ def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
         await fleet.scale(model_name, name, body.replicas)
         return fleet.status(model_name, name).model_dump(mode="json")
 
+
+def _job_routes(router: APIRouter, fleet: Fleet) -> None:
     @router.get("/jobs")
     async def jobs() -> dict[str, Any]:
         return {"object": "list", "data": [j.summary() for j in fleet.jobs.jobs()]}
@@ -115,8 +124,6 @@ def admin_router(fleet: Fleet, settings: GatewaySettings) -> APIRouter:
     @router.get("/jobs/{job_id}/log", response_class=PlainTextResponse)
     async def job_log(job_id: str, lines: int = 200) -> str:
         return tail(_job(fleet, job_id).log_path, max(1, min(lines, 10_000)))
-
-    return router
 
 
 def _job(fleet: Fleet, job_id: str) -> Job:

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,38 @@ def create_app(
     fleet.observe_swaps(metrics.record_swap)
     keys = KeyRing.from_auth(fleet.manifest.auth)  # unreadable keys fail here, before serving
 
+    lifespan = _lifespan(fleet, settings, metrics, keys, manifest_path, watch_s)
+    app = QuantgateApp(
+        title="Quantgate",
+        version="0.1.0",
+        summary="OpenAI-compatible gateway over on-demand quantized vLLM variants.",
+        lifespan=lifespan,
+    )
+    app.state.fleet = fleet
+    app.state.metrics = metrics
+    app.state.settings = settings
+
+    _map_errors(app)
+    _ops_routes(app, fleet, metrics, keys)
+    for path in ENDPOINTS:
+        _document(app, path)
+
+    app.include_router(admin_router(fleet, settings))
+    app.include_router(usage_router(settings))
+    return app
+
+
+def _lifespan(
+    fleet: Fleet,
+    settings: GatewaySettings,
+    metrics: GatewayMetrics,
+    keys: KeyRing,
+    manifest_path: Path | None,
+    watch_s: float | None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Open the accounting and the upstream pool, start the fleet and the manifest watch; on
+    the way out stop them in reverse."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = UpstreamPool(settings.connect_timeout_s)
@@ -84,15 +116,11 @@ def create_app(
                 await fleet.aclose()
                 pool.close()
 
-    app = QuantgateApp(
-        title="Quantgate",
-        version="0.1.0",
-        summary="OpenAI-compatible gateway over on-demand quantized vLLM variants.",
-        lifespan=lifespan,
-    )
-    app.state.fleet = fleet
-    app.state.metrics = metrics
-    app.state.settings = settings
+    return lifespan
+
+
+def _map_errors(app: FastAPI) -> None:
+    """Every error the framework raises answers the OpenAI error shape, as ours do."""
 
     @app.exception_handler(QuantgateError)
     async def _quantgate_error(request: Request, exc: QuantgateError) -> Response:
@@ -106,6 +134,8 @@ def create_app(
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         return validation_error_response(exc.errors())
 
+
+def _ops_routes(app: FastAPI, fleet: Fleet, metrics: GatewayMetrics, keys: KeyRing) -> None:
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -122,13 +152,6 @@ def create_app(
             c for c in cards if principal.allows(c["quantgate"]["model"], c["quantgate"]["variant"])
         ]
         return {"object": "list", "data": allowed}
-
-    for path in ENDPOINTS:
-        _document(app, path)
-
-    app.include_router(admin_router(fleet, settings))
-    app.include_router(usage_router(settings))
-    return app
 
 
 def _reloading(

@@ -25,11 +25,11 @@ from serving.build import (
     folder_spec,
     run_build,
     source_spec,
-    tail,
     worker_command,
 )
 from serving.errors import InvalidRecipe
 from serving.manifest import Backend, GgufType, Method, Variant
+from serving.processes import tail
 from serving.settings import ServingSettings
 from serving.sources import ModelSource
 from serving.store import REPORT, read_report

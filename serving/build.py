@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +24,7 @@ from typing import IO, Any
 from serving.errors import InvalidRecipe
 from serving.manifest import Variant, recipe_hash, writes_weights
 from serving.precheck import check_build
+from serving.processes import kill_group, tail
 from serving.sources import SOURCES_DIR, ModelSource, SourceKind
 from serving.store import commit, dir_size, discard
 from serving.worker import protocol
@@ -226,19 +226,6 @@ def _size(path: Path | str) -> int | None:
     if isinstance(path, str):
         return None
     return path.stat().st_size if path.is_file() else dir_size(path)
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
-
-
-def kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def folder_spec(

@@ -1,4 +1,5 @@
-"""Quantization jobs: a queue of builds, one per (model, recipe), each in its own process.
+"""Quantization jobs: a queue of builds, one per (model, recipe), each in its own process
+(``serving.job`` is one job's record).
 
 ``submit`` is idempotent: however many requests ask for a variant, one job builds it, and a
 recipe already built or building is never built again (jobs are keyed by the recipe's hash, so
@@ -25,8 +26,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,15 +37,15 @@ from serving.build import (
     BuildSpec,
     OnProgress,
     WorkerCommand,
-    kill_group,
     run_build,
     source_spec,
 )
-from serving.build import tail as tail  # re-exported: the launcher and admin routes use it
-from serving.errors import InvalidRecipe, JobFailed
+from serving.errors import InvalidRecipe
 from serving.evaluation import measure_key
+from serving.job import MISSING, SOURCE, SOURCE_KEY, UNFINISHED, Job, JobState
 from serving.manifest import Model, Variant, recipe_hash
 from serving.precheck import check_build, check_source
+from serving.processes import kill_group
 from serving.quality import PerplexityCache
 from serving.store import REPORT, VariantStore, discard
 
@@ -55,115 +54,6 @@ PROGRESS_EVERY_S = 10.0  # layer progress in the log: at most this often per job
 
 # Runs a job's worker somewhere else (a Kubernetes Job): (job, model, spec, on_progress) -> result
 RemoteRun = Callable[["Job", Model, BuildSpec, OnProgress], Awaitable[dict[str, Any] | None]]
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"  # the gateway stopped while it was queued or running
-
-
-UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
-SOURCE = "(source)"  # the variant label of a job that imports or downloads a model's source
-SOURCE_KEY = ""  # source jobs are keyed by the source alone, not by the model naming it
-MISSING = "missing"  # the recipe hash of a source job refused before it started
-
-
-@dataclass
-class Job:
-    id: str
-    model: str
-    variant: str
-    recipe_hash: str
-    recipe: dict[str, Any]
-    log_path: Path
-    state: JobState = JobState.QUEUED
-    created_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-    stage: str | None = None
-    layers_done: int | None = None
-    layers_total: int | None = None
-    pid: int | None = None
-    error: str | None = None
-    output: Path | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """What one job builds: a model's recipe, or a source (shared by the models naming it)."""
-        return (SOURCE_KEY if self.variant == SOURCE else self.model, self.recipe_hash)
-
-    @property
-    def duration_s(self) -> float | None:
-        if self.started_at is None:
-            return None
-        return round((self.finished_at or time.time()) - self.started_at, 2)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "model": self.model,
-            "variant": self.variant,
-            "recipe_hash": self.recipe_hash,
-            "recipe": self.recipe,
-            "state": self.state.value,
-            "stage": self.stage,
-            "progress": {"layers_done": self.layers_done, "layers_total": self.layers_total},
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration_s": self.duration_s,
-            "pid": self.pid,
-            "error": self.error,
-            "output": str(self.output) if self.output else None,
-            "log": str(self.log_path),
-        }
-
-    @classmethod
-    def from_summary(cls, data: dict[str, Any]) -> Job:
-        progress = data.get("progress") or {}
-        job = cls(
-            id=data["id"],
-            model=data["model"],
-            variant=data["variant"],
-            recipe_hash=data["recipe_hash"],
-            recipe=data.get("recipe") or {},
-            log_path=Path(data["log"]),
-            state=JobState(data["state"]),
-            created_at=data["created_at"],
-            started_at=data.get("started_at"),
-            finished_at=data.get("finished_at"),
-            stage=data.get("stage"),
-            layers_done=progress.get("layers_done"),
-            layers_total=progress.get("layers_total"),
-            pid=data.get("pid"),
-            error=data.get("error"),
-            output=Path(data["output"]) if data.get("output") else None,
-        )
-        job.done.set()
-        return job
-
-    def on_progress(self, event: dict[str, Any]) -> None:
-        self.stage = event.get("stage", self.stage)
-        if "layers_total" in event:
-            self.layers_done, self.layers_total = event["layers_done"], event["layers_total"]
-
-    async def wait(self) -> Job:
-        await self.done.wait()
-        if self.state is not JobState.SUCCEEDED:
-            what = (
-                f"preparing the source of {self.model}"
-                if self.variant == SOURCE
-                else f"quantization of {self.model}:{self.variant}"
-            )
-            raise JobFailed(
-                f"{what} {self.state.value}: {self.error}", log_tail=tail(self.log_path)
-            )
-        return self
 
 
 class JobRunner:
@@ -297,7 +187,7 @@ class JobRunner:
     async def _lifecycle(self, job: Job, work: Coroutine[Any, Any, None]) -> None:
         """Run the job's work and record how it ended."""
         state = JobState.FAILED
-        log.info("job %s queued: %s (%s)", job.id, _title(job), job.recipe.get("method"))
+        log.info("job %s queued: %s (%s)", job.id, job.title, job.recipe.get("method"))
         try:
             await work
             state = JobState.SUCCEEDED
@@ -310,7 +200,7 @@ class JobRunner:
         finally:
             self._finish(job, state)
             level = logging.INFO if state is JobState.SUCCEEDED else logging.WARNING
-            log.log(level, "job %s %s: %s after %s s%s", job.id, state.value, _title(job),
+            log.log(level, "job %s %s: %s after %s s%s", job.id, state.value, job.title,
                     job.duration_s, f": {job.error}" if job.error else "")  # fmt: skip
 
     async def _build(self, job: Job, model: Model, variant: Variant) -> None:
@@ -355,7 +245,7 @@ class JobRunner:
         async with self._slots:
             job.state, job.started_at, job.stage = JobState.RUNNING, time.time(), "starting"
             self._save(job)
-            log.info("job %s running: %s", job.id, _title(job))
+            log.info("job %s running: %s", job.id, job.title)
             elsewhere = partial(self._remote, job, model) if self._remote else None
             return await run_build(
                 spec,
@@ -373,7 +263,7 @@ class JobRunner:
         if job.stage != stage or moved:  # every stage, layers at most every PROGRESS_EVERY_S
             self._told[job.id] = now
             layers = f" ({job.layers_done}/{job.layers_total} layers)" if job.layers_total else ""
-            log.info("job %s: %s: %s%s", job.id, _title(job), job.stage, layers)
+            log.info("job %s: %s: %s%s", job.id, job.title, job.stage, layers)
         self._save(job)
 
     def _on_pid(self, job: Job, pid: int) -> None:
@@ -419,12 +309,6 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _title(job: Job) -> str:
-    if job.variant == SOURCE:
-        return f"the source of {job.model}"
-    return f"{job.model}:{job.variant}"
 
 
 def _kill_orphan(pid: int, job_dir: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Protocol
 import httpx
 
 from serving.errors import BackendFailed
-from serving.jobs import tail
+from serving.processes import tail
 from serving.store import gguf_file
 
 SLEEP_CALL_TIMEOUT_S = 120.0  # the first level-1 sleep pins the weights' host memory: seconds

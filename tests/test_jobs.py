@@ -20,7 +20,8 @@ import pytest
 
 from conftest import FAKES, fake_worker
 from serving.errors import JobFailed
-from serving.jobs import Job, JobRunner, JobState
+from serving.job import Job, JobState
+from serving.jobs import JobRunner
 from serving.manifest import Model
 from serving.store import VariantStore
 

@@ -15,7 +15,8 @@ from test_kube_launcher import DEPLOYMENTS, JOBS, NS, WORKER_LOG, Scene, until_s
 
 from serving.fleet import Fleet, Scheduled, open_fleet
 from serving.hardware import Gpu, Hardware
-from serving.jobs import SOURCE, JobRunner
+from serving.job import SOURCE
+from serving.jobs import JobRunner
 from serving.kube import names, objects, runtime
 from serving.kube.launcher import KubernetesLauncher
 from serving.kube.settings import KubernetesSettings

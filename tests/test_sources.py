@@ -16,7 +16,8 @@ import pytest
 from conftest import AVX512, LiveServer, ServeFleet, fake_worker, manifest_errors
 from gateway.settings import GatewaySettings
 from serving.errors import JobFailed
-from serving.jobs import SOURCE, JobRunner, JobState
+from serving.job import SOURCE, JobState
+from serving.jobs import JobRunner
 from serving.manifest import Manifest, Variant, parse_manifest
 from serving.sources import ModelSource, SourceKind
 from serving.store import VariantStore

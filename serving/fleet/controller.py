@@ -30,7 +30,8 @@ from serving.fleet.packages import VllmPackages
 from serving.fleet.status import VariantState
 from serving.fleet.swaps import SwapDesk
 from serving.hardware import Hardware
-from serving.jobs import Job, JobRunner
+from serving.job import Job
+from serving.jobs import JobRunner
 from serving.launcher import LaunchSpec, Server
 from serving.manifest import Manifest, Model, Variant
 from serving.placement import Placement

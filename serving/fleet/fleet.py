@@ -22,7 +22,8 @@ from serving.errors import BackendFailed, ReloadRefused, UnknownModel
 from serving.fleet.controller import FleetContext, VariantController
 from serving.fleet.status import Lease, VariantState, VariantStatus, variant_status
 from serving.hardware import Hardware
-from serving.jobs import Job, JobRunner
+from serving.job import Job
+from serving.jobs import JobRunner
 from serving.manifest import Manifest, split_model_name
 from serving.placement import Placement
 from serving.reload import ManifestChange, compare, restart_needed

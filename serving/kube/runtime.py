@@ -16,7 +16,7 @@ from typing import Any
 
 from serving.build import BuildSpec, OnProgress
 from serving.errors import BackendFailed
-from serving.jobs import Job
+from serving.job import Job
 from serving.kube.launcher import KubernetesLauncher, VllmDeployment
 from serving.kube.volume import CacheVolume
 from serving.kube.workload import QuantizationWorkload, VariantWorkload, quantization_spec
