@@ -1,7 +1,8 @@
 """Errors of the HTTP surface, and the one place every error becomes an OpenAI-style body.
 
 The body is ``{"error": {"message", "type", "param", "code"}}`` as OpenAI and vLLM send it.
-Besides serving's errors (see serving/errors.py), the gateway raises:
+Besides serving's errors (see serving/errors.py), the gateway raises these; each class carries
+its status, type, code and param, and ``error_response`` writes any of them:
 
 QuantgateError
 ├── InvalidRequest        400 a malformed body or query parameter
@@ -29,36 +30,29 @@ from typing import Any
 
 from starlette.responses import Response
 
-from serving.errors import (
-    BackendFailed,
-    JobFailed,
-    ManifestError,
-    QuantgateError,
-    ReloadRefused,
-    UnknownModel,
-    VariantOverBudget,
-    VariantUnavailable,
-    VariantUnsupported,
-)
-from serving.placement import PlacementError
+from serving.errors import QuantgateError
 
 
 class InvalidRequest(QuantgateError):
+    status, type, code = 400, "invalid_request_error", "invalid_request"
+
     def __init__(self, message: str, param: str | None = None) -> None:
         self.param = param
         super().__init__(message)
 
 
 class PayloadTooLarge(QuantgateError):
-    pass
+    status, type, code = 413, "invalid_request_error", "payload_too_large"
 
 
 class Unauthorized(QuantgateError):
-    pass
+    status, type, code = 401, "authentication_error", "invalid_api_key"
 
 
 class Forbidden(QuantgateError):
     """The key is valid but may not use the model or variant it asked for."""
+
+    status, type, code, param = 403, "permission_error", "model_not_allowed", "model"
 
 
 class RateLimited(QuantgateError):
@@ -68,22 +62,34 @@ class RateLimited(QuantgateError):
     exhausted quota, which waiting does not refill.
     """
 
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
     def __init__(self, message: str, reason: str, retry_after_s: int | None) -> None:
         self.reason = reason
         self.retry_after_s = retry_after_s
+        quota = retry_after_s is None
+        self.type = "insufficient_quota" if quota else "rate_limit_error"
+        self.code = "insufficient_quota" if quota else "rate_limit_exceeded"
         super().__init__(message)
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
 
 class LimiterUnavailable(QuantgateError):
     """The rate-limit store failed; requests are refused rather than let through unmetered."""
 
+    status, type, code = 503, "service_unavailable", "rate_limiter_unavailable"
+
 
 class NotFound(QuantgateError):
-    pass
+    status, type, code = 404, "invalid_request_error", "not_found"
 
 
 class UpstreamError(QuantgateError):
     """The backend could not be reached or broke off."""
+
+    status, type, code = 502, "upstream_error", "upstream_unreachable"
 
 
 def error_body(message: str, type_: str, code: str | int | None, param: str | None = None) -> bytes:
@@ -130,58 +136,13 @@ def _upstream_fields(data: object) -> tuple[str | None, str | None, str | None]:
 
 
 def error_response(exc: QuantgateError) -> Response:
-    status, type_, code, param, headers = _classify(exc)
-    message = str(exc)
-    if isinstance(exc, JobFailed | BackendFailed) and exc.log_tail:
-        message += "\n--- log tail ---\n" + exc.log_tail
+    """Any of Quantgate's errors, as its class says it answers."""
     return Response(
-        error_body(message, type_, code, param),
-        status_code=status,
+        error_body(str(exc) + exc.details(), exc.type, exc.code, exc.param),
+        status_code=exc.status,
         media_type="application/json",
-        headers=headers,
+        headers=exc.headers(),
     )
-
-
-def _classify(exc: QuantgateError) -> tuple[int, str, str, str | None, dict[str, str]]:
-    if isinstance(exc, UnknownModel):
-        return 404, "invalid_request_error", "model_not_found", "model", {}
-    if isinstance(exc, ManifestError):
-        return 400, "invalid_request_error", "invalid_manifest", None, {}
-    if isinstance(exc, ReloadRefused):
-        return 409, "invalid_request_error", "restart_needed", None, {}
-    if isinstance(exc, InvalidRequest):
-        return 400, "invalid_request_error", "invalid_request", exc.param, {}
-    if isinstance(exc, Unauthorized):
-        return 401, "authentication_error", "invalid_api_key", None, {}
-    if isinstance(exc, Forbidden):
-        return 403, "permission_error", "model_not_allowed", "model", {}
-    if isinstance(exc, RateLimited):
-        if exc.retry_after_s is None:
-            return 429, "insufficient_quota", "insufficient_quota", None, {}
-        headers = {"Retry-After": str(exc.retry_after_s)}
-        return 429, "rate_limit_error", "rate_limit_exceeded", None, headers
-    if isinstance(exc, LimiterUnavailable):
-        return 503, "service_unavailable", "rate_limiter_unavailable", None, {}
-    if isinstance(exc, NotFound):
-        return 404, "invalid_request_error", "not_found", None, {}
-    if isinstance(exc, PayloadTooLarge):
-        return 413, "invalid_request_error", "payload_too_large", None, {}
-    if isinstance(exc, VariantUnavailable):
-        headers = {"Retry-After": str(exc.retry_after_s)}
-        return 503, "service_unavailable", "variant_not_ready", "model", headers
-    if isinstance(exc, VariantUnsupported):
-        return 503, "service_unavailable", "variant_unsupported_here", "model", {}
-    if isinstance(exc, VariantOverBudget):
-        return 503, "service_unavailable", "variant_over_quality_budget", "model", {}
-    if isinstance(exc, PlacementError):
-        return 503, "service_unavailable", "insufficient_resources", "model", {}
-    if isinstance(exc, JobFailed):
-        return 503, "service_unavailable", "variant_build_failed", "model", {}
-    if isinstance(exc, BackendFailed):
-        return 502, "upstream_error", "backend_failed", None, {}
-    if isinstance(exc, UpstreamError):
-        return 502, "upstream_error", "upstream_unreachable", None, {}
-    return 500, "internal_error", "internal_error", None, {}
 
 
 def http_error_response(status: int, detail: object, headers: Mapping[str, str] | None) -> Response:

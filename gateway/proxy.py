@@ -30,15 +30,17 @@ from gateway.errors import (
 from gateway.keys import Principal
 from gateway.ledger import UsageRow
 from gateway.metrics import UNKNOWN, GatewayMetrics
+from gateway.request_fields import RoutedRequest, route_fields
 from gateway.settings import GatewaySettings
+from gateway.sse import StreamWatcher
 from gateway.upstream import (
+    TransportError,
     UpstreamConnectError,
     UpstreamPool,
     UpstreamResponse,
     parse_address,
 )
-from gateway.upstream import UpstreamError as ClientError
-from gateway.usage import RoutedRequest, StreamWatcher, Usage, route_fields, usage_from_body
+from gateway.usage import Usage, usage_from_body
 from serving.errors import QuantgateError
 from serving.fleet import Fleet, Lease
 
@@ -186,7 +188,7 @@ class Proxy:
                     upstream.release()
                 lease.replica.record_success()
                 return lease, upstream
-            except (ClientError, _Retry) as exc:
+            except (TransportError, _Retry) as exc:
                 lease.release()
                 lease.replica.record_failure(routing.failure_threshold, routing.open_s)
                 tried.add(lease.replica.index)
@@ -247,7 +249,7 @@ class Proxy:
                 self._metrics.children(call.model, call.variant).upstream_errors.inc()
                 tail += sse_error_event("the backend ended the stream before [DONE]")
             await send({"type": "http.response.body", "body": tail})
-        except ClientError as exc:
+        except TransportError as exc:
             if watcher.done:
                 pass  # the client had [DONE] and left before the backend closed: a whole answer
             elif gone.is_set():

@@ -32,19 +32,19 @@ def parse_address(url: str) -> tuple[Address, str]:
     return (parts.hostname or "127.0.0.1", port, tls), parts.path.rstrip("/")
 
 
-class UpstreamError(Exception):
-    pass
+class TransportError(Exception):
+    """The connection to a backend failed (the proxy turns it into an TransportError answer)."""
 
 
-class UpstreamConnectError(UpstreamError):
+class UpstreamConnectError(TransportError):
     """Nothing of the response arrived: the request may be sent to another replica."""
 
 
-class UpstreamTimeout(UpstreamError):
+class UpstreamTimeout(TransportError):
     pass
 
 
-class UpstreamBroken(UpstreamError):
+class UpstreamBroken(TransportError):
     """The backend broke off after the response started."""
 
 

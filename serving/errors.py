@@ -10,10 +10,12 @@ QuantgateError
 ├── VariantOverBudget        the variant's perplexity increase is over its manifest budget
 ├── InvalidRecipe            a variant cannot be built as asked (group size, dataset, source),
 │                            found before any work starts
+├── PlacementError           the variant's replicas cannot fit on this machine's GPUs
 ├── JobFailed                the quantization job for the variant failed (cause, log tail)
 └── BackendFailed            vLLM exited or never became healthy (cause, log tail)
 
-The gateway maps these, in one place, to OpenAI-style error bodies and status codes.
+Each class carries the HTTP status and the OpenAI ``type``, ``code`` and ``param`` it answers
+with; the gateway writes the body from them in one place (``gateway.errors.error_response``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,37 @@ from dataclasses import dataclass
 
 
 class QuantgateError(Exception):
-    """Base class: ``str(exc)`` is a message fit for a user."""
+    """Base class: ``str(exc)`` is a message fit for a user; the class says how it answers."""
+
+    status = 500
+    type = "internal_error"
+    code = "internal_error"
+    param: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        """Response headers it adds (Retry-After)."""
+        return {}
+
+    def details(self) -> str:
+        """What follows the message in the body (a log tail)."""
+        return ""
+
+
+class _BadRequest(QuantgateError):
+    status, type = 400, "invalid_request_error"
+
+
+class _NotServable(QuantgateError):
+    status, type, param = 503, "service_unavailable", "model"
+
+
+class _WithLogTail(QuantgateError):
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        self.log_tail = log_tail
+        super().__init__(message)
+
+    def details(self) -> str:
+        return f"\n--- log tail ---\n{self.log_tail}" if self.log_tail else ""
 
 
 @dataclass(frozen=True)
@@ -39,17 +71,21 @@ class ManifestIssue:
         )
 
 
-class ManifestError(QuantgateError):
+class ManifestError(_BadRequest):
+    code = "invalid_manifest"
+
     def __init__(self, issues: list[ManifestIssue]) -> None:
         self.issues = issues
         super().__init__("invalid manifest:\n" + "\n".join(f"  {issue}" for issue in issues))
 
 
 class ReloadRefused(QuantgateError):
-    pass
+    status, type, code = 409, "invalid_request_error", "restart_needed"
 
 
 class UnknownModel(QuantgateError):
+    status, type, code, param = 404, "invalid_request_error", "model_not_found", "model"
+
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
         super().__init__(
@@ -57,31 +93,38 @@ class UnknownModel(QuantgateError):
         )
 
 
-class VariantUnavailable(QuantgateError):
+class VariantUnavailable(_NotServable):
+    code = "variant_not_ready"
+
     def __init__(self, message: str, retry_after_s: int) -> None:
         self.retry_after_s = retry_after_s
         super().__init__(message)
 
-
-class VariantUnsupported(QuantgateError):
-    pass
-
-
-class VariantOverBudget(QuantgateError):
-    pass
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
-class InvalidRecipe(QuantgateError):
-    pass
+class VariantUnsupported(_NotServable):
+    code = "variant_unsupported_here"
 
 
-class JobFailed(QuantgateError):
-    def __init__(self, message: str, log_tail: str = "") -> None:
-        self.log_tail = log_tail
-        super().__init__(message)
+class VariantOverBudget(_NotServable):
+    code = "variant_over_quality_budget"
 
 
-class BackendFailed(QuantgateError):
-    def __init__(self, message: str, log_tail: str = "") -> None:
-        self.log_tail = log_tail
-        super().__init__(message)
+class PlacementError(_NotServable):
+    """The request cannot fit on this machine's GPUs."""
+
+    code = "insufficient_resources"
+
+
+class InvalidRecipe(_NotServable):
+    code = "invalid_recipe"  # the request is fine; the manifest's recipe cannot be built
+
+
+class JobFailed(_WithLogTail, _NotServable):
+    code = "variant_build_failed"
+
+
+class BackendFailed(_WithLogTail):
+    status, type, code = 502, "upstream_error", "backend_failed"

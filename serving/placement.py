@@ -9,14 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from serving.errors import QuantgateError
+from serving.errors import PlacementError
 from serving.hardware import Hardware
 
 CAPACITY = 0.95  # of each GPU's memory that replicas may claim together
-
-
-class PlacementError(QuantgateError):
-    """The request cannot fit on this machine's GPUs."""
 
 
 @dataclass

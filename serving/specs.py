@@ -9,12 +9,12 @@ import os
 import time
 from pathlib import Path
 
-from serving.errors import BackendFailed
+from serving.errors import BackendFailed, PlacementError
 from serving.hardware import Hardware
 from serving.kernels import KernelChoice
 from serving.launcher import LaunchSpec, free_port, port_in_use
 from serving.manifest import Manifest
-from serving.placement import Placement, PlacementError
+from serving.placement import Placement
 from serving.store import VariantStore, gguf_file
 from serving.swapping import takes_turns
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.manifest import Variant
-from serving.worker.gguf import GGUF_FILE
+from serving.worker.protocol import GGUF_FILE
 
 REPORT = "report.json"
 BY_NAME = "by-name"

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from serving.errors import BackendFailed, VariantUnavailable
+from serving.errors import BackendFailed, PlacementError, VariantUnavailable
 from serving.launcher import Server
 from serving.manifest import Manifest, Swapping
-from serving.placement import Placement, PlacementError
+from serving.placement import Placement
 from serving.replica import ASLEEP_STATES, Replica, ReplicaState
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import asyncio
 from pathlib import Path
 
 from conftest import make_fleet, write_manifest
-from gateway.bench_cli import table
+from gateway.cli.bench import table
 from serving.bench import BenchRow, Load, run_bench
 from serving.hardware import Hardware
 

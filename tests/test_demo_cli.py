@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from conftest import LiveServer
-from gateway import demo
+from gateway.cli import demo
 
 
 def test_demo_picks_a_servable_variant_and_prints_what_happened(

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from serving.errors import PlacementError
 from serving.hardware import Gpu, Hardware
-from serving.placement import Placement, PlacementError
+from serving.placement import Placement
 
 TWO = Hardware("cuda", gpus=(Gpu(0, "H200", 90, 143_000), Gpu(1, "H200", 90, 143_000)))
 

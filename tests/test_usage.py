@@ -5,7 +5,9 @@ import json
 import pytest
 
 from gateway.errors import InvalidRequest
-from gateway.usage import StreamWatcher, Usage, route_fields, usage_from_body
+from gateway.request_fields import route_fields
+from gateway.sse import StreamWatcher
+from gateway.usage import Usage, usage_from_body
 
 CONTENT = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
 ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'

@@ -42,7 +42,7 @@ from serving.kube.settings import KubernetesSettings
 from serving.kube.volume import cache_mount, cache_volume, compile_cache_mount, shared_memory
 from serving.kube.workload import QuantizationWorkload, VariantWorkload
 from serving.manifest import KubernetesOptions
-from serving.worker.gguf import GGUF_FILE
+from serving.worker.protocol import GGUF_FILE
 
 KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
 KEDA_PAUSED = "autoscaling.keda.sh/paused-replicas"  # KEDA holds the target at this count

@@ -31,9 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from serving.worker.protocol import fail, progress
+from serving.worker.protocol import GGUF_FILE, fail, progress
 
-GGUF_FILE = "model.gguf"
 COPIED = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "chat_template.jinja", "tokenizer.model",

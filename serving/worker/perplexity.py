@@ -39,8 +39,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from serving.worker.corpus import paragraphs
-from serving.worker.gguf import GGUF_FILE
-from serving.worker.protocol import progress, result
+from serving.worker.protocol import GGUF_FILE, progress, result
 
 EVAL_DIR = Path(__file__).resolve().parent.parent / "data" / "eval"
 DOMAINS = ("docs", "prose", "chat", "code")

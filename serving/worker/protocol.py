@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 PROGRESS = "QUANTGATE_PROGRESS "
 RESULT = "QUANTGATE_RESULT "
 FAILURE = "quantgate: "
+GGUF_FILE = "model.gguf"  # the file a GGUF variant's folder holds (vLLM is pointed at it)
 # Libraries that measure or build a method through transformers, which vLLM also imports to
 # serve it: method -> (module, what to install). The worker checks its environment, the fleet
 # vLLM's.

@@ -13,7 +13,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import bench_cli, quantize_cli, recommend_cli
+from gateway.cli import bench as bench_cli
+from gateway.cli import quantize as quantize_cli
+from gateway.cli import recommend as recommend_cli
 from gateway.logs import configure
 from serving.errors import ManifestError
 from serving.fleet import Fleet
@@ -288,7 +290,7 @@ def _make_model(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from gateway.cli.demo import run_demo
 
     load_manifest(args.manifest)
     return run_demo(args.manifest, args.model, args.port)
@@ -300,7 +302,3 @@ def _require_python(python: Path, variable: str, what: str) -> None:
             f"quantgate: {what} environment not found at {python}; run `make install` "
             f"or set {variable} to its python"
         )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.progress_bar import ProgressBar
+from gateway.cli.progress_bar import ProgressBar
 from serving.build import (
     BuildSpec,
     WorkerCommand,
