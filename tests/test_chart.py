@@ -97,6 +97,7 @@ def container(deployment: Object, name: str) -> Object:
     (found,) = [
         c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name
     ]
+    assert isinstance(found, dict)
     return found
 
 

@@ -129,7 +129,7 @@ def test_streaming_is_metered_exactly(gateway: Gateway, include_usage: bool) -> 
         max_tokens=12,
         stream=True,
         extra_body={"ignore_eos": True},  # a vLLM-only parameter: the body reaches vLLM as sent
-        **options,  # type: ignore[arg-type, call-overload]
+        **options,  # type: ignore[call-overload]
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

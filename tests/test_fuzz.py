@@ -13,6 +13,7 @@ from typing import Any
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 
 from conftest import LiveServer
 
@@ -22,6 +23,7 @@ def test_no_route_answers_5xx(gateway: Callable[..., LiveServer]) -> None:
     schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
     tested = []
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
         operation = result.ok()
 
         @given(case=operation.as_strategy())

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from conftest import LiveServer
+from gateway.app import QuantgateApp
 from serving.hardware import Gpu, Hardware
 
 Start = Callable[..., LiveServer]
@@ -47,11 +48,11 @@ def test_chat_non_streaming_passes_through_and_meters(gateway: Start) -> None:
     assert sample(server, "quantgate_requests_total", endpoint="chat", status="200", **labels) == 1
 
 
-def _stream(server: LiveServer, body: dict[str, object]) -> list[bytes]:
+def _stream(server: LiveServer, body: dict[str, object]) -> list[str]:
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
-        return [line for line in r.iter_lines() if line]  # type: ignore[misc]
+        return [line for line in r.iter_lines() if line]
 
 
 def test_stream_without_usage_is_metered_but_usage_chunk_hidden(gateway: Start) -> None:
@@ -122,7 +123,9 @@ def test_an_unexpected_error_is_a_500_body_and_leaves_no_request_in_flight(
 ) -> None:
     server = gateway()
     assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
-    fleet = server.server.config.app.state.fleet  # type: ignore[attr-defined]
+    app = server.server.config.app
+    assert isinstance(app, QuantgateApp)
+    fleet = app.state.fleet
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")

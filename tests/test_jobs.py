@@ -59,7 +59,7 @@ def test_same_recipe_is_built_once_and_two_recipes_twice(tmp_path: Path, model_d
         jobs.append(runner.submit("tiny", model, "gptq-again"))
         other = runner.submit("tiny", model, "rtn")
         assert len({j.id for j in jobs}) == 1 and other.id != jobs[0].id
-        await asyncio.sleep(0.1)
+        await until(lambda: JobState.RUNNING in (jobs[0].state, other.state))
         assert {jobs[0].state, other.state} == {JobState.RUNNING, JobState.QUEUED}  # one at a time
         await asyncio.gather(jobs[0].wait(), other.wait())
 
@@ -78,8 +78,7 @@ def test_concurrency_limit_two_runs_two_at_once(tmp_path: Path, model_dir: Path)
 
     async def scenario() -> None:
         a, b = runner.submit("tiny", model, "gptq"), runner.submit("tiny", model, "rtn")
-        await asyncio.sleep(0.1)
-        assert a.state is b.state is JobState.RUNNING
+        await until(lambda: a.state is b.state is JobState.RUNNING)
         await asyncio.gather(a.wait(), b.wait())
 
     asyncio.run(scenario())

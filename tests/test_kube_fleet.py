@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fakes.kube_api import FakeKubernetes
-from kubernetes.aio.client import ApiClient, Configuration
+from kubernetes.aio.client import ApiClient, Configuration, V1EnvVar, V1Job
 from test_kube_launcher import DEPLOYMENTS, JOBS, NS, WORKER_LOG, Scene, until_stored
 
 from serving.fleet import Fleet, Scheduled, open_fleet
@@ -203,13 +203,19 @@ models:
     spec_file = Path("/var/cache/quantgate/.jobs/j1/spec.json")
     workload = QuantizationWorkload.of("j1", "llama", model, SOURCE, spec_file, volume, recipe)
     settings = KubernetesSettings(namespace=NS, hub_token_secret="hf-token")
-    env = objects.quantization_job(workload, settings).spec.template.spec.containers[0].env
+    env = _job_env(objects.quantization_job(workload, settings))
     token = next(e for e in env if e.name == "ORG_HF_TOKEN")
+    assert token.value_from is not None and token.value_from.secret_key_ref is not None
     assert token.value_from.secret_key_ref.name == "hf-token"
     assert token.value_from.secret_key_ref.key == "token"
     unset = KubernetesSettings(namespace=NS)  # no Secret configured: a public repository
-    env = objects.quantization_job(workload, unset).spec.template.spec.containers[0].env
+    env = _job_env(objects.quantization_job(workload, unset))
     assert [e.name for e in env] == ["PYTHONUNBUFFERED"]
+
+
+def _job_env(job: V1Job) -> list[V1EnvVar]:
+    assert job.spec is not None and job.spec.template.spec is not None
+    return job.spec.template.spec.containers[0].env or []
 
 
 def test_the_whole_dynamic_flow_pull_build_serve_autoscale_stop(tmp_path: Path) -> None:

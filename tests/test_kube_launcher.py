@@ -497,7 +497,7 @@ current-context: fake
         try:
             await CoreV1Api(api).list_namespaced_pod(NS)
         finally:
-            await api.close()
+            await api.close()  # type: ignore[no-untyped-call]
 
     asyncio.run(scenario())
     (request,) = [r for r in cluster.requests() if r.url.path.endswith("/pods")]

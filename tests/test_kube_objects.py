@@ -91,7 +91,7 @@ def job(
 
 
 def wire(obj: Any) -> dict[str, Any]:
-    data: dict[str, Any] = ApiClient().sanitize_for_serialization(obj)
+    data: dict[str, Any] = ApiClient().sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
     return data
 
 

@@ -52,7 +52,7 @@ def test_writer_reconnects_after_the_server_drops_it(pg_url: str, tmp_path: Path
     async def scenario() -> None:
         ledger = await open_ledger(pg_url, tmp_path)
         ledger.record(rows(1)[0])
-        await asyncio.sleep(0.3)
+        assert await ledger.flush()  # written: the writer holds its connection now
         with psycopg.connect(pg_url, autocommit=True) as admin:  # kill the writer's session
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

@@ -160,7 +160,10 @@ models:
             text + '      b: {method: none, upstream: {url: "http://127.0.0.1:9", model: m}}\n'
         )
         proc.send_signal(signal.SIGHUP)
-        names = lambda: [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]]  # noqa: E731
+
+        def names() -> list[str]:
+            return [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]]
+
         wait_for(lambda: "ext:b" in names(), proc)
     finally:
         proc.terminate()

@@ -184,11 +184,10 @@ def test_replica_states_are_exported_as_metrics(gateway: Start) -> None:
 
 
 def test_circuit_breaker_opens_then_half_opens(monkeypatch: pytest.MonkeyPatch) -> None:
-    from serving import replica as replica_module
     from serving.replica import Replica, ReplicaState, RestartPolicy
 
     now = [1000.0]
-    monkeypatch.setattr(replica_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr("serving.replica.time.monotonic", lambda: now[0])
     r = Replica(0, lambda: None, lambda spec: None, RestartPolicy())  # type: ignore[arg-type, return-value]
     r.state = ReplicaState.READY
     for _ in range(2):

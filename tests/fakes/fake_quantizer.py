@@ -39,6 +39,6 @@ if os.environ.get("FAKE_QUANT_FAIL"):
 Path(spec["output"]).mkdir(parents=True, exist_ok=True)
 shutil.copy(Path(spec["source"]) / "config.json", Path(spec["output"]) / "config.json")
 increase = float(os.environ.get("FAKE_PPL_INCREASE", "0.01"))
-base = {"perplexity": 100.0, "tokens": 1000} if spec["evaluate"]["base"] else None
-ppl = {"variant": {"perplexity": 100.0 * (1 + increase), "tokens": 1000}, "base": base}
+measured = {"perplexity": 100.0, "tokens": 1000} if spec["evaluate"]["base"] else None
+ppl = {"variant": {"perplexity": 100.0 * (1 + increase), "tokens": 1000}, "base": measured}
 print("QUANTGATE_RESULT " + json.dumps({"quantize_s": 0.2, "perplexity": ppl}), flush=True)
