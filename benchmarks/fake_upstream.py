@@ -1,6 +1,7 @@
 """A minimal, fast OpenAI-compatible upstream for overhead benchmarks (asyncio + uvloop).
 
-Answers every POST with a canned chat completion, or, when the body says ``"stream": true``,
+Answers ``GET /v1/models`` with one model, any other GET with 200 (health), every POST with a
+canned chat completion, or, when the body says ``"stream": true``,
 with N SSE chunks (``--tokens``) then a usage event and ``[DONE]``. It does as little work as
 possible so that what is measured is the gateway, not the upstream. Never a stand-in for vLLM
 as proof that serving works.
@@ -13,6 +14,11 @@ import asyncio
 import json
 
 HEALTH = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+_LISTED = b'{"object": "list", "data": [{"id": "bench", "object": "model"}]}'
+MODELS = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+    len(_LISTED),
+    _LISTED,
+)  # what the gateway asks once, to learn the name this upstream serves
 
 
 def _completion() -> bytes:
@@ -69,7 +75,9 @@ class Upstream(asyncio.Protocol):
             body = self._buf[end + 4 : end + 4 + length]
             self._buf = self._buf[end + 4 + length :]
             assert self._transport is not None
-            if head.startswith(b"get"):
+            if head.startswith(b"get /v1/models"):
+                self._transport.write(MODELS)
+            elif head.startswith(b"get"):
                 self._transport.write(HEALTH)
             elif b'"stream":true' in body.replace(b" ", b""):
                 if self._itl:

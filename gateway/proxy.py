@@ -42,7 +42,7 @@ from gateway.upstream import (
 )
 from gateway.usage import Usage, usage_from_body
 from serving.errors import QuantgateError
-from serving.fleet import Fleet, Lease
+from serving.fleet import Fleet, Lease, RequestHints
 
 Scope = dict[str, Any]
 Receive = Any
@@ -156,11 +156,10 @@ class Proxy:
         replica dying mid-answer is retried too."""
         tried: set[int] = set()
         s = self._settings
-        routing = self._fleet.manifest.models[call.model].routing
-        affinity = _affinity(routing.affinity, routed, call.session)
+        hints = RequestHints.of(routed.data, call.session)
         requested = call.variant
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            acquiring = self._fleet.acquire(call.model, requested, frozenset(tried), affinity)
+            acquiring = self._fleet.acquire(call.model, requested, frozenset(tried), hints)
             if self._fleet.ready_now(call.model, requested):
                 lease = await acquiring
             else:  # it may wait for a start or a wake: give up if the client goes away
@@ -186,11 +185,11 @@ class Proxy:
                 if not (routed.stream and upstream.status == 200):
                     upstream.body = await upstream.read(s.idle_timeout_s)
                     upstream.release()
-                lease.replica.record_success()
+                lease.succeeded()
                 return lease, upstream
             except (TransportError, _Retry) as exc:
                 lease.release()
-                lease.replica.record_failure(routing.failure_threshold, routing.open_s)
+                lease.failed()
                 tried.add(lease.replica.index)
                 m.upstream_errors.inc()
                 retryable = isinstance(exc, UpstreamConnectError | _Retry) or not routed.stream
@@ -332,17 +331,4 @@ def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
             return str(value.decode("latin-1"))
-    return None
-
-
-def _affinity(mode: str, routed: RoutedRequest, session: str | None) -> str | None:
-    """The key that keeps related requests on one replica, per the model's routing policy."""
-    if mode == "header":
-        return session
-    if mode == "user":
-        user = routed.data.get("user")
-        return user if isinstance(user, str) else None
-    if mode == "prefix":
-        prompt = routed.data.get("messages") or routed.data.get("prompt") or ""
-        return str(prompt)[:256]
     return None

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 import httpx
 
+from serving.circuit import Circuit
 from serving.errors import BackendFailed
 from serving.launcher import LaunchSpec, Server
 
@@ -39,6 +40,7 @@ class ReplicaState(StrEnum):
 
 
 ASLEEP_STATES = (ReplicaState.SLEEPING, ReplicaState.ASLEEP, ReplicaState.WAKING)
+MODELS_RETRY_S = 10.0  # an upstream whose /v1/models could not be read is asked again after
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Replica:
         prepare: Callable[[Server], Awaitable[None]] | None = None,
         label: str = "",
         on_change: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._on_change = on_change  # told of every state and circuit change (waiters wake)
         self.index = index
@@ -79,8 +82,7 @@ class Replica:
         self._monitor: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        self._failures = 0
-        self._open_until = 0.0
+        self._circuit = Circuit(self.label, self._changed, clock)
         self.sleep_level: int | None = None  # while asleep: 1 (weights in host RAM) or 2
         self.awake_since = 0.0  # monotonic time it last became ready (start or wake)
 
@@ -99,38 +101,23 @@ class Replica:
 
     @property
     def routable(self) -> bool:
-        return self.state is ReplicaState.READY and time.monotonic() >= self._open_until
+        return self.state is ReplicaState.READY and self._circuit.state != "open"
 
-    # -- circuit breaker -------------------------------------------------------------------
+    # -- circuit breaker (serving.circuit) -------------------------------------------------
     def record_failure(self, threshold: int, open_s: float) -> None:
-        """Count a failed request; ``threshold`` in a row keep it out of routing ``open_s``.
-
-        After that window one request may try it (half-open); one more failure reopens it.
-        """
-        self._failures += 1
-        if self._failures >= threshold:
-            if self.circuit != "open":
-                log.warning("%s: circuit opened after %d failed requests in a row; no requests "
-                            "for %.0f s", self.label, self._failures, open_s)  # fmt: skip
-            self._open_until = time.monotonic() + open_s
-            self._changed()
+        """Count a failed request; ``threshold`` in a row keep it out of routing ``open_s``."""
+        self._circuit.failure(threshold, open_s)
 
     def record_success(self) -> None:
-        self._failures = 0
-        if self._open_until:
-            log.info("%s: circuit closed (a request succeeded)", self.label)
-            self._open_until = 0.0
-            self._changed()
+        self._circuit.success()
 
     def open_for(self) -> float:
         """Seconds until an open circuit lets one request try again (0: not open)."""
-        return max(0.0, self._open_until - time.monotonic())
+        return self._circuit.open_for()
 
     @property
     def circuit(self) -> str:
-        if time.monotonic() < self._open_until:
-            return "open"
-        return "half-open" if self._open_until else "closed"
+        return self._circuit.state
 
     @property
     def url(self) -> str:
@@ -341,19 +328,23 @@ class StaticReplica(Replica):
         self._url = url.rstrip("/")
         self.state = ReplicaState.READY
         self._served: str | None = None
+        self._unread_until = 0.0  # after a failed ask: not asked again before then
 
     async def served_model(self, headers: dict[str, str]) -> str | None:
         """The one model its ``/v1/models`` lists (asked once, then kept); None while it cannot
-        be reached (the request goes on and fails like any other). Raises BackendFailed when it
-        lists several or none: the manifest's ``upstream.model`` must say which."""
-        if self._served is not None:
+        be read (the request goes on as sent; asked again ``MODELS_RETRY_S`` later, not on every
+        request). Raises BackendFailed when it lists several or none: the manifest's
+        ``upstream.model`` must say which."""
+        if self._served is not None or time.monotonic() < self._unread_until:
             return self._served
         try:
             async with httpx.AsyncClient(timeout=5) as client:
                 answer = await client.get(self._url + "/v1/models", headers=headers)
             names = [str(card["id"]) for card in answer.raise_for_status().json()["data"]]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            log.warning("%s: its /v1/models could not be read (%s)", self.label, exc)
+            log.warning("%s: its /v1/models could not be read (%s); asked again in %.0f s",
+                        self.label, exc, MODELS_RETRY_S)  # fmt: skip
+            self._unread_until = time.monotonic() + MODELS_RETRY_S
             return None
         if len(names) != 1:
             listed = ", ".join(names) or "no model"

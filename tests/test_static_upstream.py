@@ -186,3 +186,39 @@ def test_log_lines_as_json_carry_the_event() -> None:
     line = json.loads(JsonLines().format(record))
     assert line["level"] == "WARNING" and line["logger"] == "serving.replica"
     assert line["message"] == "ext:a #0: circuit opened" and line["time"]
+
+
+def test_an_unreadable_model_list_is_not_asked_for_on_every_request() -> None:
+    """A server whose /v1/models is not JSON: asked once, then again only after a pause."""
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from serving.replica import StaticReplica
+
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        replica = StaticReplica(f"http://127.0.0.1:{http.server_address[1]}", "ext:main upstream")
+
+        async def ask_three_times() -> list[str | None]:
+            return [await replica.served_model({}) for _ in range(3)]
+
+        assert asyncio.run(ask_three_times()) == [None, None, None]
+        assert asked == ["/v1/models"]  # once; the next two requests went on without asking
+    finally:
+        http.shutdown()
+        http.server_close()

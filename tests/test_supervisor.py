@@ -183,12 +183,11 @@ def test_replica_states_are_exported_as_metrics(gateway: Start) -> None:
     assert 'quantgate_circuit_open_replicas{model="tiny",variant="base"} 0.0' in text
 
 
-def test_circuit_breaker_opens_then_half_opens(monkeypatch: pytest.MonkeyPatch) -> None:
-    from serving.replica import Replica, ReplicaState, RestartPolicy
+def test_circuit_breaker_opens_then_half_opens() -> None:
+    from serving.replica import Replica, ReplicaState, RestartPolicy, unlaunchable
 
     now = [1000.0]
-    monkeypatch.setattr("serving.replica.time.monotonic", lambda: now[0])
-    r = Replica(0, lambda: None, lambda spec: None, RestartPolicy())  # type: ignore[arg-type, return-value]
+    r = Replica(0, unlaunchable, unlaunchable, RestartPolicy(), clock=lambda: now[0])
     r.state = ReplicaState.READY
     for _ in range(2):
         r.record_failure(threshold=3, open_s=10)

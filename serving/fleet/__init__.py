@@ -8,8 +8,10 @@ shows; ``factory.open_fleet`` wires one.
 
 from serving.fleet.factory import Scheduled, open_fleet
 from serving.fleet.fleet import Fleet
+from serving.fleet.routing import RequestHints
 from serving.fleet.status import KernelStatus, Lease, VariantState, VariantStatus
 
 __all__ = [
-    "Fleet", "KernelStatus", "Lease", "Scheduled", "VariantState", "VariantStatus", "open_fleet"
+    "Fleet", "KernelStatus", "Lease", "RequestHints", "Scheduled", "VariantState",
+    "VariantStatus", "open_fleet",
 ]  # fmt: skip

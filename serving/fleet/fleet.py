@@ -20,6 +20,7 @@ from typing import Any
 from serving import kernels
 from serving.errors import BackendFailed, ReloadRefused, UnknownModel
 from serving.fleet.controller import FleetContext, VariantController
+from serving.fleet.routing import RequestHints, affinity_key
 from serving.fleet.status import Lease, VariantState, VariantStatus, variant_status
 from serving.hardware import Hardware
 from serving.job import Job
@@ -110,14 +111,16 @@ class Fleet:
         model_name: str,
         name: str,
         exclude: frozenset[int] = frozenset(),
-        affinity: str | None = None,
+        hints: RequestHints | None = None,
     ) -> Lease:
-        """A lease on a ready replica, bringing the variant up if needed.
+        """A lease on a ready replica, bringing the variant up if needed; ``exclude``: replicas
+        already tried; ``hints``: what the model's affinity policy keys on.
 
         With ``on_missing.fallback``, a variant that is not ready yet is built (or started)
         in the background while the first ready variant in manifest order answers.
         """
         model = self.manifest.models[model_name]
+        affinity = affinity_key(model.routing.affinity, hints)
         controller = self._variants[(model_name, name)]
         replica = controller.pool.pick(exclude, affinity, model.routing.load_cap)
         served = name
@@ -128,8 +131,9 @@ class Fleet:
         replica.acquire()
         rename = f"{model_name}:{served}" if served != name else None
         upstream = model.variants[served].upstream
+        policy = (model.routing.failure_threshold, model.routing.open_s)
         if upstream is None:
-            return Lease(model_name, served, replica.url, replica, JSON_HEADERS, rename)
+            return Lease(model_name, served, replica.url, replica, JSON_HEADERS, rename, *policy)
         headers = {**JSON_HEADERS, **upstream.auth_headers()}
         forward = upstream.model
         if forward is None and isinstance(replica, StaticReplica):
@@ -138,7 +142,7 @@ class Fleet:
             except BackendFailed:
                 replica.release()
                 raise
-        return Lease(model_name, served, replica.url, replica, headers, forward or rename)
+        return Lease(model_name, served, replica.url, replica, headers, forward or rename, *policy)
 
     def _fallback(
         self, controller: VariantController, affinity: str | None

@@ -75,9 +75,19 @@ class Lease:
     replica: Replica
     headers: dict[str, str]
     upstream_model: str | None = None  # rename the body's model to this, for static upstreams
+    failure_threshold: int = 3  # the model's routing policy: failures in a row open the circuit
+    open_s: float = 10.0  # and keep it open this long
 
     def release(self) -> None:
         self.replica.release()
+
+    def succeeded(self) -> None:
+        """The replica answered: its circuit closes."""
+        self.replica.record_success()
+
+    def failed(self) -> None:
+        """The replica could not answer: counted toward opening its circuit."""
+        self.replica.record_failure(self.failure_threshold, self.open_s)
 
 
 def variant_status(c: VariantController) -> VariantStatus:
