@@ -74,13 +74,27 @@ def _cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / CLK_TCK
 
 
-def _wrk(url: str, connections: int, seconds: int, stream: bool, model: str = "bench") -> Run:
+def _wrk_output(url: str, connections: int, seconds: int, stream: bool, model: str) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write(LUA % (model, ', "stream": true' if stream else ""))
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
            "-s", lua.name, url]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     Path(lua.name).unlink()
+    return out
+
+
+def _wrk(url: str, connections: int, seconds: int, stream: bool, model: str = "bench") -> Run:
+    """One measured wrk run (a warm-up only calls ``_wrk_output``: wrk may not time its slow
+    first streamed responses)."""
+    out = _wrk_output(url, connections, seconds, stream, model)
+    try:
+        return _parse(out)
+    except (AttributeError, KeyError) as exc:
+        raise SystemExit(f"wrk against {url} gave no figures ({exc}):\n{out}") from None
+
+
+def _parse(out: str) -> Run:
     return Run(
         rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         p50_ms=_ms(re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1)),  # type: ignore[union-attr]
@@ -140,7 +154,7 @@ def main() -> None:
             stream, model = kind != "chat", "paced" if kind == "paced" else "bench"
             port = paced_port if kind == "paced" else up_port
             gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-            _wrk(gw_url, conns, 2, stream, model)  # warm-up
+            _wrk_output(gw_url, conns, 2, stream, model)  # warm-up
             server = paced if kind == "paced" else upstream
             before = _cpu_seconds(server.pid)
             direct = _wrk(
@@ -155,7 +169,11 @@ def main() -> None:
     finally:
         for proc in (gateway, upstream, paced):
             proc.send_signal(signal.SIGINT)
-            proc.wait(30)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:  # a fake upstream still holding a stream open
+                proc.kill()
+                proc.wait()
     print(table)
     if args.out:
         args.out.write_text(table + "\n")

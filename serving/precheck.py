@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import InvalidRecipe
-from serving.manifest import Calibration, Method, Variant
+from serving.manifest import Calibration, Variant
+from serving.methods import family
 from serving.sources import ModelSource, SourceKind
 
 GGUF_MAGIC = b"GGUF"
@@ -29,15 +30,12 @@ def check_build(source: Path, variant: Variant) -> None:
         return
     config = _config(source)
     recipe = variant.recipe()
-    if variant.method is Method.GGUF:
+    if "gguf_type" in recipe:
         _check_gguf_blocks(config, recipe["gguf_type"])
         return
-    if variant.method is Method.BITSANDBYTES:  # LLM.int8: per row, any shape
-        return
-    if variant.method is Method.TORCHAO:  # torchao leaves lm_head in bf16
-        _check_group_size(config, recipe["group_size"], ["lm_head"])
-        return
-    _check_group_size(config, recipe["group_size"], recipe["ignore"])
+    shape = family(variant.method).group_shape(recipe)
+    if shape is not None:
+        _check_group_size(config, *shape)
     if "calibration" in recipe:
         check_dataset(variant.calibration or Calibration())
 

@@ -120,3 +120,22 @@ def test_modules_and_functions_stay_small() -> None:
                     if size > 60 and where not in LONG_DECLARATIONS:
                         long_functions.append(f"{where} ({size} lines)")
     assert long_modules == [] and long_functions == []
+
+
+def test_only_the_method_families_branch_on_the_method() -> None:
+    """What a method is lives in its family's module (serving/methods/); elsewhere in serving
+    and gateway code asks ``family(method)`` (``Method.NONE``, the base weights, aside)."""
+    import re
+
+    from serving.methods import FAMILIES, Method
+
+    offenders = {}
+    for path in [*(ROOT / "serving").rglob("*.py"), *(ROOT / "gateway").rglob("*.py")]:
+        if (ROOT / "serving" / "methods") in path.parents:
+            continue
+        named = set(re.findall(r"\bMethod\.([A-Z0-9_]+)", path.read_text())) - {"NONE"}
+        if named:
+            offenders[str(path.relative_to(ROOT))] = sorted(named)
+    assert offenders == {}
+    members = [m for f in FAMILIES for m in f.methods]
+    assert sorted(members) == sorted(Method)  # every method in exactly one family

@@ -7,16 +7,7 @@ from pathlib import Path
 
 from serving.errors import VariantUnsupported
 from serving.launcher import importable
-from serving.manifest import Method
-from serving.worker.protocol import HF_QUANTIZER_PACKAGES as QUANTIZER_PACKAGES
-
-# module, and what to install (bitsandbytes and torchao: the quantizer's pins, which builds or
-# measures them)
-VLLM_PACKAGES = {
-    Method.BITSANDBYTES: QUANTIZER_PACKAGES["bitsandbytes"],
-    Method.GGUF: ("vllm_gguf_plugin", "vllm-gguf-plugin==0.0.5"),
-    Method.TORCHAO: QUANTIZER_PACKAGES["torchao"],
-}
+from serving.methods import Method, family
 
 
 class VllmPackages:
@@ -27,7 +18,7 @@ class VllmPackages:
         self._found: dict[str, bool] = {}
 
     async def check(self, label: str, method: Method) -> None:
-        needed = VLLM_PACKAGES.get(method)
+        needed = family(method).vllm_packages.get(method)
         if needed is None:
             return
         module, requirement = needed

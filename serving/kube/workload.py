@@ -11,9 +11,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from serving.errors import BackendFailed, JobFailed
+from serving.kernels import planned_scheme
 from serving.kube import names
 from serving.kube.volume import CacheVolume
-from serving.manifest import KubernetesOptions, Method, Model, ServeOptions
+from serving.manifest import KubernetesOptions, Model, ServeOptions
 from serving.manifest import recipe_hash as hash_of
 from serving.specs import compile_key
 
@@ -65,7 +66,7 @@ class VariantWorkload:
             tensor_parallel_size=model.tensor_parallel_size,
             quantization=quantization,
             compile_key=compile_key(model_dir),
-            gguf=model.variants[variant].method is Method.GGUF,
+            gguf=planned_scheme(model.variants[variant]).format == "gguf",
         )
 
     @property

@@ -2,9 +2,9 @@
 
 Loaded from YAML, validated by pydantic models with ``extra="forbid"``; every error names the
 file, the line and the field. Relative paths are relative to the manifest's own folder. One
-module per concept: ``methods`` (what a variant may name), ``variants`` and ``recipes`` (a
-variant and its recipe), ``serve`` (vLLM options, routing, swapping), ``kubernetes``, ``auth``,
-``document`` (a model, the manifest) and ``loader`` (the YAML file).
+module per concept: ``variants`` and ``recipes`` (a variant and its recipe; what each method
+takes is ``serving.methods``), ``serve`` (vLLM options, routing, swapping), ``kubernetes``,
+``auth``, ``document`` (a model, the manifest) and ``loader`` (the YAML file).
 """
 
 from serving.manifest.auth import ApiKey, Auth
@@ -18,31 +18,13 @@ from serving.manifest.kubernetes import (
     Toleration,
 )
 from serving.manifest.loader import key_lines, load_manifest, parse_manifest
-from serving.manifest.methods import (
-    BACKEND_METHODS,
-    BUILTIN_CALIBRATION,
-    CALIBRATED,
-    DEFAULT_BACKEND,
-    GGUF_BITS,
-    GGUF_BY_BITS,
-    LOAD_TIME,
-    MEASURED_AT_LOAD,
-    METHOD_BITS,
-    NOT_OFFERED,
-    RECIPE_FIELDS,
-    TORCHAO_GROUPS,
-    Backend,
-    GgufType,
-    Method,
-)
 from serving.manifest.recipes import recipe_hash, writes_weights
 from serving.manifest.serve import OnMissing, Routing, ServeOptions, Swapping
 from serving.manifest.variants import Calibration, Upstream, Variant
+from serving.methods import NOT_OFFERED, Backend, GgufType, Method
 
 __all__ = [
-    "BACKEND_METHODS", "BUILTIN_CALIBRATION", "CALIBRATED", "DEFAULT_BACKEND", "GGUF_BITS",
-    "GGUF_BY_BITS", "LOAD_TIME", "MEASURED_AT_LOAD", "METHOD_BITS", "NAME_PATTERN",
-    "NOT_OFFERED", "RECIPE_FIELDS", "TORCHAO_GROUPS", "ApiKey", "Auth", "Autoscaling", "Backend",
+    "NAME_PATTERN", "NOT_OFFERED", "ApiKey", "Auth", "Autoscaling", "Backend",
     "Calibration", "GgufType", "KubernetesOptions", "Manifest", "Method", "Model", "OnMissing",
     "ResourceAmounts", "Resources", "Routing", "ServeOptions", "Strict", "Swapping",
     "Toleration", "Upstream", "Variant", "key_lines", "load_manifest", "parse_manifest",

@@ -14,19 +14,9 @@ from pydantic import (
 )
 
 from serving.manifest.base import Strict, resolve_path
-from serving.manifest.methods import (
-    BUILTIN_CALIBRATION,
-    CALIBRATED,
-    GGUF_BITS,
-    GGUF_BY_BITS,
-    LOAD_TIME,
-    MEASURED_AT_LOAD,
-    NOT_OFFERED,
-    Backend,
-    GgufType,
-    Method,
-)
 from serving.manifest.recipes import recipe_hash, recipe_problems
+from serving.methods import BUILTIN_CALIBRATION, NOT_OFFERED, Backend, GgufType, Method, family
+from serving.methods.gguf import ggml_type
 
 
 class Calibration(Strict):
@@ -158,16 +148,14 @@ class Variant(Strict):
     def needs_build(self) -> bool:
         """Whether a quantization job makes it (FP8 and bitsandbytes NF4: vLLM quantizes at load;
         bitsandbytes int8 is built: vLLM loads LLM.int8 only from a checkpoint)."""
-        if self.method is Method.BITSANDBYTES:
-            return self.bits == 8
-        return self.method is not Method.NONE and self.method not in LOAD_TIME
+        return family(self.method).needs_build(self)
 
     @property
     def measured_at_load(self) -> bool:
         """Quantized by vLLM at load, yet measured first: a job loads the base through
         transformers with the same quantization and measures its perplexity (bitsandbytes; FP8
         has no CPU path in transformers and is served unmeasured)."""
-        return self.method in MEASURED_AT_LOAD and not self.needs_build
+        return family(self.method).measured_at_load(self)
 
     @property
     def needs_job(self) -> bool:
@@ -177,41 +165,25 @@ class Variant(Strict):
     @property
     def serve_quantization(self) -> str | None:
         """vLLM's ``--quantization`` for variants quantized at load rather than built."""
-        return None if self.needs_build else LOAD_TIME.get(self.method)
+        return None if self.needs_build else family(self.method).at_load.get(self.method)
 
     @property
     def weight_bits(self) -> int:
-        if self.method is Method.NONE:
-            return 16
-        if self.method is Method.GGUF:
-            return GGUF_BITS[self.ggml_type]
-        return self.bits or (8 if self.method in (Method.W8A8, Method.FP8) else 4)
+        return family(self.method).weight_bits(self)
 
     @property
     def ggml_type(self) -> GgufType:
         """The GGUF type: the one named, else the one for ``bits`` (default Q4_K_M)."""
-        return self.gguf_type or GGUF_BY_BITS.get(self.bits or 4, GgufType.Q4_K_M)
+        return ggml_type(self)
 
     @property
     def act_bits(self) -> int:
-        if self.method in (Method.W8A8, Method.FP8):
-            return 8
-        return self.activation_bits or 16
+        return family(self.method).act_bits(self)
 
     @property
     def scheme(self) -> str:
         """``W4A16``-style name of the weight and activation precision."""
-        if self.method is Method.NONE:
-            return "BF16"
-        if self.method is Method.FP8:
-            return "FP8"
-        if self.method is Method.GGUF:
-            return self.ggml_type.value.upper()
-        if self.method is Method.BITSANDBYTES and self.weight_bits == 8:
-            return "LLM.int8"
-        return (
-            "NF4" if self.method is Method.BITSANDBYTES else f"W{self.weight_bits}A{self.act_bits}"
-        )
+        return family(self.method).scheme(self)
 
     def recipe(self) -> dict[str, Any]:
         """The recipe with defaults filled in: what the worker is told and what is hashed (with
@@ -228,37 +200,7 @@ class Variant(Strict):
     def _method_recipe(self) -> dict[str, Any]:
         if not self.needs_build:
             return {"method": self.method.value}
-        if self.method is Method.BITSANDBYTES:
-            return {"method": "bitsandbytes", "backend": Backend.TRANSFORMERS.value, "bits": 8}
-        if self.method is Method.TORCHAO:
-            return {
-                "method": "torchao",
-                "backend": Backend.TRANSFORMERS.value,
-                "bits": 4,
-                "group_size": self.group_size or 128,
-            }
-        if self.method is Method.GGUF:
-            return {
-                "method": "gguf",
-                "backend": Backend.LLAMACPP.value,
-                "gguf_type": self.ggml_type.value,
-                "bits": self.weight_bits,
-            }
-        per_channel = self.method is Method.W8A8 or self.scheme == "W8A8"
-        recipe: dict[str, Any] = {
-            "method": self.method.value,
-            "backend": (self.backend or Backend.LLMCOMPRESSOR).value,
-            "bits": self.weight_bits,
-            "activation_bits": self.act_bits,
-            "group_size": self.group_size or (-1 if per_channel else 128),
-            "symmetric": self.symmetric
-            if self.symmetric is not None
-            else self.method is not Method.AWQ,
-            "ignore": list(self.ignore),
-        }
-        if self.method in CALIBRATED:
-            recipe["calibration"] = (self.calibration or Calibration()).recipe()
-        return recipe
+        return family(self.method).recipe(self)
 
     def recipe_hash(self) -> str:
         return recipe_hash(self.recipe())
