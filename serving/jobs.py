@@ -123,9 +123,13 @@ class JobRunner:
             return False
 
     # -- submitting and cancelling ---------------------------------------------------------
-    def submit(self, model_name: str, model: Model, name: str) -> Job:
+    def submit(
+        self, model_name: str, model: Model, name: str, served: dict[str, str] | None = None
+    ) -> Job:
         """Start building a variant, or return the job already building its recipe. A source
-        not prepared yet is prepared first (``prepare_source``), by a job of its own."""
+        not prepared yet is prepared first (``prepare_source``), by a job of its own.
+        ``served`` (url, model): measure the variant through that running vLLM server instead
+        (FP8, quantized by vLLM at load)."""
         variant = model.variants[name]
         key = (model_name, variant.recipe_hash())
         if key in self._active:
@@ -138,7 +142,7 @@ class JobRunner:
             job.stage, job.error = "precheck", str(exc)
             self._finish(job, JobState.FAILED)
             return job
-        self._start(job, self._build(job, model, variant))
+        self._start(job, self._build(job, model, variant, served))
         return job
 
     def prepare_source(self, model_name: str, model: Model) -> Job | None:
@@ -203,7 +207,9 @@ class JobRunner:
             log.log(level, "job %s %s: %s after %s s%s", job.id, state.value, job.title,
                     job.duration_s, f": {job.error}" if job.error else "")  # fmt: skip
 
-    async def _build(self, job: Job, model: Model, variant: Variant) -> None:
+    async def _build(
+        self, job: Job, model: Model, variant: Variant, served: dict[str, str] | None
+    ) -> None:
         source = self.prepare_source(job.model, model)
         if source is not None:
             job.stage = "source"
@@ -222,6 +228,7 @@ class JobRunner:
             base_perplexity=base,
             labels={"model": job.model, "variant": job.variant, "job_id": job.id},
             evaluation=job.recipe.get("evaluation"),
+            served=served,
         )
         report = await self._execute(job, spec, model)
         if base is None and report["perplexity"]["base"]:

@@ -1,6 +1,6 @@
 """``quantgate bench``'s measuring and table, on the fake quantizer and the fake vLLM server.
 
-The real numbers come from real vLLM (the table in the issue note); here: every row is filled
+The real numbers come from real vLLM (docs/benchmarks.md); here: every row is filled
 from the right place (the build's report, the served replica, its process group), a variant
 this machine cannot serve is measured for perplexity only and says why, and the servers are
 stopped between variants.

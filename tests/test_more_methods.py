@@ -100,7 +100,7 @@ def test_bitsandbytes_is_quantized_by_vllm_at_load() -> None:
         ({"method": "torchao", "calibration": {"samples": 8}}, "drop calibration"),
         ({"method": "torchao", "max_ppl_increase": "-5%"}, "max_ppl_increase must be a fraction"),
         ({"method": "gguf", "max_ppl_increase": 0}, "max_ppl_increase must be a fraction"),
-        ({"method": "fp8", "max_ppl_increase": "5%"}, "it takes no max_ppl_increase"),  # unmeasured
+        ({"method": "fp8", "max_ppl_increase": "-5%"}, "max_ppl_increase must be a fraction"),
         ({"method": "bitsandbytes", "gguf_type": "q8_0"}, "takes no gguf_type"),
     ],
 )

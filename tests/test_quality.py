@@ -10,6 +10,7 @@ import pytest
 
 from conftest import LiveServer
 from serving.build import increases
+from serving.hardware import Gpu, Hardware
 from serving.manifest import Variant
 from serving.quality import PerplexityCache, fingerprint, over_budget
 
@@ -88,3 +89,30 @@ def test_variant_within_budget_is_served(gateway: Start, monkeypatch: pytest.Mon
         server.url + "/v1/chat/completions", json={**CHAT, "model": "tiny:gated"}, timeout=30
     )
     assert r.status_code == 200, r.text
+
+
+FP8 = "      fp8: {method: fp8, max_ppl_increase: '5%'}\n"
+H100 = Hardware("cuda", gpus=(Gpu(0, "H100", 90, 81_559),))
+
+
+@pytest.mark.parametrize(("increase", "status"), [("0.02", 200), ("0.30", 503)])
+def test_fp8_is_measured_through_its_server_before_it_takes_requests(
+    gateway: Start, monkeypatch: pytest.MonkeyPatch, increase: str, status: int
+) -> None:
+    """vLLM quantizes FP8 at load: its first server is measured (a job, through that server's
+    own logprobs) before any request reaches it, and the gate holds for what is served."""
+    monkeypatch.setenv("FAKE_PPL_INCREASE", increase)
+    server = gateway(hardware=H100, more_variants=FP8)
+    r = httpx.post(server.url + "/v1/chat/completions", json={**CHAT, "model": "tiny:fp8"},
+                   timeout=60)  # fmt: skip
+    assert r.status_code == status, r.text
+    [job] = [j for j in httpx.get(server.url + "/admin/jobs").json()["data"]
+             if j["variant"] == "fp8"]  # fmt: skip
+    assert job["state"] == "succeeded" and job["recipe"] == {"method": "fp8"}
+    admin = httpx.get(server.url + "/admin/variants").json()["data"]
+    fp8 = next(v for v in admin if v["variant"] == "fp8")
+    assert fp8["report"]["measured_through"].startswith("http://127.0.0.1:")
+    assert fp8["report"]["perplexity"]["increase"] == pytest.approx(float(increase))
+    if status == 503:
+        assert r.json()["error"]["code"] == "variant_over_quality_budget"
+        assert fp8["state"] == "over_budget"

@@ -1,4 +1,4 @@
-"""One phase of the GPU benchmark of issues 9 and 10, run through Quantgate itself.
+"""One phase of the GPU benchmark (docs/benchmarks.md), run through Quantgate itself.
 
     python3 benchmarks/gpu/experiment.py PHASE --work DIR --out DIR [--started-at EPOCH]
         [--budget-s 530] [--pin KERNEL] [--dry-run]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.cli import bench as bench_cli
+from gateway.cli import doctor as doctor_cli
 from gateway.cli import quantize as quantize_cli
 from gateway.cli import recommend as recommend_cli
 from gateway.logs import configure
@@ -95,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     quantize_cli.register(sub)
     bench_cli.register(sub)
     recommend_cli.register(sub)
+    doctor_cli.register(sub)
 
     demo = sub.add_parser(
         "demo", help="start the gateway on a manifest, send one chat completion, print the result"

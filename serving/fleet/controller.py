@@ -28,7 +28,7 @@ from serving.errors import (
 )
 from serving.fleet.packages import VllmPackages
 from serving.fleet.status import VariantState
-from serving.fleet.swaps import SwapDesk
+from serving.fleet.swaps import SwapDesk, resident_of
 from serving.hardware import Hardware
 from serving.job import Job
 from serving.jobs import JobRunner
@@ -39,8 +39,8 @@ from serving.pool import VariantPool
 from serving.quality import over_budget
 from serving.replica import Replica, RestartPolicy
 from serving.specs import LaunchPlanner
-from serving.store import VariantStore, weights_size
-from serving.swapping import Resident, SwapEvent
+from serving.store import VariantStore
+from serving.swapping import SwapEvent
 
 log = logging.getLogger("serving.fleet")
 WAKE_CHECK_S = 1.0  # a waiter looks again at least this often (an open circuit closes in time)
@@ -72,7 +72,7 @@ class VariantController:
         self.failure: QuantgateError | None = None
         self._kernel: kernels.KernelChoice | None = None
         self.waiting = 0  # requests waiting for it to wake or start (swapping's queue)
-        self._weights_bytes: int | None = None
+        self.weights_bytes: int | None = None  # its weights on disk, once asked (swapping)
         self._parked: Server | None = None  # the tuner's winner, kept running for replica 0
         self.pool = self._new_pool()
 
@@ -236,7 +236,7 @@ class VariantController:
     async def bring_up(self, replicas: int | None = None) -> None:
         try:
             if self.pool.asleep():
-                resident = self.resident()
+                resident = resident_of(self)
                 assert resident is not None
                 await self.ctx.swaps.wake(resident, self.model.on_missing.max_wait_s)
                 return
@@ -309,7 +309,7 @@ class VariantController:
         took = time.monotonic() - t0
         log.info("%s ready: %d replica(s), kernel %s (%s), up in %.1f s", self.label,
                  len(self.pool.ready()), kernel.kernel, kernel.reason, took)  # fmt: skip
-        if self.resident() is not None:  # swap-managed
+        if resident_of(self) is not None:  # swap-managed
             self.ctx.swaps.event(SwapEvent(self.model_name, self.name, "start", took))
 
     @contextlib.asynccontextmanager
@@ -322,19 +322,6 @@ class VariantController:
         share, tp = model.serve.gpu_memory_utilization, model.tensor_parallel_size
         async with self.ctx.swaps.room(f"{self.label}#0", share, tp, model.on_missing.max_wait_s):
             yield
-
-    def resident(self) -> Resident | None:
-        """Its part in swapping: None unless swap-managed and launched."""
-        if not self.takes_turns() or not self.pool.replicas:
-            return None
-        if self._weights_bytes is None:
-            model_dir = self.ctx.specs.model_dir(self.model_name, self.name)
-            self._weights_bytes = weights_size(model_dir)
-        share = self.model.serve.gpu_memory_utilization
-        replica = self.pool.replicas[0]
-        return Resident(
-            self.model_name, self.name, replica, share, self._weights_bytes, self.waiting
-        )
 
     # -- its replicas ----------------------------------------------------------------------
     def _new_pool(self) -> VariantPool:
@@ -365,10 +352,24 @@ class VariantController:
         return self.ctx.launch(spec)
 
     async def _warm(self, server: Server) -> None:
-        """Swapping's warm cycle on a swap-managed variant's new server (``Swapper.warm``)."""
+        """Before a new server takes requests: its first measure (FP8), swapping's warm cycle
+        (``Swapper.warm``)."""
+        await self._measure_served(server)
         swapper = self.ctx.swaps.swapper
         if swapper is not None and self.takes_turns():
             await swapper.warm(self.model_name, self.name, server)
+
+    async def _measure_served(self, server: Server) -> None:
+        """A variant vLLM quantizes at load with no measure yet: measured through this server
+        (a job, in /admin/jobs), then refused if over its quality budget."""
+        variant = self.variant
+        if not variant.measured_when_served or self.ctx.store.report(self.model_name, variant):
+            return
+        served = {"url": server.url, "model": server.spec.served_names[0]}
+        log.info("%s: measuring its perplexity through %s before it takes requests",
+                 self.label, server.url)  # fmt: skip
+        await self.ctx.jobs.submit(self.model_name, self.model, self.name, served).wait()
+        self._check_servable()
 
     async def scale(self, replicas: int) -> None:
         """Start (build first if needed) or scale; 0 drains and stops."""

@@ -22,6 +22,7 @@ from serving.errors import BackendFailed, ReloadRefused, UnknownModel
 from serving.fleet.controller import FleetContext, VariantController
 from serving.fleet.routing import RequestHints, affinity_key
 from serving.fleet.status import Lease, VariantState, VariantStatus, variant_status
+from serving.fleet.swaps import resident_of
 from serving.hardware import Hardware
 from serving.job import Job
 from serving.jobs import JobRunner
@@ -64,7 +65,7 @@ class Fleet:
 
     def residents(self) -> list[Resident]:
         """Every swap-managed variant that is launched (the swapper's view)."""
-        found = (c.resident() for c in self._variants.values())
+        found = (resident_of(c) for c in self._variants.values())
         return [r for r in found if r is not None]
 
     # -- names -----------------------------------------------------------------------------

@@ -112,5 +112,7 @@ def variant_status(c: VariantController) -> VariantStatus:
         ),
         error=error or (str(c.failure) if c.failure else None),
         job=last.summary() if last else None, replicas=c.pool.describe(),
-        report=ctx.store.report(c.model_name, variant) if variant.needs_job else None,
+        report=ctx.store.report(c.model_name, variant)
+        if variant.needs_job or variant.measured_when_served
+        else None,
     )  # fmt: skip

@@ -7,10 +7,15 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from serving.manifest import Manifest
 from serving.placement import Placement
+from serving.store import weights_size
 from serving.swapping import Resident, SwapEvent, Swapper, takes_turns
+
+if TYPE_CHECKING:
+    from serving.fleet.controller import VariantController
 
 log = logging.getLogger("serving.fleet")
 
@@ -67,3 +72,13 @@ class SwapDesk:
             gpus, share = resident.gpus, resident.share
             await self.swapper.make_room(resident.owner, gpus, share, len(gpus), deadline)
             await self.swapper.wake(resident)
+
+
+def resident_of(c: VariantController) -> Resident | None:
+    """A variant's part in swapping: None unless swap-managed and launched."""
+    if not c.takes_turns() or not c.pool.replicas:
+        return None
+    if c.weights_bytes is None:
+        c.weights_bytes = weights_size(c.ctx.specs.model_dir(c.model_name, c.name))
+    share = c.model.serve.gpu_memory_utilization
+    return Resident(c.model_name, c.name, c.pool.replicas[0], share, c.weights_bytes, c.waiting)

@@ -153,9 +153,15 @@ class Variant(Strict):
     @property
     def measured_at_load(self) -> bool:
         """Quantized by vLLM at load, yet measured first: a job loads the base through
-        transformers with the same quantization and measures its perplexity (bitsandbytes; FP8
-        has no CPU path in transformers and is served unmeasured)."""
+        transformers with the same quantization and measures its perplexity (bitsandbytes NF4;
+        FP8 is measured through its first server instead, ``measured_when_served``)."""
         return family(self.method).measured_at_load(self)
+
+    @property
+    def measured_when_served(self) -> bool:
+        """Quantized by vLLM at load and measured through its first server before that takes
+        requests (FP8): its quality gate holds for what vLLM serves."""
+        return family(self.method).measured_when_served(self)
 
     @property
     def needs_job(self) -> bool:
@@ -189,7 +195,7 @@ class Variant(Strict):
         """The recipe with defaults filled in: what the worker is told and what is hashed (with
         the model's own evaluation texts, where it names any: new texts, a new measure)."""
         recipe = self._method_recipe()
-        if self._evaluation is not None and self.needs_job:
+        if self._evaluation is not None and (self.needs_job or self.measured_when_served):
             recipe["evaluation"] = self._evaluation
         return recipe
 

@@ -91,6 +91,11 @@ class Family:
         """Quantized by vLLM at load, yet measured first by a job (bitsandbytes NF4)."""
         return False
 
+    def measured_when_served(self, v: Variant) -> bool:
+        """Quantized by vLLM at load and measured through the server once it runs, before it
+        takes requests (FP8: transformers cannot quantize it as vLLM does)."""
+        return False
+
     def weight_bits(self, v: Variant) -> int:
         return v.bits or 4
 

@@ -53,8 +53,11 @@ class Fp8(Family):
     def scheme(self, v: Variant) -> str:
         return "FP8"
 
+    def measured_when_served(self, v: Variant) -> bool:
+        return True
+
     def problems(self, v: Variant) -> list[str]:
-        return at_load_problems(v, "is quantized by vLLM at load", (8,), measured=False)
+        return at_load_problems(v, "is quantized by vLLM at load", (8,), measured=True)
 
     def cpu_refusal(self, v: Variant, cpu_flags: frozenset[str]) -> str | None:
         return FP8_ON_CPU

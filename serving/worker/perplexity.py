@@ -16,6 +16,7 @@ tokens the previous window did not, so every token but the first is scored once 
 pooled one; the quality gate reads the worst domain's increase (``serving.build``).
 
     python -m serving.worker.perplexity MODEL_DIR [--context 256] [--stride 128] [--texts JSON]
+        [--served URL --served-model NAME]
 
 prints ``QUANTGATE_RESULT {"perplexity": ..., "tokens": ..., "domains": {...}}``. Quantized
 checkpoints (compressed-tensors) load through transformers, which applies their weight and
@@ -97,7 +98,7 @@ def _conversation(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]]) 
 
 
 def perplexity(
-    model: Any,
+    score: Scorer,
     tok: PreTrainedTokenizerBase,
     context: int,
     stride: int,
@@ -115,7 +116,7 @@ def perplexity(
     with torch.no_grad():
         for i, (domain, ids) in enumerate(streams.items()):
             progress("evaluate", domain=domain, domains_done=i, domains_total=len(streams))
-            nll, scored = _strided_nll(model, ids(), context, stride)
+            nll, scored = _strided_nll(score, ids(), context, stride)
             domains[domain] = {"perplexity": round(math.exp(nll / scored), 4), "tokens": scored}
             total_nll, total_scored = total_nll + nll, total_scored + scored
     return {
@@ -128,20 +129,33 @@ def perplexity(
     }
 
 
-def _strided_nll(model: Any, ids: torch.Tensor, context: int, stride: int) -> tuple[float, int]:
-    device = next(model.parameters()).device
+# (window token ids, how many of its last tokens to score) -> (their summed NLL, how many)
+Scorer = Callable[[torch.Tensor, int], tuple[float, int]]
+
+
+def _strided_nll(score: Scorer, ids: torch.Tensor, context: int, stride: int) -> tuple[float, int]:
     nll, scored, prev_end = 0.0, 0, 0
     for begin in range(0, len(ids) - 1, stride):
         end = min(begin + context, len(ids))
-        window = ids[begin:end].unsqueeze(0).to(device)
-        labels = window.clone()
-        labels[:, : -(end - prev_end)] = -100  # already scored by the previous window
-        count = int((labels[:, 1:] != -100).sum())
-        nll += float(model(input_ids=window, labels=labels).loss) * count
-        scored, prev_end = scored + count, end
+        window_nll, count = score(ids[begin:end], end - prev_end)  # the rest: scored before
+        nll, scored, prev_end = nll + window_nll, scored + count, end
         if end == len(ids):
             break
     return nll, scored
+
+
+def forward_scorer(model: Any) -> Scorer:
+    """Scores windows with a model in this process (the offline measure)."""
+    device = next(model.parameters()).device
+
+    def score(ids: torch.Tensor, last: int) -> tuple[float, int]:
+        window = ids.unsqueeze(0).to(device)
+        labels = window.clone()
+        labels[:, :-last] = -100
+        count = int((labels[:, 1:] != -100).sum())
+        return float(model(input_ids=window, labels=labels).loss) * count, count
+
+    return score
 
 
 def load(model_dir: Path) -> Any:
@@ -169,8 +183,26 @@ def measure(
     t0 = time.perf_counter()
     has_tokenizer = (model_dir / "tokenizer_config.json").is_file() or tokenizer_dir is None
     tok = AutoTokenizer.from_pretrained(str(model_dir if has_tokenizer else tokenizer_dir))
-    found = perplexity(model if model is not None else load(model_dir), tok, context, stride, texts)
+    scorer = forward_scorer(model if model is not None else load(model_dir))
+    found = perplexity(scorer, tok, context, stride, texts)
     return {**found, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def measure_served(
+    url: str,
+    model: str,
+    tokenizer_dir: Path,
+    context: int,
+    stride: int,
+    texts: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The same measure, each window scored by the vLLM server at ``url`` (``served``)."""
+    from serving.worker.served import served_scorer
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    found = perplexity(served_scorer(url, model), tok, context, stride, texts)
+    return {**found, "served": url, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -179,8 +211,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--stride", type=int, default=128)
     ap.add_argument("--texts", help='JSON: {"builtin": bool, "texts": [{"name", "path", ...}]}')
+    ap.add_argument(
+        "--served", metavar="URL", help="score through this vLLM server (MODEL_DIR: its tokenizer)"
+    )
+    ap.add_argument("--served-model", help="the model name the server serves (with --served)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     texts = json.loads(args.texts) if args.texts else None
+    if args.served:
+        result(measure_served(args.served, args.served_model, args.model_dir, args.context,
+                              args.stride, texts))  # fmt: skip
+        return
     result(measure(args.model_dir, args.context, args.stride, texts=texts))
 
 

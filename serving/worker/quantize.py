@@ -51,11 +51,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         in_memory, timings = hf_quantizers.build(source, output, recipe), {}
         timings["quantize_s"] = time.perf_counter() - t0
     elif "backend" not in recipe:  # measured only (serving.manifest.writes_weights)
-        from serving.worker import hf_quantizers
-
         progress("quantize", at_load=recipe["method"])
         output.mkdir(parents=True, exist_ok=True)  # the report only: vLLM reads the base's files
-        in_memory, timings = hf_quantizers.load(source), {"load_s": time.perf_counter() - t0}
+        in_memory, timings = _measured_model(source, spec.get("served")), {}
+        timings["load_s"] = time.perf_counter() - t0
     elif recipe["backend"] == "llamacpp":
         from serving.worker import gguf
 
@@ -75,8 +74,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if evaluate:
         progress("evaluate")
         context, stride, texts = evaluate["context"], evaluate["stride"], evaluate.get("texts")
+        served = spec.get("served")
         found["perplexity"] = {
-            "variant": perplexity.measure(output, context, stride, in_memory, source, texts),
+            "variant": perplexity.measure(output, context, stride, in_memory, source, texts)
+            if not served
+            else perplexity.measure_served(
+                served["url"], served["model"], source, context, stride, texts
+            ),
             "base": perplexity.measure(source, context, stride, texts=texts)
             if evaluate["base"]
             else None,
@@ -86,6 +90,16 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     found["backend"] = recipe.get("backend", "vllm at load")
     found["libraries"] = _versions()
     return found
+
+
+def _measured_model(source: Path, served: dict[str, str] | None) -> Any:
+    """What a measure-only job measures: the vLLM server named (None here: it is asked per
+    window), else the base loaded through transformers with the method's quantization."""
+    if served:
+        return None
+    from serving.worker import hf_quantizers
+
+    return hf_quantizers.load(source)
 
 
 def _versions() -> dict[str, str]:
@@ -114,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         from serving.worker import hf_quantizers
 
         hf_quantizers.require(recipe["method"])
+    elif "backend" not in recipe:  # measured through the vLLM server serving it (FP8)
+        if not spec.get("served"):
+            fail(f"method {recipe['method']!r} is measured through a vLLM server; none named")
     elif recipe["backend"] == "llamacpp":
         from serving.worker import gguf
 
