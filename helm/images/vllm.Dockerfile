@@ -8,8 +8,10 @@
 # CPU build, for the CPU demo: vLLM's official CPU image as the base:
 #   docker build -f helm/images/vllm.Dockerfile -t quantgate/vllm-cpu:0.1.0 \
 #     --build-arg VLLM_IMAGE=public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0 .
-# v0.32.0 matches requirements/vllm.txt (vllm-cpu 0.32.0), what the tests here run.
-ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
+# The GPU image is v0.26.0, as requirements/vllm-cuda.txt (make install GPU=1) and every GPU
+# figure in docs/benchmarks.md; the CPU one v0.32.0, as requirements/vllm.txt (vllm-cpu 0.32.0),
+# what the tests here run.
+ARG VLLM_IMAGE=vllm/vllm-openai:v0.26.0
 FROM ${VLLM_IMAGE}
 
 # A passwd entry for uid 10001: torch.compile and Triton look the user up (getpass) and

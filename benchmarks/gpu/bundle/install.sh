@@ -12,3 +12,7 @@ done
 export QUANTIZER_PYTHONPATH=/tmp/qsite
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PATH=/tmp/site/bin:$PATH
+# Quantgate's environments on this host: the image's python3 with the payloads above
+export QUANTGATE_VLLM_PYTHON=${QUANTGATE_VLLM_PYTHON:-$(command -v python3)}
+export QUANTGATE_QUANTIZER_PYTHON=${QUANTGATE_QUANTIZER_PYTHON:-$(command -v python3)}
+export QUANTGATE_QUANTIZER_PYTHONPATH=${QUANTGATE_QUANTIZER_PYTHONPATH:-/tmp/qsite}
