@@ -17,15 +17,16 @@ export QUANTGATE_QUANTIZER_PYTHON := $(CURDIR)/$(QUANT_VENV)/bin/python
 # Override: `make install TORCH_INDEX=https://mirror.example/whl/cpu`, or TORCH_INDEX= for none.
 TORCH_INDEX ?= $(if $(wildcard $(PIP_FIND_LINKS)/torch-*+cpu-*.whl),,https://download.pytorch.org/whl/cpu)
 
-# GPU=1 (the default where nvidia-smi answers; GPU= forces the CPU build): vLLM 0.26.0 and
+# GPU=1 (the default where nvidia-smi answers; GPU=0 forces the CPU build): vLLM 0.26.0 and
 # llm-compressor on torch 2.11.0 as PyPI ships it (CUDA 13.0; an NVIDIA driver >= 580), from the
 # CUDA locks; the versions the GPU figures in docs/benchmarks.md were measured with.
 GPU ?= $(if $(shell nvidia-smi -L 2>/dev/null),1,)
-VLLM_LOCK := requirements/$(if $(GPU),vllm-cuda,vllm).txt
-QUANT_LOCK := requirements/$(if $(GPU),quantizer-cuda,quantizer).txt
-TORCH_PIP := $(if $(GPU),,$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)))
-VLLM_DONE := $(VLLM_VENV)/.done$(if $(GPU),-cuda)
-QUANT_DONE := $(QUANT_VENV)/.done$(if $(GPU),-cuda)
+CUDA := $(filter-out 0 no false,$(GPU))
+VLLM_LOCK := requirements/$(if $(CUDA),vllm-cuda,vllm).txt
+QUANT_LOCK := requirements/$(if $(CUDA),quantizer-cuda,quantizer).txt
+TORCH_PIP := $(if $(CUDA),,$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)))
+VLLM_DONE := $(VLLM_VENV)/.done$(if $(CUDA),-cuda)
+QUANT_DONE := $(QUANT_VENV)/.done$(if $(CUDA),-cuda)
 
 CHART_VENV := .venv-chart
 HELM := .quantgate/tools/helm
