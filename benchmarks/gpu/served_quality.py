@@ -1,6 +1,6 @@
 """The perplexity of what vLLM serves, against the offline measure, on one GPU.
 
-    python3 benchmarks/gpu/served_quality.py --work /tmp/qsq --out OUT
+    python3 benchmarks/gpu/served_quality.py --work /tmp/qsq --out OUT [--set nf4]
 
 On the small demo model (trained here by make-model): ``quantgate doctor``; a GPTQ W4A16 g64
 variant built by ``quantgate quantize`` (its report holds the offline perplexity of the variant
@@ -8,6 +8,11 @@ and of the base, transformers on the GPU); then vLLM serving the base, the GPTQ 
 base quantized to FP8 at load and (where bitsandbytes imports) to NF4 at load, each measured
 through its own prompt logprobs over the same windows (``serving.worker.served``). Writes
 OUT/served_quality.json and prints it.
+
+``--set nf4``: bitsandbytes NF4 both ways instead: the measure job Quantgate runs before it
+serves NF4 (the base quantized by transformers' bitsandbytes integration, measured offline),
+against vLLM quantizing the same base to NF4 at load, measured through it. Needs bitsandbytes
+importable (``pip install --target /tmp/wheels`` a wheel, on PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -84,20 +89,61 @@ def served(
     return {**result_of(stdout), "vllm_ready_s": round(ready, 1)}
 
 
+def nf4_offline(tiny: Path, work: Path, out: Path) -> dict[str, Any]:
+    """The measure job's own worker on a bitsandbytes NF4 recipe: base and NF4, offline."""
+    spec = work / "nf4-spec.json"
+    spec.write_text(json.dumps({
+        "source": str(tiny), "output": str(work / "nf4"), "recipe": {"method": "bitsandbytes"},
+        "evaluate": {"context": 256, "stride": 128, "base": True},
+    }))  # fmt: skip
+    found = result_of(run([sys.executable, "-m", "serving.worker.quantize", str(spec)],
+                          out / "nf4-offline.log"))  # fmt: skip
+    return {"base": found["perplexity"]["base"], "nf4": found["perplexity"]["variant"]}
+
+
+def agreement(offline: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
+    rows = {}
+    for name, off in offline.items():
+        on = served.get(name, {})
+        if off and "perplexity" in on:
+            rows[name] = {"offline": off["perplexity"], "served": on["perplexity"],
+                          "difference": round(on["perplexity"] / off["perplexity"] - 1, 5)}  # fmt: skip
+    return rows
+
+
+def main_nf4(work: Path, out: Path, tiny: Path) -> int:
+    found: dict[str, Any] = {"offline": nf4_offline(tiny, work, out), "served": {}}
+    for name, quant in (("base", None), ("nf4", "bitsandbytes")):
+        try:
+            found["served"][name] = served(tiny, tiny, out, name, quant)
+        except SystemExit as exc:
+            found["served"][name] = {"error": str(exc)}
+    found["agreement"] = agreement(found["offline"], found["served"])
+    (out / "served_quality_nf4.json").write_text(json.dumps(found, indent=2))
+    print(json.dumps(found["agreement"], indent=2))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/qsq"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/qg-out"))
+    ap.add_argument("--set", choices=["all", "nf4"], default="all")
     args = ap.parse_args()
     work, out = args.work, args.out
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     qenv = {"PYTHONPATH": f"{os.environ.get('QUANTIZER_PYTHONPATH', '')}:{ROOT}"}
+    tiny = work / "tiny"
+    if args.set == "nf4":
+        if not (tiny / "config.json").is_file():
+            run([sys.executable, "-m", "serving.worker.make_model", str(tiny), "--train-steps",
+                 "300"], out / "make_model.log", {"PYTHONPATH": f"{os.environ.get('PYTHONPATH', '')}:{ROOT}"})  # fmt: skip
+        return main_nf4(work, out, tiny)
     found: dict[str, Any] = {}
     doctor = subprocess.run([sys.executable, "-m", "gateway.cli", "doctor"], capture_output=True,
                             text=True, cwd=ROOT)  # fmt: skip
     found["doctor"] = {"rc": doctor.returncode, "report": doctor.stdout + doctor.stderr[-2000:]}
-    tiny = work / "tiny"
     if not (tiny / "config.json").is_file():
         run([sys.executable, "-m", "serving.worker.make_model", str(tiny), "--train-steps", "300"],
             out / "make_model.log", qenv)  # fmt: skip
