@@ -228,7 +228,9 @@ def test_fp8_is_refused_on_the_cpu_and_quantized_at_load_on_a_gpu(
         v for v in httpx.get(gpu.url + "/admin/variants").json()["data"] if v["variant"] == "fp8"
     )
     assert row["kernel"]["quantization"] == "fp8"  # vLLM's --quantization fp8 on the base weights
-    assert row["report"] is None and row["job"] is None  # nothing was built
+    # nothing was built: the one job measured the base weights through the FP8 server
+    assert row["report"]["measured_through"] == row["replicas"][0]["url"], row["report"]
+    assert row["report"]["size_bytes"] == row["report"]["source_size_bytes"]  # no new weights
     log = Path(row["replicas"][0]["log"]).read_text()
     assert f"fake vLLM for {model_dir}" in log
 

@@ -15,6 +15,8 @@ LLAMA_8B = {"hidden_size": 4096, "intermediate_size": 14336}
 GIB = 2**30
 H200_FREE = 124 * GIB  # measured after loading the 16 GB 8B model
 H100_FREE = 62 * GIB
+ALL = 512 * 2048  # AWQ's grid over every calibration token
+BOUNDED = 128 * 512  # the worker's default: the grid over AutoAWQ's calibration size
 
 
 def test_sizes_of_an_8b_llama_at_the_issues_calibration() -> None:
@@ -25,20 +27,20 @@ def test_sizes_of_an_8b_llama_at_the_issues_calibration() -> None:
 
 
 def test_everything_stays_on_an_h200() -> None:
-    assert plan(512, 2048, LLAMA_8B, H200_FREE, awq=True) == Offload(pipeline=False, awq=False)
-    assert plan(512, 2048, LLAMA_8B, H200_FREE, awq=False) == Offload(pipeline=False, awq=False)
+    assert plan(512, 2048, LLAMA_8B, H200_FREE, ALL) == Offload(pipeline=False, awq=False)
+    assert plan(512, 2048, LLAMA_8B, H200_FREE) == Offload(pipeline=False, awq=False)
 
 
 def test_on_an_h100_awq_keeps_its_cache_and_the_pipeline_goes_to_the_host() -> None:
-    assert plan(512, 2048, LLAMA_8B, 100 * GIB, awq=True) == Offload(pipeline=True, awq=False)
-    assert plan(512, 2048, LLAMA_8B, H100_FREE, awq=True) == Offload(pipeline=False, awq=True)
-    assert plan(512, 2048, LLAMA_8B, H100_FREE, awq=False) == Offload(pipeline=False, awq=False)
+    assert plan(512, 2048, LLAMA_8B, 100 * GIB, ALL) == Offload(pipeline=True, awq=False)
+    assert plan(512, 2048, LLAMA_8B, H100_FREE, ALL) == Offload(pipeline=False, awq=True)
+    assert plan(512, 2048, LLAMA_8B, H100_FREE) == Offload(pipeline=False, awq=False)
 
 
 def test_too_big_for_the_gpu_goes_to_the_host() -> None:
-    assert plan(4096, 4096, LLAMA_8B, 20 * GIB, awq=True) == Offload(pipeline=True, awq=True)
-    assert plan(4096, 4096, LLAMA_8B, 20 * GIB, awq=False) == Offload(pipeline=True, awq=False)
+    assert plan(4096, 4096, LLAMA_8B, 20 * GIB, ALL) == Offload(pipeline=True, awq=True)
+    assert plan(4096, 4096, LLAMA_8B, 20 * GIB) == Offload(pipeline=True, awq=False)
 
 
 def test_nothing_moves_without_a_gpu() -> None:
-    assert plan(512, 2048, LLAMA_8B, None, awq=True) == Offload(pipeline=False, awq=False)
+    assert plan(512, 2048, LLAMA_8B, None, ALL) == Offload(pipeline=False, awq=False)

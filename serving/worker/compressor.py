@@ -24,6 +24,7 @@ from llmcompressor import oneshot
 from llmcompressor.core import LifecycleCallbacks
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
+from serving.worker import awq
 from serving.worker.memory import Offload, awq_cache_bytes, pipeline_cache_bytes, plan
 from serving.worker.protocol import fail, progress
 
@@ -96,8 +97,7 @@ def modifiers(recipe: dict[str, Any], offload_cache: bool = False) -> list[Any]:
     if method == "awq":
         from llmcompressor.modifiers.awq import AWQModifier
 
-        allow_cpu_awq()
-        lean_awq_outputs()
+        awq.prepare(awq.loss_tokens())
         offload = {"offload_device": "cpu"} if offload_cache else {}  # see memory.py
         return [AWQModifier(config_groups=groups, ignore=ignore, **offload)]
     if method == "autoround":
@@ -118,40 +118,6 @@ def modifiers(recipe: dict[str, Any], offload_cache: bool = False) -> list[Any]:
 
         return [QuantizationModifier(config_groups=groups, ignore=ignore)]
     fail(f"backend 'llmcompressor' has no method {method!r}")
-
-
-def allow_cpu_awq() -> None:
-    """llm-compressor 0.14's AWQ pins host memory, which fails with no accelerator:
-    'Cannot access accelerator device when none is available.' Pinning only speeds up
-    host-to-device copies, so on a CPU-only machine it is skipped."""
-    if torch.cuda.is_available():
-        return
-    from llmcompressor.pipelines.cache import IntermediatesCache
-
-    IntermediatesCache.pin_memory = lambda self, *a, **k: None
-
-
-def lean_awq_outputs() -> None:
-    """llm-compressor 0.14's AWQ runs every cached batch through a mapping's parent module and
-    keeps each whole output until the last batch is done; only then does it take the first
-    element of tuples. Under the calibration's eager attention a Llama attention block returns
-    its attention weights as the second element (batch x heads x seq x seq): 128 GiB at
-    512 x 2048 tokens on an 8B shape, which ran a 140 GiB H200 out of memory. Here the first
-    element is taken as each batch finishes; the result is the same."""
-    from llmcompressor.core import active_session
-    from llmcompressor.modifiers.transform.awq.base import AWQModifier
-
-    @torch.no_grad()  # type: ignore[untyped-decorator]
-    def run_samples(self: Any, module: torch.nn.Module) -> list[torch.Tensor]:
-        cache = self._parent_args_cache[module]
-        batches = cache.iter_prefetch() if active_session().state.sequential_prefetch else cache
-        outputs = []
-        for batch in batches:
-            output = module(**batch)
-            outputs.append(output[0] if isinstance(output, tuple) else output)
-        return outputs
-
-    AWQModifier._run_samples = run_samples
 
 
 def ignored(name: str, patterns: list[str]) -> bool:
@@ -205,7 +171,7 @@ def build(
     saved_dtype = source_dtype(source)
     check_group_size(model, recipe)
     t1 = time.perf_counter()
-    offload = _offload(model, rows, awq=recipe["method"] == "awq")
+    offload = _offload(model, rows, use_awq=recipe["method"] == "awq")
     steps = modifiers(recipe, offload_cache=offload.awq)
     with layer_progress(model, passes=len(steps) if rows else 1):
         # AutoRound tunes on batches of its own: auto-round 0.15 refused the model when the
@@ -221,19 +187,20 @@ def build(
     return None, timings
 
 
-def _offload(model: torch.nn.Module, rows: list[list[int]] | None, awq: bool) -> Offload:
+def _offload(model: torch.nn.Module, rows: list[list[int]] | None, use_awq: bool) -> Offload:
     """What calibration caches in host memory rather than on the GPU (memory.py)."""
     if not rows or not torch.cuda.is_available():
         return Offload(pipeline=False, awq=False)
     free, _ = torch.cuda.mem_get_info()
     config = model.config.to_dict()
     count, seq, gib = len(rows), len(rows[0]), 2**30
-    where = plan(count, seq, config, free, awq)
+    awq_tokens = min(count * seq, awq.loss_tokens() or count * seq) if use_awq else 0
+    where = plan(count, seq, config, free, awq_tokens)
     sizes = f"pipeline {pipeline_cache_bytes(count, seq, config) / gib:.1f} GiB in " + (
         "host" if where.pipeline else "GPU"
     )
-    if awq:
-        awq_gib = awq_cache_bytes(count * seq, config) / gib
+    if use_awq:
+        awq_gib = awq_cache_bytes(awq_tokens, config) / gib
         sizes += f", AWQ {awq_gib:.1f} GiB in " + ("host" if where.awq else "GPU")
     print(f"calibration caches: {sizes} memory ({free / gib:.1f} GiB free on the GPU)", flush=True)
     return where

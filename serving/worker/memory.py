@@ -11,7 +11,8 @@ Two caches grow with the calibration tokens (``rows x seq``):
   the down projection's (``intermediate_size``); its grid search then runs them ~20 times per
   mapping, holding the parent's outputs twice (before and after scaling).
 
-For an 8B Llama at 512 x 2048 tokens that is 21.5 GB and 64 GB. The plan keeps both on the GPU
+For an 8B Llama at 512 x 2048 tokens that is 21.5 GB and 64 GB; AWQ's is 3 GB when its grid
+search is bounded to 128 x 512 tokens (awq.py, the default). The plan keeps both on the GPU
 when together they take at most ``GPU_SHARE`` of the memory free after loading the model (the
 rest is for eager attention and Hessians), else AWQ's (used ~20 times per mapping) before the
 pipeline's (used twice per layer), else neither. No torch here: the rule is plain arithmetic,
@@ -58,15 +59,18 @@ def awq_outputs_bytes(tokens: int, config: dict[str, Any]) -> int:
     return 2 * tokens * hidden * BYTES
 
 
-def plan(rows: int, seq: int, config: dict[str, Any], free_gpu: int | None, awq: bool) -> Offload:
+def plan(
+    rows: int, seq: int, config: dict[str, Any], free_gpu: int | None, awq_tokens: int = 0
+) -> Offload:
     """What to keep in host memory. ``free_gpu`` is None when the model is not on a GPU: then
-    everything already is in host memory and nothing is moved."""
+    everything already is in host memory and nothing is moved. ``awq_tokens``: the tokens AWQ's
+    grid search replays (0: not AWQ)."""
     if free_gpu is None:
         return Offload(pipeline=False, awq=False)
     budget = GPU_SHARE * free_gpu
     pipeline = pipeline_cache_bytes(rows, seq, config)
-    tokens = rows * seq
-    awq_need = awq_cache_bytes(tokens, config) + awq_outputs_bytes(tokens, config) if awq else 0
+    awq = awq_tokens > 0
+    awq_need = awq_cache_bytes(awq_tokens, config) + awq_outputs_bytes(awq_tokens, config)
     if pipeline + awq_need <= budget:
         return Offload(pipeline=False, awq=False)
     if awq and awq_need <= budget:

@@ -1,0 +1,75 @@
+"""AWQ's grid search measures its loss on a bounded share of the calibration, while the
+activation statistics that shape its scales still see every token (serving/worker/awq.py).
+
+Real llm-compressor AWQ on the small trained Llama (4 layers) in the quantizer environment:
+8 windows of 512 tokens, a bound of 1,024 tokens. The parent modules' replays are counted, and
+so are the tokens behind each mapping's activation statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+QUANT_PYTHON = ROOT / ".venv-quant" / "bin" / "python"
+TINY = ROOT / ".quantgate" / "models" / "tiny"  # make tiny-model: a 4-layer Llama
+SCRIPT = """\
+import json, os, sys, torch
+from transformers import LlamaForCausalLM
+from llmcompressor.modifiers.transform.awq.base import AWQModifier
+from serving.worker import awq, compressor
+
+bound = int(sys.argv[1]) or None
+replayed, stats = [], {}
+run_samples = None
+
+def count_replays(self, module):
+    outputs = run_samples(self, module)
+    replayed.append(sum(o.shape[0] * o.shape[1] for o in outputs))
+    return outputs
+
+original_apply = AWQModifier._apply_smoothing
+
+def apply(self, model):
+    for name, (_, count) in self._smooth_activation_stats.items():
+        stats[name] = int(count)
+    return original_apply(self, model)
+
+model = LlamaForCausalLM.from_pretrained(sys.argv[2], dtype=torch.float32)
+recipe = {"method": "awq", "bits": 4, "activation_bits": 16, "group_size": 32,
+          "symmetric": False, "ignore": ["lm_head"]}
+os.environ[awq.LOSS_TOKENS_ENV] = str(bound or 0)
+steps = compressor.modifiers(recipe, offload_cache=False)
+run_samples = AWQModifier._run_samples
+AWQModifier._run_samples = count_replays
+AWQModifier._apply_smoothing = apply
+rows = [[(i * 7 + j) % 1000 for j in range(512)] for i in range(8)]
+compressor._oneshot(model, steps, rows, offload=False, max_batch=2)
+print(json.dumps({"replayed": replayed, "stats": stats}))
+"""
+
+
+def run(bound: int) -> dict[str, list[int] | dict[str, int]]:
+    done = subprocess.run([str(QUANT_PYTHON), "-c", SCRIPT, str(bound), str(TINY)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    found: dict[str, list[int] | dict[str, int]] = json.loads(done.stdout.splitlines()[-1])
+    return found
+
+
+def test_the_grid_replays_only_the_bounded_tokens_and_statistics_see_all() -> None:
+    found = run(1024)
+    replayed, stats = found["replayed"], found["stats"]
+    assert isinstance(replayed, list) and isinstance(stats, dict)
+    # per mapping (3 or 4 a layer): the unquantized output, then a replay per grid point (20)
+    assert len(stats) >= 4 * 3 and len(replayed) == 21 * len(stats)
+    assert set(replayed) == {1024}  # batches of 2 x 512 tokens: the first one only
+    assert set(stats.values()) == {8 * 512}
+
+
+def test_with_no_bound_the_grid_replays_every_token() -> None:
+    found = run(0)
+    replayed = found["replayed"]
+    assert isinstance(replayed, list) and set(replayed) == {8 * 512}
