@@ -5,7 +5,8 @@
 #   vLLM 0.26.0 (the newest release built for torch 2.11.0+cu130), its kernel library's cubins
 #   pruned to sm_90 (Hopper: H100, H200; pass other archs to fatbin_prune.py for other GPUs),
 #   without flash-attention and the MoE kernels (serve with --attention-backend TRITON_ATTN),
-#   plus the pure dependencies such a host lacks; llm-compressor 0.14 with its own
+#   plus the pure dependencies such a host lacks and Quantgate's own (quantgate-deps.txt);
+#   llm-compressor 0.14 with its own
 #   compressed-tensors, as a second site (it runs as its own process, as Quantgate's jobs do).
 # Usage, from the repository root: bash benchmarks/gpu/bundle/build.sh .gpu
 #   -> .gpu/payload.tar.xz (~56 MB), .gpu/quantizer.tar.xz (~4 MB), .gpu/install.sh.
@@ -22,13 +23,16 @@ PLAT+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 # pack NAME REQUIREMENTS...: download wheels, unpack them into one site dir, write DEST/NAME.tar.xz
 pack() {
   local name=$1; shift
-  mkdir -p "$WORK/$name-wheels"; rm -rf "$WORK/$name-site"; mkdir -p "$WORK/$name-site"
+  rm -rf "$WORK/$name-wheels" "$WORK/$name-site"; mkdir -p "$WORK/$name-wheels" "$WORK/$name-site"
   python3 -m pip download -q --no-deps "${PLAT[@]}" -d "$WORK/$name-wheels" "$@"
   python3 "$HERE/unpack_wheels.py" "$WORK/$name-wheels" "$WORK/$name-site"
   chmod +x "$WORK/$name-site"/bin/* 2>/dev/null || true
   tar -C "$WORK/$name-site" -cf - . | xz -T0 -6 > "$DEST/$name.tar.xz"
 }
-pack payload vllm==0.26.0 -r "$HERE/vllm-deps.txt"           # vLLM and what the host lacks
+# vLLM, what the host lacks, and Quantgate's own dependencies for `quantgate serve` on the host
+# (left out: the Kubernetes client, for a cluster runs the image, which has it, and psycopg: the
+# ledger is SQLite unless QUANTGATE_LEDGER_URL names PostgreSQL)
+pack payload vllm==0.26.0 -r "$HERE/vllm-deps.txt" -r "$HERE/quantgate-deps.txt"
 pack quantizer -r "$HERE/quantizer-deps.txt"                  # llm-compressor, its own compressed-tensors
 cp "$HERE/install.sh" "$DEST/"
 ls -la "$DEST"
