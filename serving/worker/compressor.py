@@ -24,7 +24,7 @@ from llmcompressor import oneshot
 from llmcompressor.core import LifecycleCallbacks
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from serving.worker import awq
+from serving.worker import autoround, awq
 from serving.worker.memory import Offload, awq_cache_bytes, pipeline_cache_bytes, plan
 from serving.worker.protocol import fail, progress
 
@@ -102,6 +102,8 @@ def modifiers(recipe: dict[str, Any], offload_cache: bool = False) -> list[Any]:
         return [AWQModifier(config_groups=groups, ignore=ignore, **offload)]
     if method == "autoround":
         from llmcompressor.modifiers.autoround import AutoRoundModifier
+
+        autoround.keep_zero_points()
 
         # torch.compile of each block pays off on GPUs; on a CPU it costs more than it saves
         compiled = torch.cuda.is_available()
