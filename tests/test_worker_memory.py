@@ -37,6 +37,11 @@ def test_on_an_h100_awq_keeps_its_cache_and_the_pipeline_goes_to_the_host() -> N
     assert plan(512, 2048, LLAMA_8B, H100_FREE) == Offload(pipeline=False, awq=False)
 
 
+def test_a_bounded_grid_keeps_awqs_cache_on_an_h100_with_the_pipeline() -> None:
+    assert round(awq_cache_bytes(BOUNDED, LLAMA_8B) / GIB, 1) == 2.8  # the H200 job's log: 2.8
+    assert plan(512, 2048, LLAMA_8B, H100_FREE, BOUNDED) == Offload(pipeline=False, awq=False)
+
+
 def test_too_big_for_the_gpu_goes_to_the_host() -> None:
     assert plan(4096, 4096, LLAMA_8B, 20 * GIB, ALL) == Offload(pipeline=True, awq=True)
     assert plan(4096, 4096, LLAMA_8B, 20 * GIB) == Offload(pipeline=True, awq=False)
