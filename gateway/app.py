@@ -63,6 +63,7 @@ def create_app(
     metrics.watch_jobs(fleet.jobs.jobs)
     metrics.watch_replicas(fleet.replica_rows)
     metrics.watch_residency(fleet.residency_rows)
+    metrics.watch_kernels(fleet.kernel_rows)
     fleet.observe_swaps(metrics.record_swap)
     keys = KeyRing.from_auth(fleet.manifest.auth)  # unreadable keys fail here, before serving
 

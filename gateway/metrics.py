@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.job_metrics import JobCollector
@@ -152,6 +152,11 @@ class GatewayMetrics:
         """Export each variant's residency (cold, starting, awake, asleep, stopped, failed)."""
         self.registry.register(_ResidencyCollector(rows))
 
+    def watch_kernels(self, rows: Callable[[], list[dict[str, Any]]]) -> None:
+        """Export each running variant's kernel, and (``optimize_for: auto``) the load its
+        kernel follows and its switches."""
+        self.registry.register(_KernelCollector(rows))
+
     def watch_jobs(self, jobs: Callable[[], list[Job]]) -> None:
         """Export quantization jobs (by state, durations, layer progress), read from the job
         runner at scrape time (``gateway.job_metrics``)."""
@@ -220,3 +225,36 @@ class _ResidencyCollector(Collector):
         for model, variant, state in self._rows():
             family.add_metric([model, variant, state], 1)
         yield family
+
+
+class _KernelCollector(Collector):
+    def __init__(self, rows: Callable[[], list[dict[str, Any]]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        labels = ["model", "variant"]
+        kernel = GaugeMetricFamily(
+            "quantgate_variant_kernel",
+            "1 for the linear kernel each running variant's replicas are launched with.",
+            labels=[*labels, "kernel"],
+        )
+        streams = GaugeMetricFamily(
+            "quantgate_kernel_follow_streams",
+            "optimize_for auto: mean requests in flight per replica over the switch window.",
+            labels=labels,
+        )
+        switches = CounterMetricFamily(
+            "quantgate_kernel_switches",
+            "optimize_for auto: kernel switches made for the load seen.",
+            labels=labels,
+        )
+        for row in self._rows():
+            key = [row["model"], row["variant"]]
+            kernel.add_metric([*key, row["kernel"]], 1)
+            if row["streams"] is not None:
+                streams.add_metric(key, row["streams"])
+            if row["switches"] is not None:
+                switches.add_metric(key, row["switches"])
+        yield kernel
+        yield streams
+        yield switches

@@ -116,9 +116,7 @@ class VariantPool:
             await asyncio.gather(*(r.stop() for r in live[count:]))
             self.replicas = [r for r in self.replicas if r.state is not ReplicaState.STOPPED]
             return
-        used = {r.index for r in self.replicas}
-        fresh = [i for i in range(count + len(used)) if i not in used][: count - len(live)]
-        new = [self._replica(i) for i in fresh]
+        new = [self._replica(i) for i in self.free_indices(count - len(live))]
         self.replicas = sorted(
             [r for r in self.replicas if r.state is not ReplicaState.STOPPED] + new,
             key=lambda r: r.index,
@@ -128,6 +126,33 @@ class VariantPool:
         if new and len(errors) == len(new):
             first = errors[0]
             raise first if isinstance(first, QuantgateError) else BackendFailed(str(first))
+
+    def free_indices(self, count: int) -> list[int]:
+        """The ``count`` lowest replica indices not in use: those the next replicas get."""
+        used = {r.index for r in self.replicas}
+        return [i for i in range(count + len(used)) if i not in used][:count]
+
+    async def add(self) -> Replica:
+        """Start one more replica (``free_indices(1)``) and return it once ready; if it does
+        not start, it is dropped again and the start's error raised."""
+        replica = self._replica(self.free_indices(1)[0])
+        self.replicas = sorted([*self.replicas, replica], key=lambda r: r.index)
+        try:
+            await replica.start()
+        except BaseException:  # a failed start, or cancelled: leave no process behind
+            self.replicas.remove(replica)
+            if replica.server is not None:
+                await replica.server.stop(grace_s=5)
+            self.changed.notify()
+            raise
+        return replica
+
+    async def remove(self, replica: Replica, drain_s: float) -> None:
+        """Stop routing to ``replica``, let its requests finish (up to ``drain_s``), stop it."""
+        await replica.stop(drain_s)
+        if replica in self.replicas:
+            self.replicas.remove(replica)
+        self.changed.notify()
 
     def _replica(self, index: int) -> Replica:
         return Replica(index, lambda: self._spec(index), self._launch, self._policy, self._prepare,

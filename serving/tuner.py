@@ -10,12 +10,14 @@ launch on that GPU type and vLLM version reuses it.
 
 Winner rule (``serve.optimize_for``): ``latency`` launches the kernel with the most tokens/s at
 1 stream, ``throughput`` the one with the most at 64 streams; ``balanced`` (the default) never
-serves slower than vLLM's own choice. A candidate is eligible when its tokens/s at
-1 stream and at 64 streams are both at least those of vLLM's default; among the eligible the
-highest geometric mean of the two wins, ties going to the default. A tuned launch thus never
-serves slower than an untuned one at either measured load; a kernel that is faster at batch 1
-but slower at 64 streams is not chosen there (``optimize_for: latency`` chooses it). The
-measurements are kept per kernel, so a changed ``optimize_for`` picks again without measuring.
+serves slower than vLLM's own choice; ``auto`` starts as ``balanced`` and then follows the load
+the variant sees (``serving.kernel_load``, ``serving.fleet.follow``). A candidate is eligible
+when its tokens/s at 1 stream and at 64 streams are both at least those of vLLM's default;
+among the eligible the highest geometric mean of the two wins, ties going to the default. A
+tuned launch thus never serves slower than an untuned one at either measured load; a kernel
+that is faster at batch 1 but slower at 64 streams is not chosen there (``optimize_for:
+latency`` chooses it, ``auto`` once the load is single streams). The measurements are kept
+per kernel, so a changed ``optimize_for`` picks again without measuring.
 
 Candidates run alternatives first and vLLM's default last. When the last one wins (under this
 rule, the default whenever no alternative beats it at both loads) its server keeps running and
@@ -47,7 +49,7 @@ from serving.manifest import Model
 from serving.store import VariantStore
 
 log = logging.getLogger(__name__)
-Goal = Literal["balanced", "latency", "throughput"]  # serve.optimize_for
+Goal = Literal["balanced", "latency", "throughput", "auto"]  # serve.optimize_for
 
 DISABLED = "VLLM_DISABLED_KERNELS"
 AUTO = "auto"
@@ -101,6 +103,21 @@ def from_stored(
     return _launching(choice, winner, str(used or winner), reason)
 
 
+def stored_rates(choice: KernelChoice, stored: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Tokens/s at 1 and at 64 streams of each candidate of ``choice`` an earlier tuning
+    measured (``serving.kernel_load``)."""
+    rows = (stored.get("candidates") or {}).items()
+    offered = candidates(choice)
+    return {k: (r["tok_s_1"], r["tok_s_64"]) for k, r in rows if "tok_s_1" in r and k in offered}
+
+
+def switched(choice: KernelChoice, stored: dict[str, Any], kernel: str, why: str) -> KernelChoice:
+    """``choice`` launched with ``kernel``, a measured candidate (``optimize_for: auto``)."""
+    used = ((stored.get("candidates") or {}).get(kernel) or {}).get("used")
+    reason = f"{why} (vLLM's default: {choice.kernel})"
+    return _launching(choice, kernel, str(used or kernel), reason)
+
+
 def _launching(choice: KernelChoice, kernel: str, used: str, reason: str) -> KernelChoice:
     """``choice`` as launched with ``kernel`` (logged by vLLM as ``used``); the alternatives
     become the candidates not chosen."""
@@ -152,11 +169,12 @@ class Measurement:
 
 def pick_winner(default: str, measured: dict[str, Measurement], goal: Goal = "balanced") -> str:
     """The winner for ``goal`` (``serve.optimize_for``): ``latency``, the most tokens/s at 1
-    stream; ``throughput``, at 64 streams; ``balanced``, the rule above. Ties go to vLLM's
+    stream; ``throughput``, at 64 streams; ``balanced`` and ``auto`` (its first launch), the
+    rule above. Ties go to vLLM's
     default; without a default measurement, the best for the goal."""
     if not measured:
         raise ValueError("no candidate was measured")
-    if goal != "balanced":
+    if goal in ("latency", "throughput"):
         at_one = goal == "latency"
 
         def speed(k: str) -> tuple[float, bool]:
@@ -325,7 +343,7 @@ class KernelTuning:
         self._store = store
         self._launch = launch
         self._vllm_python = vllm_python
-        self._version: str | None = None
+        self.version: str | None = None
         self.active: set[tuple[str, str]] = set()  # (model, variant) being measured now
 
     async def resolve(
@@ -350,9 +368,9 @@ class KernelTuning:
         if not self._measure:
             return choice, None
         first = spec()
-        if self._version is None:
-            self._version = await vllm_version(self._vllm_python)
-        key = tuning_key(self._hardware, first, self._version)
+        if self.version is None:
+            self.version = await vllm_version(self._vllm_python)
+        key = tuning_key(self._hardware, first, self.version)
         variant = model.variants[name]
         stored = self._store.tuning(model_name, variant).get(key)
         goal = model.serve.optimize_for

@@ -55,7 +55,8 @@ def prepare(work: Path, gpus: int) -> dict[str, str]:
         "QUANTGATE_VLLM_PYTHON": str(fakebin / "vllm-python"),
         "QUANTGATE_QUANTIZER_PYTHON": str(fakebin / "quant-python"),
         "FAKE_KERNELS": "MacheteLinearKernel,MarlinLinearKernel",
-        "FAKE_KERNEL_ITL_S": "MacheteLinearKernel=0.004,MarlinLinearKernel=0.002",
+        # Marlin faster alone, Machete with many streams, as on Hopper
+        "FAKE_KERNEL_ITL_S": "MacheteLinearKernel=0.004+0.00002,MarlinLinearKernel=0.002+0.0002",
         "FAKE_ITL_S": "0.003",
         "FAKE_START_DELAY_S": "1",
     }

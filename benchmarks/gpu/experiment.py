@@ -12,6 +12,9 @@ bf16   1     the 8B-shape bf16 base variant, 1/16/64 streams, both paths
 tp     2     8B-shape bf16 with tensor parallel 2, then the same on 1 GPU; 1/16/64, both paths
 pack   2     two W4A16 checkpoints (GPTQ and AWQ format, random weights) as two models, each on
              its own GPU by the placement, both served at once; 1/16/64 streams each
+auto   1     GPTQ W4A16 as in gptq (calibration 32 x 512: time), served with optimize_for: auto
+             at gpu_memory_utilization 0.45; 1 stream through the gateway until the kernel
+             follower switches (and a level after), then 64 streams likewise
 
 Writes OUT/results.json after every step (what finished survives a timeout), and at the end
 OUT/table.md and OUT/logs.tar.gz (gateway, jobs, vLLM). A step that would not finish within
@@ -45,9 +48,10 @@ sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
 import summarize  # noqa: E402
 
-GPUS = {"gptq": 1, "awq": 1, "bf16": 1, "tp": 2, "pack": 2}
+GPUS = {"gptq": 1, "awq": 1, "bf16": 1, "tp": 2, "pack": 2, "auto": 1}
 FORMATS = {
     "gptq": ["bf16"],
+    "auto": ["bf16"],
     "awq": ["bf16"],
     "bf16": ["bf16"],
     "tp": ["bf16"],
@@ -68,6 +72,7 @@ KERNEL_LINE = re.compile(r"Using \w+Kernel for \w+")
 VERSION_LINE = re.compile(r"Initializing a V1 LLM engine \(v[^)]+\)")
 LOADING_LINE = re.compile(r"Model loading took [^\n]*")
 SHUTDOWN_S = 45  # kept free at the end for stopping the gateway and vLLM
+FOLLOW = {"window_s": 15, "hold_s": 0, "min_gain": 0.10}  # auto: serve.kernel_switch
 
 
 class Clock:
@@ -179,7 +184,7 @@ def kill_leftovers(results: Results, clock: Clock) -> None:
 
 
 def preflight(phase: str, results: Results, clock: Clock) -> None:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)
@@ -233,11 +238,15 @@ def manifest(
     phase: str, work: Path, models: dict[str, Path], pin: str | None, goal: str = "balanced"
 ) -> dict[str, Any]:
     serve = {**SERVE, "optimize_for": goal, **({"kernel": pin} if pin else {})}
-    if phase in ("gptq", "awq", "bf16"):
+    calibration = dict(CALIBRATION)
+    if phase == "auto":  # room for a second replica beside the first while switching
+        serve |= {"optimize_for": "auto", "gpu_memory_utilization": 0.45, "kernel_switch": FOLLOW}
+        calibration["gptq"] = {"samples": 32, "max_seq_length": 512}
+    if phase in ("gptq", "awq", "bf16", "auto"):
         variants: dict[str, Any] = {"base": {"method": "none"}}
         for method in ("gptq", "awq"):
             variants[f"{method}-w4a16"] = {"method": method, "bits": 4, "group_size": 128,
-                                           "calibration": CALIBRATION[method]}  # fmt: skip
+                                           "calibration": calibration[method]}  # fmt: skip
         spec = {"source": str(models["bf16"]), "default_variant": "base", "serve": serve,
                 "on_missing": {"action": "wait", "max_wait_s": 900}, "variants": variants}  # fmt: skip
         return {"version": 1, "cache_dir": str(work / "cache"), "models": {"llama8b": spec}}
@@ -337,6 +346,30 @@ def bench_variant(gw: Gateway, results: Results, clock: Clock, model: str, varia
                              out_tok_s=row.get("out_tok_s"), error=row.get("error"))  # fmt: skip
 
 
+def follow(gw: Gateway, results: Results, clock: Clock, name: str, conc: int) -> None:
+    """``conc`` streams through the gateway, a level at a time, each level recorded with the
+    kernel serving and what the follower says, until it has switched once more and one level
+    has run after that (or time is short)."""
+    model, variant = name.split(":")
+    before, after = None, 0
+    while clock.left() > SHUTDOWN_S + 40 and after < 2:
+        try:
+            row = bench.run(gw.url, name, conc, rounds=4 if conc > 1 else 3)
+        except Exception as exc:  # a failed request fails its level: recorded
+            row = {"conc": conc, "error": f"{type(exc).__name__}: {exc}"}
+        status = next(r for r in gw.get("/admin/variants")["data"]
+                      if (r["model"], r["variant"]) == (model, variant))  # fmt: skip
+        load = status["kernel"]["load"] or {}
+        switches = load.get("switches") or 0
+        before = switches if before is None else before
+        after += switches > before and not load.get("switching")
+        row |= {"kernel": status["kernel"]["kernel"], "switches": switches,
+                "streams_per_replica": load.get("streams_per_replica"), "last": load.get("last")}  # fmt: skip
+        results.data["bench"].append({"variant": name, "path": "gateway", "follow": conc, **row})
+        results.step(clock, "follow", conc=conc, out_tok_s=row.get("out_tok_s"),
+                     kernel=row["kernel"], switches=switches, error=row.get("error"))  # fmt: skip
+
+
 def record(gw: Gateway, results: Results, clock: Clock, label: str) -> None:
     """Variants (kernel, tuning, job, report), jobs, replicas and placement, as the API says."""
     with contextlib.suppress(httpx.HTTPError, ValueError):
@@ -383,6 +416,12 @@ def run_phase(phase: str, gw: Gateway, results: Results, clock: Clock) -> None:
         first_requests(gw, [f"llama8b:{name}"], results, clock)
         record(gw, results, clock, name)
         bench_variant(gw, results, clock, "llama8b", name, reps_at_64=2)
+    elif phase == "auto":
+        name = "llama8b:gptq-w4a16"
+        first_requests(gw, [name], results, clock)
+        record(gw, results, clock, "auto")
+        follow(gw, results, clock, name, 1)
+        follow(gw, results, clock, name, 64)
     elif phase == "bf16":
         first_requests(gw, ["llama8b:base"], results, clock)
         record(gw, results, clock, "base")

@@ -6,10 +6,12 @@
 #                                          -> 1/16/64 streams, direct and via gateway  (~8.5 / ~6.5 min)
 #   bash benchmarks/gpu/run_h100.sh awq    the same for AWQ                            (~8.7 / ~6.7 min)
 #   bash benchmarks/gpu/run_h100.sh bf16   the bf16 base variant                       (~3.5 min)
+#   bash benchmarks/gpu/run_h100.sh auto   GPTQ W4A16 with optimize_for: auto: 1 stream until
+#                                          the kernel switches, then 64 streams        (~9 min)
 # PIN=MarlinLinearKernel pins the kernel (no tuning: one vLLM start instead of two);
 # OPTIMIZE_FOR=latency|throughput|balanced sets serve.optimize_for (which measured kernel serves).
 # Needs .gpu/ (bash benchmarks/gpu/bundle/build.sh .gpu) and .whl/ (docs/benchmarks.md) in the checkout. Writes $OUT/results.json,
 START=$(date +%s)
 PHASE=${1:-gptq}
-case "$PHASE" in gptq|awq|bf16) ;; *) echo "usage: $0 gptq|awq|bf16"; exit 2 ;; esac
+case "$PHASE" in gptq|awq|bf16|auto) ;; *) echo "usage: $0 gptq|awq|bf16|auto"; exit 2 ;; esac
 exec bash "$(dirname "$0")/phase.sh" "$PHASE" "$START"

@@ -70,7 +70,7 @@ class VariantController:
         self.label = f"{model_name}:{name}"
         self.bring_up_task: asyncio.Task[None] | None = None
         self.failure: QuantgateError | None = None
-        self._kernel: kernels.KernelChoice | None = None
+        self.kernel_choice: kernels.KernelChoice | None = None  # optimize_for auto may switch it
         self.waiting = 0  # requests waiting for it to wake or start (swapping's queue)
         self.weights_bytes: int | None = None  # its weights on disk, once asked (swapping)
         self._parked: Server | None = None  # the tuner's winner, kept running for replica 0
@@ -92,9 +92,9 @@ class VariantController:
         unsupported = self.ctx.hardware.unsupported(self.variant)
         if unsupported:
             return kernels.KernelChoice(None, None, reason=unsupported)
-        if self._kernel is None:
+        if self.kernel_choice is None:
             return kernels.choose(kernels.planned_scheme(self.variant), self.ctx.hardware)
-        return self._kernel
+        return self.kernel_choice
 
     def state(self) -> VariantState:
         pool = self.pool
@@ -269,11 +269,11 @@ class VariantController:
         self._check_servable()
         at_load = self.variant.serve_quantization  # fp8, bitsandbytes NF4: quantized at load
         checkpoint = self.ctx.specs.model_dir(self.model_name, self.name)
-        self._kernel = kernels.choose(
+        self.kernel_choice = kernels.choose(
             kernels.checkpoint_scheme(checkpoint, at_load), self.ctx.hardware
         )
-        if not self._kernel.supported:
-            raise VariantUnsupported(f"{self.label}: {self._kernel.reason}")
+        if not self.kernel_choice.supported:
+            raise VariantUnsupported(f"{self.label}: {self.kernel_choice.reason}")
 
     def submit(self) -> Job | None:
         """The job that makes it servable: its build, or its source's import or download."""
@@ -293,10 +293,10 @@ class VariantController:
 
     async def _tune(self) -> None:
         """Measure the kernels vLLM offers (GPUs, once); keep the winner running (parked)."""
-        assert self._kernel is not None
+        assert self.kernel_choice is not None
         try:
-            self._kernel, self._parked = await self.ctx.tuning.resolve(
-                self.model_name, self.name, self.model, self._kernel,
+            self.kernel_choice, self._parked = await self.ctx.tuning.resolve(
+                self.model_name, self.name, self.model, self.kernel_choice,
                 lambda: self._launch_spec(0), self.ctx.specs.side,
             )  # fmt: skip
         finally:

@@ -20,6 +20,7 @@ from typing import Any
 from serving import kernels
 from serving.errors import BackendFailed, ReloadRefused, UnknownModel
 from serving.fleet.controller import FleetContext, VariantController
+from serving.fleet.follow import KernelFollower
 from serving.fleet.routing import RequestHints, affinity_key
 from serving.fleet.status import Lease, VariantState, VariantStatus, variant_status
 from serving.fleet.swaps import resident_of
@@ -45,6 +46,7 @@ class Fleet:
             for v in model.variants
         }
         self._reaper: asyncio.Task[None] | None = None
+        self._follower = KernelFollower(ctx, lambda: self._variants.values())
         self._retiring: set[asyncio.Task[None]] = set()  # variants a reload removed, draining
 
     @property
@@ -97,10 +99,11 @@ class Fleet:
         return self._variants[(model_name, name)].state()
 
     def status(self, model_name: str, name: str) -> VariantStatus:
-        return variant_status(self._variants[(model_name, name)])
+        controller = self._variants[(model_name, name)]
+        return variant_status(controller, self._follower.view(controller.label))
 
     def statuses(self) -> list[VariantStatus]:
-        return [variant_status(c) for c in self._variants.values()]
+        return [variant_status(c, self._follower.view(c.label)) for c in self._variants.values()]
 
     def ready_now(self, model_name: str, name: str) -> bool:
         """Whether ``acquire`` would return at once (a routable replica is there)."""
@@ -238,9 +241,22 @@ class Fleet:
             if controller.variant.upstream is None
         ]
 
+    def kernel_rows(self) -> list[dict[str, Any]]:
+        """Each launched variant's kernel, and what the kernel follower saw of it (metrics)."""
+        rows = []
+        for (m, v), controller in self._variants.items():
+            if controller.variant.upstream is not None or not controller.pool.running:
+                continue
+            seen = self._follower.view(controller.label) or {}
+            rows.append({"model": m, "variant": v, "kernel": controller.kernel().kernel or "",
+                         "switches": seen.get("switches"),
+                         "streams": seen.get("streams_per_replica")})  # fmt: skip
+        return rows
+
     # -- background work -------------------------------------------------------------------
     def start(self) -> None:
-        """Start the idle reaper (call from inside the running event loop); name the built
+        """Start the idle reaper and the kernel follower (``optimize_for: auto``) where the
+        manifest asks for them (call from inside the running event loop); name the built
         variants' folders (``VariantStore.link_name``)."""
         for m, model in self.manifest.models.items():
             for v, variant in model.variants.items():
@@ -249,6 +265,7 @@ class Fleet:
         idle_stops = any(m.serve.idle_stop_s for m in self.manifest.models.values())
         if idle_stops and self._reaper is None:
             self._reaper = asyncio.create_task(self._reap_idle(), name="idle-reaper")
+        self._follower.start()
 
     async def _reap_idle(self) -> None:
         while True:
@@ -266,6 +283,7 @@ class Fleet:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        await self._follower.aclose()
         await asyncio.gather(*self._retiring, return_exceptions=True)
         controllers = list(self._variants.values())
         bring_ups = [c.bring_up_task for c in controllers if c.bring_up_task is not None]

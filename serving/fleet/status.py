@@ -44,6 +44,8 @@ class KernelStatus(_Status):
     pinned: str | None  # serve.kernel
     tuning: bool  # being measured now
     measured: dict[str, Any]  # the tuner's figures, once measured
+    optimize_for: str  # serve.optimize_for
+    load: dict[str, Any] | None  # optimize_for auto: the load followed, the last switch
 
 
 class VariantStatus(_Status):
@@ -90,8 +92,9 @@ class Lease:
         self.replica.record_failure(self.failure_threshold, self.open_s)
 
 
-def variant_status(c: VariantController) -> VariantStatus:
-    """What the controller ``c`` knows of its variant, as the admin API shows it."""
+def variant_status(c: VariantController, load: dict[str, Any] | None = None) -> VariantStatus:
+    """What the controller ``c`` knows of its variant, as the admin API shows it; ``load``:
+    what the kernel follower (``optimize_for: auto``) saw of it."""
     variant, ctx, kernel = c.variant, c.ctx, c.kernel()
     last = ctx.jobs.last(c.model_name, variant)
     if last is None and variant.upstream is None:  # the base: the source's import/download
@@ -109,6 +112,7 @@ def variant_status(c: VariantController) -> VariantStatus:
             alternatives=list(kernel.alternatives), reason=kernel.reason, env=kernel.env,
             pinned=c.model.serve.kernel, measured=measured,
             tuning=(c.model_name, c.name) in ctx.tuning.active,
+            optimize_for=c.model.serve.optimize_for, load=load,
         ),
         error=error or (str(c.failure) if c.failure else None),
         job=last.summary() if last else None, replicas=c.pool.describe(),

@@ -38,6 +38,23 @@ class Routing(Strict):
     open_s: float = Field(10.0, gt=0, description="how long an open circuit keeps a replica out")
 
 
+class KernelSwitch(Strict):
+    """``optimize_for: auto``: when a variant changes kernel for the load it sees. A switch
+    starts a replica with the new kernel beside each old one, then drains the old: it needs room
+    for one more replica: a free GPU, or gpu_memory_utilization of 0.47 or less on its GPU."""
+
+    min_gain: float = Field(
+        0.10, ge=0, description="switch when another measured kernel is expected this much "
+        "faster at the load seen (0.10: 10 % more tokens/s)",
+    )  # fmt: skip
+    window_s: float = Field(
+        60.0, ge=1, description="the load: mean requests in flight per replica over this window"
+    )
+    hold_s: float = Field(
+        300.0, ge=0, description="no switch sooner than this after the last one, or a start"
+    )
+
+
 class ServeOptions(Strict):
     """vLLM settings and supervision for every variant of a model."""
 
@@ -74,10 +91,14 @@ class ServeOptions(Strict):
         "each kernel vLLM offers at the first launch and keeps the fastest; a kernel class name "
         "(e.g. MarlinLinearKernel) pins it",
     )
-    optimize_for: Literal["balanced", "latency", "throughput"] = Field(
+    optimize_for: Literal["balanced", "latency", "throughput", "auto"] = Field(
         "balanced",
         description="which measured kernel serves: latency (most tokens/s at 1 stream), "
-        "throughput (at 64 streams), balanced (never slower than vLLM's default at either)",
+        "throughput (at 64 streams), balanced (never slower than vLLM's default at either), "
+        "auto (starts balanced, then follows the requests in flight per replica: kernel_switch)",
+    )
+    kernel_switch: KernelSwitch = Field(
+        default_factory=KernelSwitch, description="optimize_for: auto"
     )
 
 

@@ -8,7 +8,9 @@ FAKE_START_DELAY_S (slow start-up), FAKE_LINGER_S (keep a stream open after [DON
 FAKE_CANCEL_FILE (written when a stream is cancelled by the client going away),
 FAKE_KERNELS (comma-separated kernel names in vLLM's order of preference: the first one not in
 VLLM_DISABLED_KERNELS is logged as ``Using <Kernel> for CompressedTensorsWNA16``, as vLLM does),
-FAKE_KERNEL_ITL_S (``Kernel=seconds,...``: FAKE_ITL_S of the kernel chosen that way),
+FAKE_KERNEL_ITL_S (``Kernel=seconds,...``: FAKE_ITL_S of the kernel chosen that way;
+``Kernel=base+per_stream``: base plus per_stream for each other request in progress when a
+request starts, so kernels can cross over between 1 and 64 streams as real ones do),
 FAKE_ENGINE_CHILD=1 (start a child process in the server's process group, as vLLM's engine
 core is, and log ``engine pid N``).
 Sleep mode, as vLLM's (``--enable-sleep-mode`` and VLLM_SERVER_DEV_MODE=1, else 404): POST
@@ -55,11 +57,14 @@ def _kernel() -> str | None:
     return next((k for k in offered if k not in disabled), None)
 
 
-def _itl(kernel: str | None) -> float:
+def _itl(kernel: str | None) -> tuple[float, float]:
+    """The kernel's inter-token latency alone, and what each other request in progress adds."""
     per_kernel = dict(
         item.split("=") for item in os.environ.get("FAKE_KERNEL_ITL_S", "").split(",") if item
     )
-    return float(per_kernel.get(kernel or "", os.environ.get("FAKE_ITL_S", "0")))
+    value = per_kernel.get(kernel or "", os.environ.get("FAKE_ITL_S", "0"))
+    base, _, per_stream = value.partition("+")
+    return float(base), float(per_stream or 0)
 
 
 def _note(line: str) -> None:
@@ -70,8 +75,8 @@ def _note(line: str) -> None:
 
 def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
     ttft = float(os.environ.get("FAKE_TTFT_S", "0"))
-    state = {"sleeping": 0}
-    itl = _itl(_kernel())
+    state = {"sleeping": 0, "active": 0}
+    itl_alone, itl_per_stream = _itl(_kernel())
     break_after = int(os.environ.get("FAKE_BREAK_AFTER", "-1"))
 
     async def health(request: Request) -> Response:
@@ -134,8 +139,13 @@ def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
         if isinstance(body.get("prompt"), list) and all(isinstance(t, int) for t in body["prompt"]):
             n_prompt = len(body["prompt"])  # token ids
         words = [WORDS[i % len(WORDS)] for i in range(n_out)]
+        itl = itl_alone + itl_per_stream * state["active"]
         if not body.get("stream"):
-            await asyncio.sleep(ttft + itl * n_out)
+            state["active"] += 1
+            try:
+                await asyncio.sleep(ttft + itl * n_out)
+            finally:
+                state["active"] -= 1
             choice = {"index": 0, "finish_reason": "length"}
             choice |= (
                 {"message": {"role": "assistant", "content": "".join(words)}}
@@ -155,6 +165,7 @@ def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
         include = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def events() -> AsyncIterator[bytes]:
+            state["active"] += 1
             try:
                 async for event in _events():
                     yield event
@@ -162,6 +173,8 @@ def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
                 if os.environ.get("FAKE_CANCEL_FILE"):  # the gateway closed the connection
                     Path(os.environ["FAKE_CANCEL_FILE"]).write_text("cancelled")  # noqa: ASYNC240
                 raise
+            finally:
+                state["active"] -= 1
 
         async def _events() -> AsyncIterator[bytes]:
             await asyncio.sleep(ttft)

@@ -1,0 +1,207 @@
+"""``serve.optimize_for: auto``: each variant's kernel follows the load it sees.
+
+Every second the follower samples, for each variant that follows its load (``auto``, on GPUs
+this fleet places, its kernels measured by the tuner, not swap-managed), the requests in flight
+per ready replica. Once a window of samples is in and ``hold_s`` has passed since the variant's
+start or last switch, ``serving.kernel_load.advise`` says whether another measured kernel is
+expected to be at least ``min_gain`` faster at that load.
+
+A switch replaces the replicas one at a time: a replica with the new kernel starts beside the
+old one, on GPU memory claimed for it first (no room: no switch, and the variant's status says
+why); once it is ready the old one takes no new requests, finishes those it has (``drain_s``)
+and stops. Requests never wait for a switch and none fails for one. A new replica that does not
+start leaves the old one serving, and the kernel goes back to what it was; the same switch is
+not tried again for ``RETRY_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving import kernels, tuner
+from serving.errors import PlacementError, QuantgateError
+from serving.fleet.controller import FleetContext, VariantController
+from serving.kernel_load import Advice, LoadWindow, advise
+from serving.replica import Replica
+
+log = logging.getLogger("serving.fleet")
+SAMPLE_S = 1.0
+RETRY_S = 600.0  # a switch that could not be made is not tried again sooner
+
+
+@dataclass
+class Following:
+    """What the follower knows of one variant."""
+
+    controller: VariantController
+    since: float  # its start, or its last switch (monotonic)
+    window: LoadWindow = field(default_factory=LoadWindow)
+    streams: float | None = None  # mean requests in flight per replica over the window
+    switches: int = 0
+    switching: bool = False
+    last: str | None = None  # the last decision or refusal, as logged
+    failed: dict[str, float] = field(default_factory=dict)  # kernel -> when a switch to it failed
+    task: asyncio.Task[None] | None = None
+
+    def view(self) -> dict[str, Any]:
+        streams = None if self.streams is None else round(self.streams, 2)
+        return {"streams_per_replica": streams, "switches": self.switches,
+                "switching": self.switching, "last": self.last}  # fmt: skip
+
+
+class KernelFollower:
+    def __init__(
+        self,
+        ctx: FleetContext,
+        controllers: Callable[[], Iterable[VariantController]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ctx = ctx
+        self._controllers = controllers
+        self._clock = clock
+        self._following: dict[str, Following] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def wanted(self) -> bool:
+        """Whether any variant here may follow its load."""
+        ctx = self._ctx
+        auto = any(m.serve.optimize_for == "auto" for m in ctx.manifest.models.values())
+        return auto and ctx.places_gpus and ctx.hardware.device == "cuda"
+
+    def start(self) -> None:
+        if self._task is None and self.wanted():
+            self._task = asyncio.create_task(self._run(), name="kernel-follower")
+
+    async def aclose(self) -> None:
+        tasks = [f.task for f in self._following.values() if f.task is not None]
+        for task in [self._task, *tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def view(self, label: str) -> dict[str, Any] | None:
+        following = self._following.get(label)
+        return following.view() if following else None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_S)
+            self.tick()
+
+    def tick(self) -> None:
+        """Sample every following variant's load; start the switches it calls for."""
+        now = self._clock()
+        for c in list(self._controllers()):
+            if not self._follows(c):
+                continue
+            ready = c.pool.ready()
+            f = self._following.get(c.label)
+            if f is None or f.controller is not c:  # new, or replaced by a reload
+                if f is not None and f.task is not None:
+                    f.task.cancel()  # a switch of the controller the reload retired
+                f = self._following[c.label] = Following(c, since=now)
+            if f.switching:
+                continue
+            if not ready:  # not serving: its load and hold start afresh when it is
+                f.since, f.streams = now, None
+                f.window.clear()
+                continue
+            f.window.add(now, sum(r.in_flight for r in ready) / len(ready))
+            opts = c.model.serve.kernel_switch
+            f.streams = f.window.mean(now, opts.window_s)
+            if f.streams is None or now - f.since < opts.hold_s:
+                continue
+            self._consider(c, f, f.streams)
+
+    def _follows(self, c: VariantController) -> bool:
+        model = c.model
+        return (
+            model.serve.optimize_for == "auto"
+            and model.serve.kernel in (None, tuner.AUTO)
+            and c.variant.upstream is None
+            and not c.takes_turns()
+            and (c.bring_up_task is None or c.bring_up_task.done())
+        )
+
+    def _consider(self, c: VariantController, f: Following, streams: float) -> None:
+        measured = self._measured(c)
+        if measured is None:
+            return
+        untuned, stored, current = measured
+        advice = advise(current, tuner.stored_rates(untuned, stored), streams,
+                        c.model.serve.kernel_switch.min_gain)  # fmt: skip
+        if advice is None or self._clock() - f.failed.get(advice.kernel, -RETRY_S) < RETRY_S:
+            return
+        why = f"optimize_for auto: {advice.describe()}"
+        choice = tuner.switched(untuned, stored, advice.kernel, why)
+        f.switching = True
+        f.task = asyncio.create_task(self._switch(c, f, choice, advice), name=f"switch-{c.label}")
+
+    def _measured(
+        self, c: VariantController
+    ) -> tuple[kernels.KernelChoice, dict[str, Any], str] | None:
+        """The variant's untuned kernel choice, its stored tuning here and the candidate it
+        serves with; None when there is nothing measured to choose from."""
+        ready = c.pool.ready()
+        version = self._ctx.tuning.version
+        if not ready or ready[0].server is None or version is None:
+            return None
+        key = tuner.tuning_key(self._ctx.hardware, ready[0].server.spec, version)
+        stored = self._ctx.store.tuning(c.model_name, c.variant).get(key)
+        checkpoint = self._ctx.specs.model_dir(c.model_name, c.name)
+        scheme = kernels.checkpoint_scheme(checkpoint, c.variant.serve_quantization)
+        untuned = kernels.choose(scheme, self._ctx.hardware)
+        serving = set(tuner.candidates(untuned)) - set(c.kernel().alternatives)
+        if not stored or len(serving) != 1:
+            return None
+        return untuned, stored, serving.pop()
+
+    async def _switch(
+        self, c: VariantController, f: Following, choice: kernels.KernelChoice, advice: Advice
+    ) -> None:
+        before, t0 = c.kernel(), self._clock()
+        old = [r for r in c.pool.replicas if r.routable]
+        f.last = f"switching to {advice.describe()}"
+        log.info("%s: optimize_for auto: %s; replacing %d replica(s): new one beside, then drain "
+                 "the old",
+                 c.label, f.last, len(old))  # fmt: skip
+        c.kernel_choice = choice
+        try:
+            for replica in old:
+                await self._replace(c, replica)
+        except QuantgateError as exc:
+            c.kernel_choice = before
+            f.failed[advice.kernel] = self._clock()
+            f.last = f"stayed on {advice.current} ({advice.describe()}): {exc}"
+            log.warning("%s: optimize_for auto: %s", c.label, f.last)
+        else:
+            f.switches += 1
+            f.last = f"switched to {advice.describe()}, in {self._clock() - t0:.1f} s"
+            log.info("%s: optimize_for auto: %s", c.label, f.last)
+        finally:
+            f.switching, f.since = False, self._clock()
+            f.window.clear()
+
+    async def _replace(self, c: VariantController, old: Replica) -> None:
+        """A replica with the chosen kernel beside ``old``, then ``old`` drained and stopped."""
+        [index] = c.pool.free_indices(1)
+        owner = f"{c.label}#{index}"
+        model, placement = c.model, self._ctx.placement
+        try:
+            placement.place(owner, model.tensor_parallel_size, model.serve.gpu_memory_utilization)
+        except PlacementError as exc:
+            raise PlacementError(f"no room for a replica beside the running one: {exc}") from exc
+        try:
+            await c.pool.add()
+        except BaseException:
+            placement.release(owner)
+            raise
+        await c.pool.remove(old, model.serve.drain_s)
+        placement.release(f"{c.label}#{old.index}")

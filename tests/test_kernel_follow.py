@@ -1,0 +1,146 @@
+"""``serve.optimize_for: auto`` through the gateway, on the fake vLLM: the kernel follows the
+requests in flight, switching by starting a replica beside the old one and draining the old.
+
+The fake's kernels cross over as Marlin and Machete do on Hopper (FAKE_KERNEL_ITL_S
+``base+per_stream``): Marlin decodes twice as fast alone and falls behind as requests pile up.
+Every request sent while switching must succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import LiveServer, metric
+from serving.hardware import Gpu, Hardware
+
+Start = Callable[..., LiveServer]
+H100 = Hardware("cuda", gpus=(Gpu(0, "NVIDIA H100 80GB HBM3", 90, 81_559),))
+MACHETE, MARLIN = "MacheteLinearKernel", "MarlinLinearKernel"
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 48}
+AUTO = ", optimize_for: auto, kernel_switch: {window_s: 2, hold_s: 0}"
+
+
+@pytest.fixture
+def crossing_kernels(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A GPTQ W4A16 checkpoint whose two kernels cross over between 1 and 64 streams."""
+    config = {"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4}}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("FAKE_KERNELS", f"{MACHETE},{MARLIN}")
+    monkeypatch.setenv("FAKE_KERNEL_ITL_S", f"{MACHETE}=0.001+0.00001,{MARLIN}=0.0005+0.0001")
+    return model_dir
+
+
+def status(server: LiveServer) -> dict[str, Any]:
+    rows = httpx.get(server.url + "/admin/variants").json()["data"]
+    row: dict[str, Any] = next(r for r in rows if r["variant"] == "base")
+    return row
+
+
+@contextmanager
+def traffic(server: LiveServer, streams: int) -> Iterator[Counter[int]]:
+    """``streams`` clients sending chat requests back to back; their status codes counted."""
+    codes: Counter[int] = Counter()
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            while not stop.is_set():
+                codes[c.post("/v1/chat/completions", json=CHAT).status_code] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(streams)]
+    for t in threads:
+        t.start()
+    try:
+        yield codes
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+
+
+def load(row: dict[str, Any]) -> dict[str, Any]:
+    """What the follower says of the variant (None until its first look)."""
+    seen: dict[str, Any] = row["kernel"]["load"] or {"switches": 0, "last": None}
+    return seen
+
+
+def wait_for(server: LiveServer, done: Callable[[dict[str, Any]], bool], within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while not done(load(row := status(server))):
+        assert time.monotonic() < deadline, row["kernel"]
+        time.sleep(0.2)
+
+
+def test_single_streams_get_marlin_and_many_streams_machete_without_a_failed_request(
+    gateway: Start, crossing_kernels: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="serving.fleet")
+    server = gateway(hardware=H100, serve=f", gpu_memory_utilization: 0.45{AUTO}")
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=60).is_success
+    row = status(server)
+    measured = row["kernel"]["measured"]["NVIDIA H100 80GB HBM3|vllm 0.0.0+fake"]["candidates"]
+    assert measured[MARLIN]["tok_s_1"] > measured[MACHETE]["tok_s_1"]  # they do cross over
+    assert measured[MARLIN]["tok_s_64"] < measured[MACHETE]["tok_s_64"]
+    assert row["kernel"]["kernel"] == MACHETE  # balanced at the first launch: the default
+    assert row["kernel"]["optimize_for"] == "auto"
+
+    with traffic(server, streams=1) as alone:
+        wait_for(server, lambda seen: seen["switches"] == 1, within_s=60)
+        time.sleep(1.0)  # requests keep going to the new replica
+    row = status(server)
+    assert row["kernel"]["kernel"] == MARLIN, row["kernel"]
+    assert row["kernel"]["env"] == {"VLLM_DISABLED_KERNELS": MACHETE}
+    [replica] = row["replicas"]
+    assert f"Using {MARLIN}" in Path(replica["log"]).read_text()
+    assert "switched to MarlinLinearKernel expected +" in row["kernel"]["load"]["last"]
+
+    with traffic(server, streams=24) as crowd:
+        wait_for(server, lambda seen: seen["switches"] == 2, within_s=60)
+        time.sleep(1.0)
+    row = status(server)
+    assert row["kernel"]["kernel"] == MACHETE, row["kernel"]
+    [replica] = row["replicas"]
+    assert f"Using {MACHETE}" in Path(replica["log"]).read_text()
+    assert row["kernel"]["load"]["streams_per_replica"] is None  # counted afresh after a switch
+
+    assert set(alone) == {200} and alone[200] > 10, alone  # none failed while switching
+    assert set(crowd) == {200} and crowd[200] > 24, crowd
+    backends = httpx.get(server.url + "/admin/backends").json()
+    assert list(backends["placement"]) == [f"tiny:base#{replica['index']}"]
+    labels = {"model": "tiny", "variant": "base"}
+    assert metric(server.url, "quantgate_kernel_switches_total", **labels) == 2
+    assert metric(server.url, "quantgate_variant_kernel", kernel=MACHETE, **labels) == 1
+    assert metric(server.url, "quantgate_variant_kernel", kernel=MARLIN, **labels) == 0
+    logged = [r.getMessage() for r in caplog.records if "optimize_for auto" in r.getMessage()]
+    assert any("switching to MarlinLinearKernel" in m and "at 1." in m for m in logged), logged
+    assert any("switched to MacheteLinearKernel" in m for m in logged), logged
+
+
+def test_without_room_beside_it_the_variant_stays_on_its_kernel_and_says_why(
+    gateway: Start, crossing_kernels: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="serving.fleet")
+    server = gateway(hardware=H100, serve=AUTO)  # gpu_memory_utilization 0.9: one fits
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=60).is_success
+    with traffic(server, streams=1) as codes:
+        wait_for(server, lambda seen: "no room" in (seen["last"] or ""), 60)
+        time.sleep(3.0)  # a few more windows: not tried again
+    row = status(server)
+    assert row["kernel"]["kernel"] == MACHETE and row["kernel"]["load"]["switches"] == 0
+    assert "stayed on MacheteLinearKernel" in row["kernel"]["load"]["last"]
+    assert [r["state"] for r in row["replicas"]] == ["ready"]
+    assert set(codes) == {200}, codes
+    assert httpx.get(server.url + "/admin/backends").json()["placement"] == {"tiny:base#0": [0]}
+    tries = [r for r in caplog.records if "switching to" in r.getMessage()]
+    assert len(tries) == 1
