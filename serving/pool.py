@@ -147,6 +147,17 @@ class VariantPool:
             raise
         return replica
 
+    def attach(self, replica: Replica) -> None:
+        """Take in a replica started (or kept asleep) outside it."""
+        self.replicas = sorted([*self.replicas, replica], key=lambda r: r.index)
+        self.changed.notify()
+
+    def detach(self, replica: Replica) -> None:
+        """Let go of ``replica`` without stopping it (kept asleep elsewhere)."""
+        if replica in self.replicas:
+            self.replicas.remove(replica)
+        self.changed.notify()
+
     async def remove(self, replica: Replica, drain_s: float) -> None:
         """Stop routing to ``replica``, let its requests finish (up to ``drain_s``), stop it."""
         await replica.stop(drain_s)

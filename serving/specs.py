@@ -96,7 +96,7 @@ class LaunchPlanner:
         model_dir = self.model_dir(model_name, name)
         if "VLLM_CACHE_ROOT" not in env and "VLLM_CACHE_ROOT" not in os.environ:
             env["VLLM_CACHE_ROOT"] = str(self._store.compile_cache_dir(compile_key(model_dir)))
-        sleep_mode = self.sleep_mode(model_name, name)
+        sleep_mode = self.sleep_mode(model_name, name, kernel)
         if sleep_mode:
             env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep, /wake_up; also /collective_rpc:
             if self._host not in LOOPBACK:  # keep it where only the gateway reaches it
@@ -135,13 +135,19 @@ class LaunchPlanner:
             sleep_mode=sleep_mode,
         )
 
-    def sleep_mode(self, model_name: str, name: str) -> bool:
-        """vLLM's sleep mode for a swap-managed variant on GPUs this fleet places."""
-        return (
-            takes_turns(self._manifest, model_name, name)
-            and self._places_gpus
-            and self._hardware.device == "cuda"
-        )
+    def sleep_mode(self, model_name: str, name: str, kernel: KernelChoice | None = None) -> bool:
+        """vLLM's sleep mode on GPUs this fleet places: for a swap-managed variant, and for a
+        one-replica variant that follows its load with more than one kernel to choose from
+        (``optimize_for: auto`` switches by sleep where there is no room beside), with vLLM on
+        localhost (dev mode's endpoints stay where only the gateway reaches them)."""
+        if not (self._places_gpus and self._hardware.device == "cuda"):
+            return False
+        if takes_turns(self._manifest, model_name, name):
+            return True
+        opts = self._manifest.models[model_name].serve
+        follows = opts.optimize_for == "auto" and opts.kernel in (None, "auto")
+        choices = kernel is not None and bool(kernel.alternatives)
+        return follows and choices and opts.replicas == 1 and self._host in LOOPBACK
 
     def side(self, first: LaunchSpec, i: int) -> LaunchSpec | None:
         """``first`` on other idle GPUs of the same kind (claimed as ``<variant>#tune<i>``), for

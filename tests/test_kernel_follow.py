@@ -127,11 +127,48 @@ def test_single_streams_get_marlin_and_many_streams_machete_without_a_failed_req
     assert any("switched to MacheteLinearKernel" in m for m in logged), logged
 
 
+def test_on_a_full_gpu_it_switches_by_sleep_and_back_by_waking_the_standby(
+    gateway: Start, crossing_kernels: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("FAKE_CALLS_FILE", str(calls))
+    server = gateway(hardware=H100, serve=AUTO)  # gpu_memory_utilization 0.9: one fits
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=60).is_success
+    [first] = status(server)["replicas"]
+
+    with traffic(server, streams=1) as alone:
+        wait_for(server, lambda seen: seen["switches"] == 1, within_s=60)
+        time.sleep(1.0)
+    row = status(server)
+    assert row["kernel"]["kernel"] == MARLIN
+    assert "by sleep (a new replica)" in row["kernel"]["load"]["last"]
+    assert row["kernel"]["load"]["standby"] == {"kernel": MACHETE, "state": "asleep"}
+    [marlin] = row["replicas"]
+    assert f"Using {MARLIN}" in Path(marlin["log"]).read_text()
+
+    with traffic(server, streams=24) as crowd:
+        wait_for(server, lambda seen: seen["switches"] == 2, within_s=60)
+        time.sleep(1.0)
+    row = status(server)
+    assert row["kernel"]["kernel"] == MACHETE
+    assert "by sleep (the standby woken)" in row["kernel"]["load"]["last"]
+    assert row["kernel"]["load"]["standby"] == {"kernel": MARLIN, "state": "asleep"}
+    [again] = row["replicas"]
+    assert (again["log"], again["pid"]) == (first["log"], first["pid"])  # woken, not started
+    assert calls.read_text().splitlines().count("wake_up") == 1
+    assert "asleep-hit" not in calls.read_text()  # no request reached a sleeping engine
+    assert set(alone) == {200} and set(crowd) == {200}, (alone, crowd)
+    assert httpx.get(server.url + "/admin/backends").json()["placement"] == {
+        f"tiny:base#{again['index']}": [0]
+    }
+
+
 def test_without_room_beside_it_the_variant_stays_on_its_kernel_and_says_why(
     gateway: Start, crossing_kernels: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="serving.fleet")
-    server = gateway(hardware=H100, serve=AUTO)  # gpu_memory_utilization 0.9: one fits
+    # two replicas fill the GPU; a variant of more than one replica does not switch by sleep
+    server = gateway(hardware=H100, serve=f", replicas: 2, gpu_memory_utilization: 0.45{AUTO}")
     assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=60).is_success
     with traffic(server, streams=1) as codes:
         wait_for(server, lambda seen: "no room" in (seen["last"] or ""), 60)
@@ -139,8 +176,9 @@ def test_without_room_beside_it_the_variant_stays_on_its_kernel_and_says_why(
     row = status(server)
     assert row["kernel"]["kernel"] == MACHETE and row["kernel"]["load"]["switches"] == 0
     assert "stayed on MacheteLinearKernel" in row["kernel"]["load"]["last"]
-    assert [r["state"] for r in row["replicas"]] == ["ready"]
+    assert [r["state"] for r in row["replicas"]] == ["ready", "ready"]
     assert set(codes) == {200}, codes
-    assert httpx.get(server.url + "/admin/backends").json()["placement"] == {"tiny:base#0": [0]}
+    placement = httpx.get(server.url + "/admin/backends").json()["placement"]
+    assert placement == {"tiny:base#0": [0], "tiny:base#1": [0]}
     tries = [r for r in caplog.records if "switching to" in r.getMessage()]
     assert len(tries) == 1

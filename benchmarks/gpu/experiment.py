@@ -13,8 +13,9 @@ tp     2     8B-shape bf16 with tensor parallel 2, then the same on 1 GPU; 1/16/
 pack   2     two W4A16 checkpoints (GPTQ and AWQ format, random weights) as two models, each on
              its own GPU by the placement, both served at once; 1/16/64 streams each
 auto   1     GPTQ W4A16 as in gptq (calibration 32 x 512: time), served with optimize_for: auto
-             at gpu_memory_utilization 0.45; 1 stream through the gateway until the kernel
-             follower switches (and a level after), then 64 streams likewise
+             at gpu_memory_utilization 0.45 (AUTO_GPU_SHARE=0.85: no room beside, the switch
+             goes by sleep); 1 stream through the gateway until the kernel follower switches
+             (and a level after), then 64 streams likewise
 
 Writes OUT/results.json after every step (what finished survives a timeout), and at the end
 OUT/table.md and OUT/logs.tar.gz (gateway, jobs, vLLM). A step that would not finish within
@@ -239,8 +240,9 @@ def manifest(
 ) -> dict[str, Any]:
     serve = {**SERVE, "optimize_for": goal, **({"kernel": pin} if pin else {})}
     calibration = dict(CALIBRATION)
-    if phase == "auto":  # room for a second replica beside the first while switching
-        serve |= {"optimize_for": "auto", "gpu_memory_utilization": 0.45, "kernel_switch": FOLLOW}
+    if phase == "auto":  # 0.45: room for a replica beside the first; 0.85: switch by sleep
+        share = float(os.environ.get("AUTO_GPU_SHARE", "0.45"))
+        serve |= {"optimize_for": "auto", "gpu_memory_utilization": share, "kernel_switch": FOLLOW}
         calibration["gptq"] = {"samples": 32, "max_seq_length": 512}
     if phase in ("gptq", "awq", "bf16", "auto"):
         variants: dict[str, Any] = {"base": {"method": "none"}}

@@ -6,12 +6,12 @@ per ready replica. Once a window of samples is in and ``hold_s`` has passed sinc
 start or last switch, ``serving.kernel_load.advise`` says whether another measured kernel is
 expected to be at least ``min_gain`` faster at that load.
 
-A switch replaces the replicas one at a time: a replica with the new kernel starts beside the
-old one, on GPU memory claimed for it first (no room: no switch, and the variant's status says
-why); once it is ready the old one takes no new requests, finishes those it has (``drain_s``)
-and stops. Requests never wait for a switch and none fails for one. A new replica that does not
-start leaves the old one serving, and the kernel goes back to what it was; the same switch is
-not tried again for ``RETRY_S``.
+A switch (``serving.fleet.switch``) starts a replica with the new kernel beside each old one and
+then drains the old, or, where there is no room beside, puts the variant's one replica to sleep
+and serves from the other kernel's (the standby kept asleep from the last switch, or a new
+one). Where neither can be done the variant stays on its kernel and its status says why. No
+request fails for a switch. A switch that could not be made leaves the old replica serving with
+its kernel, and is not tried again for ``RETRY_S``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from typing import Any
 from serving import kernels, tuner
 from serving.errors import PlacementError, QuantgateError
 from serving.fleet.controller import FleetContext, VariantController
+from serving.fleet.switch import KernelSwitcher
 from serving.kernel_load import Advice, LoadWindow, advise
-from serving.replica import Replica
+from serving.replica import Replica, ReplicaState
 
 log = logging.getLogger("serving.fleet")
 SAMPLE_S = 1.0
@@ -46,13 +47,18 @@ class Following:
     switches: int = 0
     switching: bool = False
     last: str | None = None  # the last decision or refusal, as logged
+    standby: Replica | None = None  # the kernel switched from, asleep (switches by sleep)
+    standby_kernel: str | None = None
     failed: dict[str, float] = field(default_factory=dict)  # kernel -> when a switch to it failed
     task: asyncio.Task[None] | None = None
 
     def view(self) -> dict[str, Any]:
         streams = None if self.streams is None else round(self.streams, 2)
+        standby = self.standby
         return {"streams_per_replica": streams, "switches": self.switches,
-                "switching": self.switching, "last": self.last}  # fmt: skip
+                "switching": self.switching, "last": self.last,
+                "standby": {"kernel": self.standby_kernel, "state": standby.state.value}
+                if standby is not None else None}  # fmt: skip
 
 
 class KernelFollower:
@@ -67,6 +73,8 @@ class KernelFollower:
         self._clock = clock
         self._following: dict[str, Following] = {}
         self._task: asyncio.Task[None] | None = None
+        self._switcher = KernelSwitcher(ctx)
+        self._stopping: set[asyncio.Task[None]] = set()  # standbys being stopped
 
     def wanted(self) -> bool:
         """Whether any variant here may follow its load."""
@@ -85,6 +93,9 @@ class KernelFollower:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        for f in self._following.values():
+            self._tidy(f)
+        await asyncio.gather(*self._stopping, return_exceptions=True)
 
     def view(self, label: str) -> dict[str, Any] | None:
         following = self._following.get(label)
@@ -98,7 +109,9 @@ class KernelFollower:
     def tick(self) -> None:
         """Sample every following variant's load; start the switches it calls for."""
         now = self._clock()
-        for c in list(self._controllers()):
+        controllers = list(self._controllers())
+        self._forget({c.label for c in controllers})
+        for c in controllers:
             if not self._follows(c):
                 continue
             ready = c.pool.ready()
@@ -106,12 +119,16 @@ class KernelFollower:
             if f is None or f.controller is not c:  # new, or replaced by a reload
                 if f is not None and f.task is not None:
                     f.task.cancel()  # a switch of the controller the reload retired
+                if f is not None:
+                    self._tidy(f)
                 f = self._following[c.label] = Following(c, since=now)
             if f.switching:
                 continue
             if not ready:  # not serving: its load and hold start afresh when it is
                 f.since, f.streams = now, None
                 f.window.clear()
+                if not c.pool.running:
+                    self._tidy(f)
                 continue
             f.window.add(now, sum(r.in_flight for r in ready) / len(ready))
             opts = c.model.serve.kernel_switch
@@ -119,6 +136,14 @@ class KernelFollower:
             if f.streams is None or now - f.since < opts.hold_s:
                 continue
             self._consider(c, f, f.streams)
+
+    def _forget(self, labels: set[str]) -> None:
+        """Drop what is known of variants a reload removed (their switch, their standby)."""
+        for label in [k for k in self._following if k not in labels]:
+            f = self._following.pop(label)
+            if f.task is not None:
+                f.task.cancel()
+            self._tidy(f)
 
     def _follows(self, c: VariantController) -> bool:
         model = c.model
@@ -167,15 +192,11 @@ class KernelFollower:
         self, c: VariantController, f: Following, choice: kernels.KernelChoice, advice: Advice
     ) -> None:
         before, t0 = c.kernel(), self._clock()
-        old = [r for r in c.pool.replicas if r.routable]
         f.last = f"switching to {advice.describe()}"
-        log.info("%s: optimize_for auto: %s; replacing %d replica(s): new one beside, then drain "
-                 "the old",
-                 c.label, f.last, len(old))  # fmt: skip
+        log.info("%s: optimize_for auto: %s", c.label, f.last)
         c.kernel_choice = choice
         try:
-            for replica in old:
-                await self._replace(c, replica)
+            how = await self._make(c, f, before)
         except QuantgateError as exc:
             c.kernel_choice = before
             f.failed[advice.kernel] = self._clock()
@@ -183,25 +204,43 @@ class KernelFollower:
             log.warning("%s: optimize_for auto: %s", c.label, f.last)
         else:
             f.switches += 1
-            f.last = f"switched to {advice.describe()}, in {self._clock() - t0:.1f} s"
+            f.standby_kernel = advice.current if f.standby is not None else None
+            took = self._clock() - t0
+            f.last = f"switched to {advice.describe()}, {how}, in {took:.1f} s"
             log.info("%s: optimize_for auto: %s", c.label, f.last)
         finally:
             f.switching, f.since = False, self._clock()
             f.window.clear()
 
-    async def _replace(self, c: VariantController, old: Replica) -> None:
-        """A replica with the chosen kernel beside ``old``, then ``old`` drained and stopped."""
-        [index] = c.pool.free_indices(1)
-        owner = f"{c.label}#{index}"
-        model, placement = c.model, self._ctx.placement
+    async def _make(self, c: VariantController, f: Following, before: kernels.KernelChoice) -> str:
+        """Make the switch (``serving.fleet.switch``): beside where there is room, else by
+        sleep where the variant can; how it was made."""
+        old = [r for r in c.pool.replicas if r.routable]
         try:
-            placement.place(owner, model.tensor_parallel_size, model.serve.gpu_memory_utilization)
-        except PlacementError as exc:
-            raise PlacementError(f"no room for a replica beside the running one: {exc}") from exc
-        try:
-            await c.pool.add()
-        except BaseException:
-            placement.release(owner)
-            raise
-        await c.pool.remove(old, model.serve.drain_s)
-        placement.release(f"{c.label}#{old.index}")
+            for replica in old:
+                await self._switcher.beside(c, replica)
+            self._tidy(f)  # a standby from an earlier switch by sleep is of no more use
+            return "a replica started beside the old one"
+        except PlacementError:
+            if not (len(old) == 1 and self._switcher.can_sleep(c, old[0])):
+                raise
+        woken = f.standby is not None and f.standby.state is ReplicaState.ASLEEP
+        standby, f.standby = f.standby, None
+
+        async def swap() -> None:
+            f.standby = await self._switcher.by_sleep(c, old[0], standby, before)
+
+        task = asyncio.create_task(swap(), name=f"switch-by-sleep-{c.label}")
+        c.bring_up_task = task  # requests arriving meanwhile wait for it, as for a start
+        task.add_done_callback(lambda _: c.pool.changed.notify())
+        await task
+        return "by sleep (the standby woken)" if woken else "by sleep (a new replica)"
+
+    def _tidy(self, f: Following) -> None:
+        """Stop the standby of a variant that stopped (or was replaced by a reload)."""
+        standby, f.standby, f.standby_kernel = f.standby, None, None
+        if standby is not None:
+            log.info("%s: optimize_for auto: stopping the standby", standby.label)
+            task = asyncio.create_task(standby.stop(0))
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)

@@ -40,8 +40,9 @@ class Routing(Strict):
 
 class KernelSwitch(Strict):
     """``optimize_for: auto``: when a variant changes kernel for the load it sees. A switch
-    starts a replica with the new kernel beside each old one, then drains the old: it needs room
-    for one more replica: a free GPU, or gpu_memory_utilization of 0.47 or less on its GPU."""
+    starts a replica with the new kernel beside each old one, then drains the old (room for one
+    more replica: a free GPU, or gpu_memory_utilization of 0.47 or less); without room, a
+    one-replica variant switches by sleep (``serving.fleet.switch``)."""
 
     min_gain: float = Field(
         0.10, ge=0, description="switch when another measured kernel is expected this much "
