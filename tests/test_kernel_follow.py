@@ -163,6 +163,25 @@ def test_on_a_full_gpu_it_switches_by_sleep_and_back_by_waking_the_standby(
     }
 
 
+def test_a_new_kernel_that_does_not_start_leaves_the_old_replica_serving_woken(
+    gateway: Start, crossing_kernels: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = gateway(hardware=H100, serve=AUTO)
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=60).is_success
+    [first] = status(server)["replicas"]
+    monkeypatch.setenv("FAKE_EXIT_AT_START", "1")  # every vLLM started from now on dies
+    with traffic(server, streams=1) as codes:
+        wait_for(server, lambda seen: "stayed on" in (seen["last"] or ""), 60)
+        time.sleep(1.0)
+    row = status(server)
+    assert row["kernel"]["kernel"] == MACHETE and row["kernel"]["load"]["switches"] == 0
+    assert row["kernel"]["env"] == {}  # vLLM's default again, as before the try
+    [again] = row["replicas"]
+    assert (again["pid"], again["state"]) == (first["pid"], "ready")  # woken, not restarted
+    assert row["kernel"]["load"]["standby"] is None
+    assert set(codes) == {200}, codes
+
+
 def test_without_room_beside_it_the_variant_stays_on_its_kernel_and_says_why(
     gateway: Start, crossing_kernels: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

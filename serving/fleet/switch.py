@@ -75,16 +75,19 @@ class KernelSwitcher:
                 f"running after drain_s, {drain:.0f} s?); not switched",
                 1,
             )
-        c.pool.detach(old)
         placement.release(owner)
+        log.info("%s: asleep (level 1) to switch kernels; its GPU memory goes to the other "
+                 "kernel's replica", old.label)  # fmt: skip
         try:
             await self._bring_in(c, standby)
-        except BaseException:
+        except BaseException as exc:
+            log.warning("%s: the other kernel's replica did not come up (%s); waking this one",
+                        old.label, exc)  # fmt: skip
             c.kernel_choice = before
             placement.claim(owner, gpus, share)
-            c.pool.attach(old)
             await old.wake()
             raise
+        c.pool.detach(old)  # in the pool until now: the new replica got another index
         return old
 
     async def _bring_in(self, c: VariantController, standby: Replica | None) -> None:
@@ -103,6 +106,7 @@ class KernelSwitcher:
                     await standby.stop(0)
                 raise
             c.pool.attach(standby)
+            log.info("%s: the standby, woken", standby.label)
             return
         if standby is not None:
             await standby.stop(0)
