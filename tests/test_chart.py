@@ -440,6 +440,9 @@ def test_dashboard_queries_only_metrics_the_gateway_exports() -> None:
         lambda: [{"model": "m", "variant": "v", "state": "ready", "circuit": "closed"}]
     )
     metrics.watch_residency(lambda: [("m", "v", "awake")])
+    metrics.watch_kernels(
+        lambda: [{"model": "m", "variant": "v", "kernel": "k", "switches": 1, "streams": 1.0}]
+    )
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
     families = {f.name: suffixes[f.type] for f in metrics.registry.collect()}
     exported = {name + suffix for name, ends in families.items() for suffix in ends}

@@ -356,7 +356,7 @@ def follow(gw: Gateway, results: Results, clock: Clock, name: str, conc: int) ->
     before, after = None, 0
     while clock.left() > SHUTDOWN_S + 40 and after < 2:
         try:
-            row = bench.run(gw.url, name, conc, rounds=4 if conc > 1 else 3)
+            row = bench.run(gw.url, name, conc, rounds=8 if conc > 1 else 3)  # few gaps
         except Exception as exc:  # a failed request fails its level: recorded
             row = {"conc": conc, "error": f"{type(exc).__name__}: {exc}"}
         status = next(r for r in gw.get("/admin/variants")["data"]
