@@ -82,12 +82,28 @@ def wait_for(server: LiveServer, done: Callable[[dict[str, Any]], bool], within_
         time.sleep(0.2)
 
 
+def started(gateway: Start, serve: str = "") -> LiveServer:
+    """A gateway serving the variant with ``optimize_for: auto`` (and ``serve``), its kernels
+    measured and a first request answered."""
+    server = gateway(hardware=H100, serve=f"{serve}{AUTO}")
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=60).is_success
+    return server
+
+
+def drive(server: LiveServer, streams: int, switches: int) -> tuple[dict[str, Any], Counter[int]]:
+    """``streams`` clients until the variant has made ``switches`` switches (and a second
+    more); its status then, and the clients' status codes."""
+    with traffic(server, streams) as codes:
+        wait_for(server, lambda seen: seen["switches"] == switches, within_s=60)
+        time.sleep(1.0)  # requests keep going to the new replica
+    return status(server), codes
+
+
 def test_single_streams_get_marlin_and_many_streams_machete_without_a_failed_request(
     gateway: Start, crossing_kernels: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="serving.fleet")
-    server = gateway(hardware=H100, serve=f", gpu_memory_utilization: 0.45{AUTO}")
-    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=60).is_success
+    server = started(gateway, ", gpu_memory_utilization: 0.45")
     row = status(server)
     measured = row["kernel"]["measured"]["NVIDIA H100 80GB HBM3|vllm 0.0.0+fake"]["candidates"]
     assert measured[MARLIN]["tok_s_1"] > measured[MACHETE]["tok_s_1"]  # they do cross over
@@ -95,20 +111,14 @@ def test_single_streams_get_marlin_and_many_streams_machete_without_a_failed_req
     assert row["kernel"]["kernel"] == MACHETE  # balanced at the first launch: the default
     assert row["kernel"]["optimize_for"] == "auto"
 
-    with traffic(server, streams=1) as alone:
-        wait_for(server, lambda seen: seen["switches"] == 1, within_s=60)
-        time.sleep(1.0)  # requests keep going to the new replica
-    row = status(server)
+    row, alone = drive(server, streams=1, switches=1)
     assert row["kernel"]["kernel"] == MARLIN, row["kernel"]
     assert row["kernel"]["env"] == {"VLLM_DISABLED_KERNELS": MACHETE}
     [replica] = row["replicas"]
     assert f"Using {MARLIN}" in Path(replica["log"]).read_text()
     assert "switched to MarlinLinearKernel expected +" in row["kernel"]["load"]["last"]
 
-    with traffic(server, streams=24) as crowd:
-        wait_for(server, lambda seen: seen["switches"] == 2, within_s=60)
-        time.sleep(1.0)
-    row = status(server)
+    row, crowd = drive(server, streams=24, switches=2)
     assert row["kernel"]["kernel"] == MACHETE, row["kernel"]
     [replica] = row["replicas"]
     assert f"Using {MACHETE}" in Path(replica["log"]).read_text()
@@ -132,24 +142,17 @@ def test_on_a_full_gpu_it_switches_by_sleep_and_back_by_waking_the_standby(
 ) -> None:
     calls = tmp_path / "calls.txt"
     monkeypatch.setenv("FAKE_CALLS_FILE", str(calls))
-    server = gateway(hardware=H100, serve=AUTO)  # gpu_memory_utilization 0.9: one fits
-    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=60).is_success
+    server = started(gateway)  # gpu_memory_utilization 0.9: one fits
     [first] = status(server)["replicas"]
 
-    with traffic(server, streams=1) as alone:
-        wait_for(server, lambda seen: seen["switches"] == 1, within_s=60)
-        time.sleep(1.0)
-    row = status(server)
+    row, alone = drive(server, streams=1, switches=1)
     assert row["kernel"]["kernel"] == MARLIN
     assert "by sleep (a new replica)" in row["kernel"]["load"]["last"]
     assert row["kernel"]["load"]["standby"] == {"kernel": MACHETE, "state": "asleep"}
     [marlin] = row["replicas"]
     assert f"Using {MARLIN}" in Path(marlin["log"]).read_text()
 
-    with traffic(server, streams=24) as crowd:
-        wait_for(server, lambda seen: seen["switches"] == 2, within_s=60)
-        time.sleep(1.0)
-    row = status(server)
+    row, crowd = drive(server, streams=24, switches=2)
     assert row["kernel"]["kernel"] == MACHETE
     assert "by sleep (the standby woken)" in row["kernel"]["load"]["last"]
     assert row["kernel"]["load"]["standby"] == {"kernel": MARLIN, "state": "asleep"}
@@ -166,8 +169,7 @@ def test_on_a_full_gpu_it_switches_by_sleep_and_back_by_waking_the_standby(
 def test_a_new_kernel_that_does_not_start_leaves_the_old_replica_serving_woken(
     gateway: Start, crossing_kernels: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = gateway(hardware=H100, serve=AUTO)
-    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=60).is_success
+    server = started(gateway)
     [first] = status(server)["replicas"]
     monkeypatch.setenv("FAKE_EXIT_AT_START", "1")  # every vLLM started from now on dies
     with traffic(server, streams=1) as codes:
@@ -187,8 +189,7 @@ def test_without_room_beside_it_the_variant_stays_on_its_kernel_and_says_why(
 ) -> None:
     caplog.set_level(logging.INFO, logger="serving.fleet")
     # two replicas fill the GPU; a variant of more than one replica does not switch by sleep
-    server = gateway(hardware=H100, serve=f", replicas: 2, gpu_memory_utilization: 0.45{AUTO}")
-    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=60).is_success
+    server = started(gateway, ", replicas: 2, gpu_memory_utilization: 0.45")
     with traffic(server, streams=1) as codes:
         wait_for(server, lambda seen: "no room" in (seen["last"] or ""), 60)
         time.sleep(3.0)  # a few more windows: not tried again
