@@ -202,3 +202,14 @@ def test_without_room_beside_it_the_variant_stays_on_its_kernel_and_says_why(
     assert placement == {"tiny:base#0": [0], "tiny:base#1": [0]}
     tries = [r for r in caplog.records if "switching to" in r.getMessage()]
     assert len(tries) == 1
+
+
+def test_on_a_cpu_auto_says_it_follows_nothing_and_serves(
+    gateway: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="serving.fleet")
+    server = gateway(serve=AUTO)  # the CPU: one kernel per scheme, nothing measured
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=60).is_success
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("optimize_for auto follows no load here (this is no GPU" in m for m in warned)
+    assert status(server)["kernel"]["load"] is None

@@ -51,6 +51,7 @@ class Following:
     standby_kernel: str | None = None
     failed: dict[str, float] = field(default_factory=dict)  # kernel -> when a switch to it failed
     task: asyncio.Task[None] | None = None
+    measured: dict[str, tuple[kernels.KernelChoice, dict[str, Any]]] = field(default_factory=dict)
 
     def view(self) -> dict[str, Any]:
         streams = None if self.streams is None else round(self.streams, 2)
@@ -85,6 +86,15 @@ class KernelFollower:
     def start(self) -> None:
         if self._task is None and self.wanted():
             self._task = asyncio.create_task(self._run(), name="kernel-follower")
+            return
+        models = self._ctx.manifest.models.values()
+        if self._task is None and any(m.serve.optimize_for == "auto" for m in models):
+            where = "a scheduler runs vLLM" if not self._ctx.places_gpus else "this is no GPU"
+            log.warning(
+                "optimize_for auto follows no load here (%s: kernels are not measured); the "
+                "kernel is the checkpoint's default or serve.kernel",
+                where,
+            )
 
     async def aclose(self) -> None:
         tasks = [f.task for f in self._following.values() if f.task is not None]
@@ -104,7 +114,10 @@ class KernelFollower:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(SAMPLE_S)
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # one bad look must not stop the following
+                log.exception("optimize_for auto: the kernel follower's look failed")
 
     def tick(self) -> None:
         """Sample every following variant's load; start the switches it calls for."""
@@ -156,7 +169,7 @@ class KernelFollower:
         )
 
     def _consider(self, c: VariantController, f: Following, streams: float) -> None:
-        measured = self._measured(c)
+        measured = self._measured(c, f)
         if measured is None:
             return
         untuned, stored, current = measured
@@ -170,7 +183,7 @@ class KernelFollower:
         f.task = asyncio.create_task(self._switch(c, f, choice, advice), name=f"switch-{c.label}")
 
     def _measured(
-        self, c: VariantController
+        self, c: VariantController, f: Following
     ) -> tuple[kernels.KernelChoice, dict[str, Any], str] | None:
         """The variant's untuned kernel choice, its stored tuning here and the candidate it
         serves with; None when there is nothing measured to choose from."""
@@ -179,10 +192,14 @@ class KernelFollower:
         if not ready or ready[0].server is None or version is None:
             return None
         key = tuner.tuning_key(self._ctx.hardware, ready[0].server.spec, version)
-        stored = self._ctx.store.tuning(c.model_name, c.variant).get(key)
-        checkpoint = self._ctx.specs.model_dir(c.model_name, c.name)
-        scheme = kernels.checkpoint_scheme(checkpoint, c.variant.serve_quantization)
-        untuned = kernels.choose(scheme, self._ctx.hardware)
+        known = f.measured.get(key)
+        if known is None:  # read from disk once per GPU type (and per controller: a reload)
+            stored = self._ctx.store.tuning(c.model_name, c.variant).get(key)
+            checkpoint = self._ctx.specs.model_dir(c.model_name, c.name)
+            scheme = kernels.checkpoint_scheme(checkpoint, c.variant.serve_quantization)
+            known = (kernels.choose(scheme, self._ctx.hardware), stored or {})
+            f.measured[key] = known
+        untuned, stored = known
         serving = set(tuner.candidates(untuned)) - set(c.kernel().alternatives)
         if not stored or len(serving) != 1:
             return None
