@@ -10,8 +10,9 @@ launch on that GPU type and vLLM version reuses it.
 
 Winner rule (``serve.optimize_for``): ``latency`` launches the kernel with the most tokens/s at
 1 stream, ``throughput`` the one with the most at 64 streams; ``balanced`` (the default) never
-serves slower than vLLM's own choice; ``auto`` starts as ``balanced`` and then follows the load
-the variant sees (``serving.kernel_load``, ``serving.fleet.follow``). A candidate is eligible
+serves slower than vLLM's own choice; ``auto`` starts as ``balanced`` (or on the kernel it
+followed the load to last, ``followed``) and then follows the load the variant sees
+(``serving.kernel_load``, ``serving.fleet.follow``). A candidate is eligible
 when its tokens/s at 1 stream and at 64 streams are both at least those of vLLM's default;
 among the eligible the highest geometric mean of the two wins, ties going to the default. A
 tuned launch thus never serves slower than an untuned one at either measured load; a kernel
@@ -96,10 +97,13 @@ def from_stored(
                 for k, r in rows.items() if k in candidates(choice)}  # fmt: skip
     default = candidates(choice)[-1] if candidates(choice) else ""
     winner = pick_winner(default, measured, goal) if measured else stored.get("winner")
+    how = f"tuned on {key} for {goal}"
+    if goal == "auto" and stored.get("followed") in measured:  # the load it followed last
+        winner, how = stored["followed"], f"on {key}, the kernel auto followed the load to last"
     if winner not in candidates(choice):
         return None
     used = measured[winner].used if winner in measured else stored.get("kernel")
-    reason = f"tuned on {key} for {goal}: {winner} (vLLM's default: {choice.kernel})"
+    reason = f"{how}: {winner} (vLLM's default: {choice.kernel})"
     return _launching(choice, winner, str(used or winner), reason)
 
 

@@ -27,6 +27,7 @@ from serving.hardware import Gpu, Hardware
 Start = Callable[..., LiveServer]
 H100 = Hardware("cuda", gpus=(Gpu(0, "NVIDIA H100 80GB HBM3", 90, 81_559),))
 MACHETE, MARLIN = "MacheteLinearKernel", "MarlinLinearKernel"
+KEY = "NVIDIA H100 80GB HBM3|vllm 0.0.0+fake"
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 48}
 AUTO = ", optimize_for: auto, kernel_switch: {window_s: 2, hold_s: 0}"
 
@@ -105,7 +106,7 @@ def test_single_streams_get_marlin_and_many_streams_machete_without_a_failed_req
     caplog.set_level(logging.INFO, logger="serving.fleet")
     server = started(gateway, ", gpu_memory_utilization: 0.45")
     row = status(server)
-    measured = row["kernel"]["measured"]["NVIDIA H100 80GB HBM3|vllm 0.0.0+fake"]["candidates"]
+    measured = row["kernel"]["measured"][KEY]["candidates"]
     assert measured[MARLIN]["tok_s_1"] > measured[MACHETE]["tok_s_1"]  # they do cross over
     assert measured[MARLIN]["tok_s_64"] < measured[MACHETE]["tok_s_64"]
     assert row["kernel"]["kernel"] == MACHETE  # balanced at the first launch: the default
@@ -135,6 +136,21 @@ def test_single_streams_get_marlin_and_many_streams_machete_without_a_failed_req
     logged = [r.getMessage() for r in caplog.records if "optimize_for auto" in r.getMessage()]
     assert any("switching to MarlinLinearKernel" in m and "at 1." in m for m in logged), logged
     assert any("switched to MacheteLinearKernel" in m for m in logged), logged
+
+
+def test_a_restart_begins_on_the_kernel_the_load_was_followed_to_last(
+    gateway: Start, crossing_kernels: Path, tmp_path: Path
+) -> None:
+    server = started(gateway, ", gpu_memory_utilization: 0.45")
+    drive(server, streams=1, switches=1)
+    assert httpx.post(server.url + "/admin/variants/tiny/base/stop", timeout=60).is_success
+    tuned = sorted((tmp_path / "cache" / ".logs").glob("*-tune-*.log"))
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=60).is_success
+    row = status(server)
+    assert row["kernel"]["kernel"] == MARLIN  # not balanced's Machete
+    assert f"the kernel auto followed the load to last: {MARLIN}" in row["kernel"]["reason"]
+    assert row["kernel"]["measured"][KEY]["followed"] == MARLIN
+    assert sorted((tmp_path / "cache" / ".logs").glob("*-tune-*.log")) == tuned  # not measured
 
 
 def test_on_a_full_gpu_it_switches_by_sleep_and_back_by_waking_the_standby(

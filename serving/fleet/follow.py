@@ -172,7 +172,7 @@ class KernelFollower:
         measured = self._measured(c, f)
         if measured is None:
             return
-        untuned, stored, current = measured
+        untuned, stored, current, key = measured
         advice = advise(current, tuner.stored_rates(untuned, stored), streams,
                         c.model.serve.kernel_switch.min_gain)  # fmt: skip
         if advice is None or self._clock() - f.failed.get(advice.kernel, -RETRY_S) < RETRY_S:
@@ -180,13 +180,15 @@ class KernelFollower:
         why = f"optimize_for auto: {advice.describe()}"
         choice = tuner.switched(untuned, stored, advice.kernel, why)
         f.switching = True
-        f.task = asyncio.create_task(self._switch(c, f, choice, advice), name=f"switch-{c.label}")
+        remember = (key, {**stored, "followed": advice.kernel})
+        task = self._switch(c, f, choice, advice, remember)
+        f.task = asyncio.create_task(task, name=f"switch-{c.label}")
 
     def _measured(
         self, c: VariantController, f: Following
-    ) -> tuple[kernels.KernelChoice, dict[str, Any], str] | None:
-        """The variant's untuned kernel choice, its stored tuning here and the candidate it
-        serves with; None when there is nothing measured to choose from."""
+    ) -> tuple[kernels.KernelChoice, dict[str, Any], str, str] | None:
+        """The variant's untuned kernel choice, its stored tuning here, the candidate it serves
+        with and the tuning key; None when there is nothing measured to choose from."""
         ready = c.pool.ready()
         version = self._ctx.tuning.version
         if not ready or ready[0].server is None or version is None:
@@ -203,11 +205,18 @@ class KernelFollower:
         serving = set(tuner.candidates(untuned)) - set(c.kernel().alternatives)
         if not stored or len(serving) != 1:
             return None
-        return untuned, stored, serving.pop()
+        return untuned, stored, serving.pop(), key
 
     async def _switch(
-        self, c: VariantController, f: Following, choice: kernels.KernelChoice, advice: Advice
+        self,
+        c: VariantController,
+        f: Following,
+        choice: kernels.KernelChoice,
+        advice: Advice,
+        remember: tuple[str, dict[str, Any]],
     ) -> None:
+        """Switch to ``choice``; once made, ``remember`` (the tuning record, with the kernel
+        followed to) goes into the variant's report: its next start begins there."""
         before, t0 = c.kernel(), self._clock()
         f.last = f"switching to {advice.describe()}"
         log.info("%s: optimize_for auto: %s", c.label, f.last)
@@ -221,6 +230,7 @@ class KernelFollower:
             log.warning("%s: optimize_for auto: %s", c.label, f.last)
         else:
             f.switches += 1
+            self._remember(c, f, remember)
             f.standby_kernel = advice.current if f.standby is not None else None
             took = self._clock() - t0
             f.last = f"switched to {advice.describe()}, {how}, in {took:.1f} s"
@@ -252,6 +262,18 @@ class KernelFollower:
         task.add_done_callback(lambda _: c.pool.changed.notify())
         await task
         return "by sleep (the standby woken)" if woken else "by sleep (a new replica)"
+
+    def _remember(
+        self, c: VariantController, f: Following, record: tuple[str, dict[str, Any]]
+    ) -> None:
+        key, result = record
+        try:
+            self._ctx.store.save_tuning(c.model_name, c.variant, key, result)
+        except (OSError, ValueError) as exc:  # the switch stands; only the next start differs
+            log.warning("%s: optimize_for auto: could not record the kernel: %s", c.label, exc)
+        known = f.measured.get(key)
+        if known is not None:
+            f.measured[key] = (known[0], result)
 
     def _tidy(self, f: Following) -> None:
         """Stop the standby of a variant that stopped (or was replaced by a reload)."""
