@@ -94,6 +94,12 @@ class LaunchSpec:
     replica: int = 0
     sleep_mode: bool = False  # --enable-sleep-mode (and VLLM_SERVER_DEV_MODE=1 in env)
 
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        """The GPUs it runs on (``CUDA_VISIBLE_DEVICES``); none on a CPU."""
+        visible = self.env.get("CUDA_VISIBLE_DEVICES", "")
+        return tuple(int(g) for g in visible.split(",") if g.strip())
+
     def argv(self, python: Path) -> list[str]:
         args = [
             str(python), "-m", "vllm.entrypoints.openai.api_server",

@@ -162,7 +162,7 @@ class LaunchPlanner:
         except PlacementError:
             return None
         kinds = {g.index: g.name for g in self._hardware.gpus}
-        wanted = [int(g) for g in first.env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
+        wanted = first.gpus
         if sorted(kinds.get(g, "") for g in gpus) != sorted(kinds.get(g, "") for g in wanted):
             self._placement.release(owner)
             return None

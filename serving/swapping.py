@@ -105,8 +105,7 @@ class Resident:
     @property
     def gpus(self) -> tuple[int, ...]:
         server = self.replica.server
-        text = server.spec.env.get("CUDA_VISIBLE_DEVICES", "") if server else ""
-        return tuple(int(g) for g in text.split(",") if g) or (CPU,)
+        return (server.spec.gpus if server else ()) or (CPU,)
 
     @property
     def awake(self) -> bool:

@@ -132,9 +132,9 @@ def _launching(choice: KernelChoice, kernel: str, used: str, reason: str) -> Ker
 
 def tuning_key(hardware: Hardware, spec: LaunchSpec, vllm_version: str) -> str:
     """``<GPU name>|vllm <version>`` for the GPUs the spec runs on (`` xN`` for N > 1)."""
-    visible = [i for i in spec.env.get("CUDA_VISIBLE_DEVICES", "").split(",") if i.strip()]
+    visible = spec.gpus
     names = {g.index: g.name for g in hardware.gpus}
-    gpu = names.get(int(visible[0]), "gpu") if visible else "gpu"
+    gpu = names.get(visible[0], "gpu") if visible else "gpu"
     where = gpu if len(visible) <= 1 else f"{gpu} x{len(visible)}"
     return f"{where}|vllm {vllm_version}"
 

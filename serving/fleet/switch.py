@@ -28,9 +28,7 @@ log = logging.getLogger("serving.fleet")
 
 
 def _gpus(replica: Replica) -> tuple[int, ...]:
-    spec = replica.server.spec if replica.server is not None else None
-    visible = spec.env.get("CUDA_VISIBLE_DEVICES", "") if spec is not None else ""
-    return tuple(int(g) for g in visible.split(",") if g.strip())
+    return replica.server.spec.gpus if replica.server is not None else ()
 
 
 class KernelSwitcher:
