@@ -145,9 +145,8 @@ class LaunchPlanner:
         if takes_turns(self._manifest, model_name, name):
             return True
         opts = self._manifest.models[model_name].serve
-        follows = opts.optimize_for == "auto" and opts.kernel in (None, "auto")
         choices = kernel is not None and bool(kernel.alternatives)
-        return follows and choices and opts.replicas == 1 and self._host in LOOPBACK
+        return opts.follows_load and choices and opts.replicas == 1 and self._host in LOOPBACK
 
     def side(self, first: LaunchSpec, i: int) -> LaunchSpec | None:
         """``first`` on other idle GPUs of the same kind (claimed as ``<variant>#tune<i>``), for

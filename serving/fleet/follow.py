@@ -77,19 +77,18 @@ class KernelFollower:
         self._switcher = KernelSwitcher(ctx)
         self._stopping: set[asyncio.Task[None]] = set()  # standbys being stopped
 
-    def wanted(self) -> bool:
-        """Whether any variant here may follow its load."""
-        ctx = self._ctx
-        auto = any(m.serve.optimize_for == "auto" for m in ctx.manifest.models.values())
-        return auto and ctx.places_gpus and ctx.hardware.device == "cuda"
-
     def start(self) -> None:
-        if self._task is None and self.wanted():
-            self._task = asyncio.create_task(self._run(), name="kernel-follower")
+        """Start following where a variant may follow its load (on GPUs this fleet places);
+        elsewhere say that nothing is followed."""
+        ctx = self._ctx
+        if self._task is not None or not any(
+            m.serve.follows_load for m in ctx.manifest.models.values()
+        ):
             return
-        models = self._ctx.manifest.models.values()
-        if self._task is None and any(m.serve.optimize_for == "auto" for m in models):
-            where = "a scheduler runs vLLM" if not self._ctx.places_gpus else "this is no GPU"
+        if ctx.places_gpus and ctx.hardware.device == "cuda":
+            self._task = asyncio.create_task(self._run(), name="kernel-follower")
+        else:
+            where = "a scheduler runs vLLM" if not ctx.places_gpus else "this is no GPU"
             log.warning(
                 "optimize_for auto follows no load here (%s: kernels are not measured); the "
                 "kernel is the checkpoint's default or serve.kernel",
@@ -159,10 +158,8 @@ class KernelFollower:
             self._tidy(f)
 
     def _follows(self, c: VariantController) -> bool:
-        model = c.model
         return (
-            model.serve.optimize_for == "auto"
-            and model.serve.kernel in (None, tuner.AUTO)
+            c.model.serve.follows_load
             and c.variant.upstream is None
             and not c.takes_turns()
             and (c.bring_up_task is None or c.bring_up_task.done())

@@ -102,6 +102,11 @@ class ServeOptions(Strict):
         default_factory=KernelSwitch, description="optimize_for: auto"
     )
 
+    @property
+    def follows_load(self) -> bool:
+        """``optimize_for: auto`` with no kernel pinned: the kernel may follow the load."""
+        return self.optimize_for == "auto" and self.kernel in (None, "auto")
+
 
 class Swapping(Strict):
     """Variants taking turns on GPUs that cannot hold them all awake: vLLM's sleep mode
