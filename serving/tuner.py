@@ -92,9 +92,7 @@ def from_stored(
 ) -> KernelChoice | None:
     """The winner of an earlier tuning for ``goal`` (its measurements are goal-free), or None
     if it no longer matches the candidates."""
-    rows = {k: r for k, r in (stored.get("candidates") or {}).items() if "tok_s_1" in r}
-    measured = {k: Measurement(r["tok_s_1"], r["tok_s_64"], r.get("ready_s", 0.0), r.get("used"))
-                for k, r in rows.items() if k in candidates(choice)}  # fmt: skip
+    measured = _stored_measurements(choice, stored)
     default = candidates(choice)[-1] if candidates(choice) else ""
     winner = pick_winner(default, measured, goal) if measured else stored.get("winner")
     how = f"tuned on {key} for {goal}"
@@ -110,9 +108,15 @@ def from_stored(
 def stored_rates(choice: KernelChoice, stored: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """Tokens/s at 1 and at 64 streams of each candidate of ``choice`` an earlier tuning
     measured (``serving.kernel_load``)."""
+    measured = _stored_measurements(choice, stored)
+    return {k: (m.tok_s_1, m.tok_s_64) for k, m in measured.items()}
+
+
+def _stored_measurements(choice: KernelChoice, stored: dict[str, Any]) -> dict[str, Measurement]:
+    """The candidates of ``choice`` an earlier tuning measured (not those that failed)."""
     rows = (stored.get("candidates") or {}).items()
-    offered = candidates(choice)
-    return {k: (r["tok_s_1"], r["tok_s_64"]) for k, r in rows if "tok_s_1" in r and k in offered}
+    return {k: Measurement(r["tok_s_1"], r["tok_s_64"], r.get("ready_s", 0.0), r.get("used"))
+            for k, r in rows if "tok_s_1" in r and k in candidates(choice)}  # fmt: skip
 
 
 def switched(choice: KernelChoice, stored: dict[str, Any], kernel: str, why: str) -> KernelChoice:

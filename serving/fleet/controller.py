@@ -71,6 +71,7 @@ class VariantController:
         self.bring_up_task: asyncio.Task[None] | None = None
         self.failure: QuantgateError | None = None
         self.kernel_choice: kernels.KernelChoice | None = None  # optimize_for auto may switch it
+        self.offered: kernels.KernelChoice | None = None  # the checkpoint's, before any tuning
         self.waiting = 0  # requests waiting for it to wake or start (swapping's queue)
         self.weights_bytes: int | None = None  # its weights on disk, once asked (swapping)
         self._parked: Server | None = None  # the tuner's winner, kept running for replica 0
@@ -269,7 +270,7 @@ class VariantController:
         self._check_servable()
         at_load = self.variant.serve_quantization  # fp8, bitsandbytes NF4: quantized at load
         checkpoint = self.ctx.specs.model_dir(self.model_name, self.name)
-        self.kernel_choice = kernels.choose(
+        self.offered = self.kernel_choice = kernels.choose(
             kernels.checkpoint_scheme(checkpoint, at_load), self.ctx.hardware
         )
         if not self.kernel_choice.supported:

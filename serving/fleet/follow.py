@@ -51,7 +51,7 @@ class Following:
     standby_kernel: str | None = None
     failed: dict[str, float] = field(default_factory=dict)  # kernel -> when a switch to it failed
     task: asyncio.Task[None] | None = None
-    measured: dict[str, tuple[kernels.KernelChoice, dict[str, Any]]] = field(default_factory=dict)
+    measured: dict[str, dict[str, Any]] = field(default_factory=dict)  # tuning key -> record
 
     def view(self) -> dict[str, Any]:
         streams = None if self.streams is None else round(self.streams, 2)
@@ -187,18 +187,13 @@ class KernelFollower:
         """The variant's untuned kernel choice, its stored tuning here, the candidate it serves
         with and the tuning key; None when there is nothing measured to choose from."""
         ready = c.pool.ready()
-        version = self._ctx.tuning.version
-        if not ready or ready[0].server is None or version is None:
+        version, untuned = self._ctx.tuning.version, c.offered
+        if not ready or ready[0].server is None or version is None or untuned is None:
             return None
         key = tuner.tuning_key(self._ctx.hardware, ready[0].server.spec, version)
-        known = f.measured.get(key)
-        if known is None:  # read from disk once per GPU type (and per controller: a reload)
-            stored = self._ctx.store.tuning(c.model_name, c.variant).get(key)
-            checkpoint = self._ctx.specs.model_dir(c.model_name, c.name)
-            scheme = kernels.checkpoint_scheme(checkpoint, c.variant.serve_quantization)
-            known = (kernels.choose(scheme, self._ctx.hardware), stored or {})
-            f.measured[key] = known
-        untuned, stored = known
+        stored = f.measured.get(key)
+        if stored is None:  # read from disk once per GPU type (and per controller: a reload)
+            stored = f.measured[key] = self._ctx.store.tuning(c.model_name, c.variant).get(key, {})
         serving = set(tuner.candidates(untuned)) - set(c.kernel().alternatives)
         if not stored or len(serving) != 1:
             return None
@@ -268,9 +263,7 @@ class KernelFollower:
             self._ctx.store.save_tuning(c.model_name, c.variant, key, result)
         except (OSError, ValueError) as exc:  # the switch stands; only the next start differs
             log.warning("%s: optimize_for auto: could not record the kernel: %s", c.label, exc)
-        known = f.measured.get(key)
-        if known is not None:
-            f.measured[key] = (known[0], result)
+        f.measured[key] = result
 
     def _tidy(self, f: Following) -> None:
         """Stop the standby of a variant that stopped (or was replaced by a reload)."""
