@@ -136,14 +136,13 @@ class VariantPool:
         """Start one more replica (``free_indices(1)``) and return it once ready; if it does
         not start, it is dropped again and the start's error raised."""
         replica = self._replica(self.free_indices(1)[0])
-        self.replicas = sorted([*self.replicas, replica], key=lambda r: r.index)
+        self.attach(replica)
         try:
             await replica.start()
         except BaseException:  # a failed start, or cancelled: leave no process behind
-            self.replicas.remove(replica)
+            self.detach(replica)
             if replica.server is not None:
                 await replica.server.stop(grace_s=5)
-            self.changed.notify()
             raise
         return replica
 
@@ -161,9 +160,7 @@ class VariantPool:
     async def remove(self, replica: Replica, drain_s: float) -> None:
         """Stop routing to ``replica``, let its requests finish (up to ``drain_s``), stop it."""
         await replica.stop(drain_s)
-        if replica in self.replicas:
-            self.replicas.remove(replica)
-        self.changed.notify()
+        self.detach(replica)
 
     def _replica(self, index: int) -> Replica:
         return Replica(index, lambda: self._spec(index), self._launch, self._policy, self._prepare,
