@@ -14,8 +14,10 @@ pack   2     two W4A16 checkpoints (GPTQ and AWQ format, random weights) as two 
              its own GPU by the placement, both served at once; 1/16/64 streams each
 auto   1     GPTQ W4A16 as in gptq (calibration 32 x 512: time), served with optimize_for: auto
              at gpu_memory_utilization 0.45 (AUTO_GPU_SHARE=0.85: no room beside, the switch
-             goes by sleep); 1 stream through the gateway until the kernel follower switches
-             (and a level after), then 64 streams likewise
+             goes by sleep); 1, then 64, then 1 stream through the gateway, each until the
+             kernel follower switches (and a level after) or has watched that load for its
+             whole window and stayed. Run again on a kept --work, the variant starts on the
+             kernel it was last switched to, without building or measuring again
 
 Writes OUT/results.json after every step (what finished survives a timeout), and at the end
 OUT/table.md and OUT/logs.tar.gz (gateway, jobs, vLLM). A step that would not finish within
@@ -348,28 +350,37 @@ def bench_variant(gw: Gateway, results: Results, clock: Clock, model: str, varia
                              out_tok_s=row.get("out_tok_s"), error=row.get("error"))  # fmt: skip
 
 
+def follow_status(gw: Gateway, name: str) -> dict[str, Any]:
+    """The variant's kernel status (``kernel`` and the follower's ``load`` view)."""
+    model, variant = name.split(":")
+    row = next(r for r in gw.get("/admin/variants")["data"]
+               if (r["model"], r["variant"]) == (model, variant))  # fmt: skip
+    return {"kernel": row["kernel"]["kernel"], **(row["kernel"]["load"] or {})}
+
+
 def follow(gw: Gateway, results: Results, clock: Clock, name: str, conc: int) -> None:
     """``conc`` streams through the gateway, a level at a time, each level recorded with the
-    kernel serving and what the follower says, until it has switched once more and one level
-    has run after that (or time is short)."""
-    model, variant = name.split(":")
-    before, after = None, 0
+    kernel serving and what the follower says. It ends one level after a switch, or once the
+    follower has seen this load for its whole window (and 5 s more) and stayed, or when time
+    is short."""
+    before, after, began = follow_status(gw, name).get("switches") or 0, 0, time.monotonic()
     while clock.left() > SHUTDOWN_S + 40 and after < 2:
         try:
             row = bench.run(gw.url, name, conc, rounds=8 if conc > 1 else 3)  # few gaps
         except Exception as exc:  # a failed request fails its level: recorded
             row = {"conc": conc, "error": f"{type(exc).__name__}: {exc}"}
-        status = next(r for r in gw.get("/admin/variants")["data"]
-                      if (r["model"], r["variant"]) == (model, variant))  # fmt: skip
-        load = status["kernel"]["load"] or {}
+        load = follow_status(gw, name)
         switches = load.get("switches") or 0
-        before = switches if before is None else before
         after += switches > before and not load.get("switching")
-        row |= {"kernel": status["kernel"]["kernel"], "switches": switches,
+        row |= {"kernel": load["kernel"], "switches": switches,
                 "streams_per_replica": load.get("streams_per_replica"), "last": load.get("last")}  # fmt: skip
         results.data["bench"].append({"variant": name, "path": "gateway", "follow": conc, **row})
         results.step(clock, "follow", conc=conc, out_tok_s=row.get("out_tok_s"),
                      kernel=row["kernel"], switches=switches, error=row.get("error"))  # fmt: skip
+        stayed = switches == before and not load.get("switching")
+        if stayed and time.monotonic() - began > FOLLOW["window_s"] + 5:
+            results.step(clock, "follow stayed", conc=conc, kernel=row["kernel"])
+            return
 
 
 def record(gw: Gateway, results: Results, clock: Clock, label: str) -> None:
@@ -422,8 +433,8 @@ def run_phase(phase: str, gw: Gateway, results: Results, clock: Clock) -> None:
         name = "llama8b:gptq-w4a16"
         first_requests(gw, [name], results, clock)
         record(gw, results, clock, "auto")
-        follow(gw, results, clock, name, 1)
-        follow(gw, results, clock, name, 64)
+        for conc in (1, 64, 1):  # low, high, low: a switch each way from either kernel
+            follow(gw, results, clock, name, conc)
     elif phase == "bf16":
         first_requests(gw, ["llama8b:base"], results, clock)
         record(gw, results, clock, "base")

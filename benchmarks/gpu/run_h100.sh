@@ -6,9 +6,10 @@
 #                                          -> 1/16/64 streams, direct and via gateway  (~8.5 / ~6.5 min)
 #   bash benchmarks/gpu/run_h100.sh awq    the same for AWQ                            (~8.7 / ~6.7 min)
 #   bash benchmarks/gpu/run_h100.sh bf16   the bf16 base variant                       (~3.5 min)
-#   bash benchmarks/gpu/run_h100.sh auto   GPTQ W4A16 with optimize_for: auto: 1 stream until
-#                                          the kernel switches, then 64 streams        (~9 min)
-#                                          (AUTO_GPU_SHARE=0.85: the switches go by sleep)
+#   bash benchmarks/gpu/run_h100.sh auto   GPTQ W4A16 with optimize_for: auto: 1, 64, then 1
+#                                          stream, each until the kernel switches     (~9 min)
+#                                          (AUTO_GPU_SHARE=0.85: the switches go by sleep;
+#                                          run again on the same /tmp: no build or tuning)
 # PIN=MarlinLinearKernel pins the kernel (no tuning: one vLLM start instead of two);
 # OPTIMIZE_FOR=latency|throughput|balanced sets serve.optimize_for (which measured kernel serves).
 # Needs .gpu/ (bash benchmarks/gpu/bundle/build.sh .gpu) and .whl/ (docs/benchmarks.md) in the checkout. Writes $OUT/results.json,
