@@ -136,9 +136,8 @@ def test_single_streams_get_marlin_and_many_streams_machete_without_a_failed_req
     assert metric(server.url, "quantgate_variant_kernel", kernel=MARLIN, **labels) == 0
     logged = [r.getMessage() for r in caplog.records if "optimize_for auto" in r.getMessage()]
     seen = [re.search(r"switching to MarlinLinearKernel .* at ([\d.]+) streams", m) for m in logged]
-    assert [float(x.group(1)) for x in seen if x] and all(  # one client: at most 1 in flight
-        float(x.group(1)) <= 1.0 for x in seen if x
-    ), logged
+    loads = [float(x.group(1)) for x in seen if x]
+    assert loads and max(loads) <= 1.0, logged  # one client: at most 1 in flight per replica
     assert any("switched to MacheteLinearKernel" in m for m in logged), logged
 
 
