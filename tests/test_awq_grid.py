@@ -3,7 +3,9 @@ activation statistics that shape its scales still see every token (serving/worke
 
 Real llm-compressor AWQ on the small trained Llama (4 layers) in the quantizer environment:
 8 windows of 512 tokens, a bound of 1,024 tokens. The parent modules' replays are counted, and
-so are the tokens behind each mapping's activation statistics.
+so are the tokens behind each mapping's activation statistics. Python's cycle collector is off
+in that process, so a layer's replay cache still alive after the layer is done (a reference
+cycle: it waits for a collection that, in a process holding a large model, rarely comes) is seen.
 """
 
 from __future__ import annotations
@@ -16,14 +18,26 @@ ROOT = Path(__file__).resolve().parent.parent
 QUANT_PYTHON = ROOT / ".venv-quant" / "bin" / "python"
 TINY = ROOT / ".quantgate" / "models" / "tiny"  # make tiny-model: a 4-layer Llama
 SCRIPT = """\
-import json, os, sys, torch
+import gc, json, os, sys, torch, weakref
+gc.disable()
+from llmcompressor.core import LifecycleCallbacks
 from transformers import LlamaForCausalLM
 from llmcompressor.modifiers.transform.awq.base import AWQModifier
 from serving.worker import awq, compressor
 
 bound = int(sys.argv[1]) or None
-replayed, stats = [], {}
-run_samples = None
+replayed, stats, caches, held = [], {}, [], []
+run_samples = original_setup = None
+original_end = LifecycleCallbacks.__dict__["sequential_epoch_end"]
+
+def setup(self):
+    original_setup(self)
+    caches.extend(weakref.ref(cache) for cache in self._parent_args_cache.values())
+
+def epoch_end(cls, /, modules, **kwargs):
+    result = original_end.__func__(cls, modules, **kwargs)
+    held.append(sum(1 for ref in caches if ref() is not None and len(ref()) > 0))
+    return result
 
 def count_replays(self, module):
     outputs = run_samples(self, module)
@@ -45,9 +59,12 @@ steps = compressor.modifiers(recipe, offload_cache=False)
 run_samples = AWQModifier._run_samples
 AWQModifier._run_samples = count_replays
 AWQModifier._apply_smoothing = apply
+original_setup = AWQModifier._setup_activation_cache_hooks  # with the bound, if any
+AWQModifier._setup_activation_cache_hooks = setup
+LifecycleCallbacks.sequential_epoch_end = classmethod(epoch_end)
 rows = [[(i * 7 + j) % 1000 for j in range(512)] for i in range(8)]
 compressor._oneshot(model, steps, rows, offload=False, max_batch=2)
-print(json.dumps({"replayed": replayed, "stats": stats}))
+print(json.dumps({"replayed": replayed, "stats": stats, "held": held}))
 """
 
 
@@ -67,9 +84,12 @@ def test_the_grid_replays_only_the_bounded_tokens_and_statistics_see_all() -> No
     assert len(stats) >= 4 * 3 and len(replayed) == 21 * len(stats)
     assert set(replayed) == {1024}  # batches of 2 x 512 tokens: the first one only
     assert set(stats.values()) == {8 * 512}
+    # no layer's replay cache outlives its layer: every one was freed as soon as AWQ let it go
+    assert found["held"] == [0] * len(found["held"]) and len(found["held"]) >= 4
 
 
 def test_with_no_bound_the_grid_replays_every_token() -> None:
     found = run(0)
     replayed = found["replayed"]
     assert isinstance(replayed, list) and set(replayed) == {8 * 512}
+    assert found["held"] == [0] * len(found["held"]) and len(found["held"]) >= 4
