@@ -50,6 +50,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
 import summarize  # noqa: E402
+import vllm_proc  # noqa: E402
 
 GPUS = {"gptq": 1, "awq": 1, "bf16": 1, "tp": 2, "pack": 2, "auto": 1}
 FORMATS = {
@@ -71,7 +72,6 @@ SERVE = {"max_model_len": 2048, "gpu_memory_utilization": 0.85, "startup_timeout
          "env": {"VLLM_USE_FLASHINFER_SAMPLER": "0"}}  # fmt: skip
 CALIBRATION = {"gptq": {"samples": 128, "max_seq_length": 512},  # as measured on an H100
                "awq": {"samples": 64, "max_seq_length": 512}}  # half: AWQ is ~2x slower  # fmt: skip
-KERNEL_LINE = re.compile(r"Using \w+Kernel for \w+")
 VERSION_LINE = re.compile(r"Initializing a V1 LLM engine \(v[^)]+\)")
 LOADING_LINE = re.compile(r"Model loading took [^\n]*")
 SHUTDOWN_S = 45  # kept free at the end for stopping the gateway and vLLM
@@ -402,7 +402,7 @@ def vllm_logs(cache: Path) -> dict[str, Any]:
     found = {}
     for path in sorted((cache / ".logs").glob("*.log")):
         text = path.read_text(encoding="utf-8", errors="replace")
-        found[path.name] = {"kernels": sorted(set(KERNEL_LINE.findall(text))),
+        found[path.name] = {"kernels": vllm_proc.kernels_in(text),
                             "version": VERSION_LINE.findall(text)[:1],
                             "loading": LOADING_LINE.findall(text)[:1]}  # fmt: skip
     return found

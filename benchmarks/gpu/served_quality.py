@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vllm_proc  # noqa: E402
+
 PORT = 8011
 VLLM_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0"}
 
@@ -59,18 +60,8 @@ def serve(model_dir: Path, log: Path, quantization: str | None) -> subprocess.Po
         cmd += ["--quantization", quantization]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             env={**os.environ, **VLLM_ENV})  # fmt: skip
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"vLLM exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{PORT}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    proc.kill()
-    raise SystemExit(f"vLLM did not come up; see {log}")
+    vllm_proc.wait_healthy(proc, PORT, log, 300)
+    return proc
 
 
 def served(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -25,11 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
+import vllm_proc  # noqa: E402
 
 COLUMNS = {  # name: (checkpoint format, extra environment)
     "bf16": ("bf16", {}),
@@ -37,7 +35,6 @@ COLUMNS = {  # name: (checkpoint format, extra environment)
     "w4a16-marlin": ("gptq", {"VLLM_DISABLED_KERNELS": "MacheteLinearKernel"}),
 }
 VLLM_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "PYTHONUNBUFFERED": "1"}
-KERNEL_LINE = re.compile(r"Using (\w+Kernel) for \w+")
 
 
 def make_models(work: Path, formats: set[str]) -> None:
@@ -54,20 +51,6 @@ def start(name: str, model: Path, port: int, share: float, log: Path) -> subproc
            "--gpu-memory-utilization", str(share), "--attention-backend", "TRITON_ATTN"]  # fmt: skip
     env = {**os.environ, **VLLM_ENV, **COLUMNS[name][1]}
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-
-
-def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout_s: float) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if proc.poll() is not None:
-            raise SystemExit(f"vLLM exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return round(time.monotonic() - t0, 1)
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"vLLM did not come up in {timeout_s:.0f} s; see {log}")
 
 
 def table(data: dict[str, Any]) -> str:
@@ -113,8 +96,8 @@ def main() -> int:
         for i, (name, (fmt, _)) in enumerate(COLUMNS.items()):
             port, log = 8300 + i, a.out / f"vllm-{name}.log"
             procs.append(start(name, a.work / "models" / fmt, port, a.share, log))
-            ready = wait_ready(procs[-1], port, log, 480)
-            kernels = sorted(set(KERNEL_LINE.findall(log.read_text(errors="replace"))))
+            ready = vllm_proc.wait_healthy(procs[-1], port, log, 480)
+            kernels = vllm_proc.kernels_in(log.read_text(errors="replace"))
             data["servers"][name] = {"port": port, "ready_s": ready, "kernels": kernels}
             print(json.dumps({"t_s": round(time.monotonic() - t0), "ready": name, "in_s": ready,
                               "kernels": kernels}), flush=True)  # fmt: skip
