@@ -54,6 +54,9 @@ def layer_progress(model: torch.nn.Module, passes: int) -> Iterator[None]:
         nonlocal done
         done = min(total, done + len({layer_of[id(m)] for m in modules if id(m) in layer_of}))
         progress("quantize", layers_done=done, layers_total=total)
+        if torch.cuda.is_available():  # a cache that grows from layer to layer shows here
+            gib = torch.cuda.memory_allocated() / 2**30
+            print(f"layer {done}/{total}: {gib:.1f} GiB of GPU memory allocated", flush=True)
         return original.__func__(cls, modules, **kwargs)
 
     progress("quantize", layers_done=0, layers_total=total)

@@ -70,6 +70,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
         in_memory, timings = build(source, output, recipe, rows, tok)
     found: dict[str, Any] = {**{k: round(v, 2) for k, v in timings.items()}}
+    if torch.cuda.is_available():  # the most the build held at once (calibration caches...)
+        found["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        print(f"peak GPU memory allocated while building: {found['peak_gpu_gib']} GiB", flush=True)
     evaluate = spec.get("evaluate")
     if evaluate:
         progress("evaluate")
