@@ -10,7 +10,9 @@ records each job's state from ``GET /admin/jobs`` and the layer llm-compressor's
 pipeline is on (``(k/33): Calibrating`` in the job log). A job that ends inside the budget is
 timed by the job's own ``started_at`` / ``finished_at``; one that does not is reported with the
 layers it finished, the seconds per layer after the first, and the total those project.
-Writes OUT/calibration.json after every poll and OUT/calibration.md at the end.
+Each poll also keeps the GPU memory the job logged at its last layer's end, so a cache that
+grows from layer to layer shows. Writes OUT/calibration.json after every poll and
+OUT/calibration.md at the end.
 """
 
 from __future__ import annotations
@@ -32,16 +34,27 @@ sys.path.insert(0, str(HERE))
 from experiment import CUDA_ENV, Gateway  # noqa: E402
 
 LAYER = re.compile(r"\((\d+)/(\d+)\): (Calibrating|Propagating)")
+MEMORY = re.compile(r"layer \d+/\d+: ([\d.]+) GiB of GPU memory allocated")
 
 
-def layer_of(log: Path) -> tuple[int, int] | None:
-    """(layer being calibrated, subgraphs) from the last progress line of a job log."""
+def tail_of(log: Path) -> str:
+    """The end of a job log, progress bars' carriage returns as line ends ('' if unreadable)."""
     try:
-        text = log.read_bytes()[-200_000:].decode("utf-8", "replace")
+        return log.read_bytes()[-200_000:].decode("utf-8", "replace").replace("\r", "\n")
     except OSError:
-        return None
-    found = LAYER.findall(text.replace("\r", "\n"))
+        return ""
+
+
+def layer_of(text: str) -> tuple[int, int] | None:
+    """(layer being calibrated, subgraphs) from the last progress line of a job log."""
+    found = LAYER.findall(text)
     return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+
+def gpu_gib_of(text: str) -> float | None:
+    """GPU memory allocated at the last layer's end, as the job logs it on a GPU."""
+    found = MEMORY.findall(text)
+    return float(found[-1]) if found else None
 
 
 def projection(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -130,10 +143,11 @@ def main() -> int:
                     job = gw.get("/admin/jobs")["data"][0]
                 except (httpx.HTTPError, ValueError, IndexError):
                     continue
-                where = layer_of(Path(job["log"]))
+                text = tail_of(Path(job["log"]))
+                where = layer_of(text)
                 poll = {"t_s": round(time.time() - t0, 1), "state": job["state"],
                         "stage": job.get("stage"), "layer": where and where[0],
-                        "layers": where and where[1]}  # fmt: skip
+                        "layers": where and where[1], "gpu_gib": gpu_gib_of(text)}  # fmt: skip
                 data["polls"][method].append(poll)
                 data["jobs"][method].update(job=job, **projection(data["polls"][method]))
                 running |= job["state"] in ("queued", "running")
@@ -160,17 +174,19 @@ def main() -> int:
 
 def table(data: dict[str, Any]) -> str:
     lines = [f"GPUs: {data.get('gpus')}; calibration {data['samples']} x {data['seq_len']} tokens",
-             "", "| method | state | job s | layers done | s/layer | projected loop s |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "", "| method | state | job s | layers done | s/layer | projected loop s | GPU GiB |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for method, info in data["jobs"].items():
         job = info.get("job") or {}
         took = None
         if job.get("finished_at") and job.get("started_at"):
             took = round(job["finished_at"] - job["started_at"], 1)
         done = info.get("layers") if job.get("state") == "succeeded" else info.get("layers_done")
+        gib = [p["gpu_gib"] for p in data["polls"].get(method, []) if p.get("gpu_gib")]
+        memory = f"{min(gib)} to {max(gib)}" if gib else "—"  # at layer ends, over the polls
         lines.append(f"| {method} | {job.get('state')} | {took} | "
                      f"{done}/{info.get('layers')} | {info.get('s_per_layer')} | "
-                     f"{info.get('projected_loop_s')} |")  # fmt: skip
+                     f"{info.get('projected_loop_s')} | {memory} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
