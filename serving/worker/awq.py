@@ -113,7 +113,8 @@ def bounded(cache: Any, limit: int) -> Callable[[dict[str, Any]], None]:
     def append_bounded(values: dict[str, Any]) -> None:
         nonlocal kept
         owner = ref()
-        if owner is None or kept >= limit:
+        assert owner is not None  # only the cache holds this function: it is alive if called
+        if kept >= limit:
             return
         kept += batch_tokens(values)
         append(owner, values)
