@@ -31,14 +31,10 @@ import argparse
 import concurrent.futures
 import contextlib
 import importlib.metadata
-import io
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,11 +42,10 @@ from typing import Any
 import httpx
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
 import summarize  # noqa: E402
-import vllm_proc  # noqa: E402
+from harness import SHUTDOWN_S, Clock, Gateway, Results, kill_leftovers, pack_logs, vllm_logs  # noqa: E402
 
 GPUS = {"gptq": 1, "awq": 1, "bf16": 1, "tp": 2, "pack": 2, "auto": 1}
 FORMATS = {
@@ -72,118 +67,7 @@ SERVE = {"max_model_len": 2048, "gpu_memory_utilization": 0.85, "startup_timeout
          "env": {"VLLM_USE_FLASHINFER_SAMPLER": "0"}}  # fmt: skip
 CALIBRATION = {"gptq": {"samples": 128, "max_seq_length": 512},  # as measured on an H100
                "awq": {"samples": 64, "max_seq_length": 512}}  # half: AWQ is ~2x slower  # fmt: skip
-VERSION_LINE = re.compile(r"Initializing a V1 LLM engine \(v[^)]+\)")
-LOADING_LINE = re.compile(r"Model loading took [^\n]*")
-SHUTDOWN_S = 45  # kept free at the end for stopping the gateway and vLLM
 FOLLOW = {"window_s": 15, "hold_s": 0, "min_gain": 0.10}  # auto: serve.kernel_switch
-
-
-class Clock:
-    def __init__(self, started_at: float, budget_s: float) -> None:
-        self.started_at, self.deadline = started_at, started_at + budget_s
-
-    def now(self) -> float:
-        return round(time.time() - self.started_at, 1)
-
-    def left(self) -> float:
-        return self.deadline - time.time()
-
-
-class Results:
-    """results.json, rewritten after every step."""
-
-    def __init__(self, out: Path, phase: str) -> None:
-        self.path = out / "results.json"
-        self.data: dict[str, Any] = {"phase": phase, "steps": [], "bench": [], "skipped": [],
-                                     "first_requests": {}, "placement": {}}  # fmt: skip
-
-    def step(self, clock: Clock, what: str, **info: Any) -> None:
-        row = {"t_s": clock.now(), "step": what, **info}
-        print(json.dumps(row), flush=True)
-        self.data["steps"].append(row)
-        self.save()
-
-    def save(self) -> None:
-        self.path.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
-
-
-class Gateway:
-    """``quantgate serve`` on the manifest, as its own process; stopped with SIGTERM."""
-
-    def __init__(self, manifest: Path, env: dict[str, str], log: Path, port: int = 8000) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self._cmd = [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            str(manifest),
-            "--port",
-            str(port),
-        ]
-        self._env, self._log = env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(base_url=self.url, timeout=60)
-
-    def __enter__(self) -> Gateway:
-        with self._log.open("ab") as log:
-            self.proc = subprocess.Popen(self._cmd, cwd=ROOT, env=self._env, stdout=log,
-                                         stderr=subprocess.STDOUT)  # fmt: skip
-        for _ in range(240):
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the gateway exited with {self.proc.returncode}: see {self._log}"
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if self.http.get("/health").status_code == 200:
-                    return self
-            time.sleep(0.25)
-        raise RuntimeError("the gateway did not answer /health within 60 s")
-
-    def get(self, path: str) -> Any:
-        return self.http.get(path).json()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(SHUTDOWN_S - 10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.http.close()
-
-
-def gpu_pids() -> list[int]:
-    """vLLM servers and quantization workers holding a GPU: what an experiment started (the
-    model writer, started early by run_*.sh, is left alone)."""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20).stdout  # fmt: skip
-        pids = [int(x) for x in out.split() if x.strip().isdigit()]
-        return [pid for pid in pids if _ours(pid)]
-    return []
-
-
-def _ours(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").lower()
-    except OSError:
-        return False
-    return b"vllm" in cmdline or b"serving.worker" in cmdline
-
-
-def kill_leftovers(results: Results, clock: Clock) -> None:
-    """End GPU processes left by an earlier phase (vLLM runs in its own session), by pid."""
-    pids = gpu_pids()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    if pids:
-        results.step(clock, "killed leftover GPU processes", pids=pids)
-        time.sleep(3)
 
 
 def preflight(phase: str, results: Results, clock: Clock) -> None:
@@ -395,32 +279,6 @@ def record(gw: Gateway, results: Results, clock: Clock, label: str) -> None:
         }
         results.data["models"] = gw.get("/v1/models")["data"]
         results.step(clock, "recorded", label=label, placement=backends["placement"])
-
-
-def vllm_logs(cache: Path) -> dict[str, Any]:
-    """The kernel, version and weights lines of every vLLM log (tuning runs included)."""
-    found = {}
-    for path in sorted((cache / ".logs").glob("*.log")):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        found[path.name] = {"kernels": vllm_proc.kernels_in(text),
-                            "version": VERSION_LINE.findall(text)[:1],
-                            "loading": LOADING_LINE.findall(text)[:1]}  # fmt: skip
-    return found
-
-
-def pack_logs(work: Path, out: Path) -> None:
-    """Gateway, model-writing, job and vLLM logs (each cut to its last 2 MB) in one archive."""
-    paths = [work / "gateway.log", work / "make_models.log", work / "manifest.yaml"]
-    paths += sorted((work / "cache" / ".logs").glob("*.log"))
-    paths += sorted((work / "cache" / ".jobs").glob("*/*"))
-    with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
-        for path in paths:
-            if not path.is_file():
-                continue
-            data = path.read_bytes()[-2_000_000:]
-            info = tarfile.TarInfo(str(path.relative_to(work)))
-            info.size, info.mtime = len(data), int(path.stat().st_mtime)
-            tar.addfile(info, fileobj=io.BytesIO(data))
 
 
 def run_phase(phase: str, gw: Gateway, results: Results, clock: Clock) -> None:
