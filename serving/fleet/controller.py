@@ -15,10 +15,9 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
-from serving import kernels, tuner
+from serving import kernels
 from serving.errors import (
     BackendFailed,
     QuantgateError,
@@ -26,41 +25,19 @@ from serving.errors import (
     VariantUnavailable,
     VariantUnsupported,
 )
-from serving.fleet.packages import VllmPackages
+from serving.fleet.context import FleetContext
 from serving.fleet.status import VariantState
-from serving.fleet.swaps import SwapDesk, resident_of
-from serving.hardware import Hardware
+from serving.fleet.swaps import resident_of
 from serving.job import Job
-from serving.jobs import JobRunner
 from serving.launcher import LaunchSpec, Server
-from serving.manifest import Manifest, Model, Variant
-from serving.placement import Placement
+from serving.manifest import Model, Variant
 from serving.pool import VariantPool
 from serving.quality import over_budget
 from serving.replica import Replica, RestartPolicy
-from serving.specs import LaunchPlanner
-from serving.store import VariantStore
 from serving.swapping import SwapEvent
 
 log = logging.getLogger("serving.fleet")
 WAKE_CHECK_S = 1.0  # a waiter looks again at least this often (an open circuit closes in time)
-
-
-@dataclass
-class FleetContext:
-    """What every controller of a fleet shares; ``manifest`` follows reloads."""
-
-    manifest: Manifest
-    store: VariantStore
-    jobs: JobRunner
-    hardware: Hardware
-    placement: Placement
-    specs: LaunchPlanner
-    tuning: tuner.KernelTuning
-    swaps: SwapDesk
-    packages: VllmPackages
-    launch: Callable[[LaunchSpec], Server]
-    places_gpus: bool  # False where a scheduler (Kubernetes) places pods
 
 
 class VariantController:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from serving import tuner
 from serving.build import WorkerCommand
-from serving.fleet.controller import FleetContext
+from serving.fleet.context import FleetContext
 from serving.fleet.fleet import Fleet
 from serving.fleet.packages import VllmPackages
 from serving.fleet.swaps import SwapDesk

@@ -19,7 +19,8 @@ from typing import Any
 
 from serving import kernels
 from serving.errors import BackendFailed, ReloadRefused, UnknownModel
-from serving.fleet.controller import FleetContext, VariantController
+from serving.fleet.context import FleetContext
+from serving.fleet.controller import VariantController
 from serving.fleet.follow import KernelFollower
 from serving.fleet.routing import RequestHints, affinity_key
 from serving.fleet.status import Lease, VariantState, VariantStatus, variant_status

@@ -26,7 +26,8 @@ from typing import Any
 
 from serving import kernels, tuner
 from serving.errors import PlacementError, QuantgateError
-from serving.fleet.controller import FleetContext, VariantController
+from serving.fleet.context import FleetContext
+from serving.fleet.controller import VariantController
 from serving.fleet.switch import KernelSwitcher
 from serving.kernel_load import Advice, LoadWindow, advise
 from serving.replica import Replica, ReplicaState

@@ -20,7 +20,8 @@ import contextlib
 import logging
 
 from serving.errors import PlacementError, QuantgateError, VariantUnavailable
-from serving.fleet.controller import FleetContext, VariantController
+from serving.fleet.context import FleetContext
+from serving.fleet.controller import VariantController
 from serving.kernels import KernelChoice
 from serving.replica import Replica, ReplicaState
 
