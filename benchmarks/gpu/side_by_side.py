@@ -2,6 +2,7 @@
 run-to-run spread of separate runs.
 
     python3 benchmarks/gpu/side_by_side.py --work /tmp/qg --out $OUT [--waves 4] [--budget-s 540]
+        [--dry-run]
 
 Writes the 8B-shape bf16 and GPTQ-format checkpoints (make_models.py, random weights: speed and
 kernels are real, answers are noise) unless they are there, starts one vLLM per column on the
@@ -9,7 +10,9 @@ same GPU, one after the other (each at ``--share`` of its memory, so all three s
 benchmarks them in turns: each wave runs 1, 16 and 64 streams on every server, the servers'
 order rotating from wave to wave, so drift in the GPU's clocks falls on all columns alike.
 Writes OUT/side_by_side.json after every level and OUT/side_by_side.md at the end (medians
-over the waves, with the lowest and highest).
+over the waves, with the lowest and highest). ``--dry-run`` runs the same steps on a CPU
+machine against stand-ins (dryrun.py: the fake vLLM, Marlin faster alone, Machete with many
+streams); it checks the steps and the files, never speed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +49,10 @@ def make_models(work: Path, formats: set[str]) -> None:
         subprocess.run(cmd, check=True)
 
 
-def start(name: str, model: Path, port: int, share: float, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+def start(
+    python: str, name: str, model: Path, port: int, share: float, log: Path
+) -> subprocess.Popen[bytes]:
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
            "--served-model-name", name, "--port", str(port), "--max-model-len", "2048",
            "--gpu-memory-utilization", str(share), "--attention-backend", "TRITON_ATTN"]  # fmt: skip
     env = {**os.environ, **VLLM_ENV, **COLUMNS[name][1]}
@@ -73,6 +79,37 @@ def table(data: dict[str, Any]) -> str:
     return "\n".join(lines) + f"\n\nKernels named in each vLLM log: {kernels}\n"
 
 
+def prepare(work: Path, dry_run: bool) -> str:
+    """The checkpoints of every column; the Python that runs vLLM (the stand-in's if dry)."""
+    formats = sorted({fmt for fmt, _ in COLUMNS.values()})
+    if not dry_run:
+        make_models(work, set(formats))
+        return sys.executable
+    import dryrun
+
+    fake = dryrun.prepare(work, 1)
+    os.environ.update(fake)  # the fake nvidia-smi, the fake vLLM's kernels and pace
+    dryrun.models(work / "models", formats)
+    return fake["QUANTGATE_VLLM_PYTHON"]
+
+
+def waves(data: dict[str, Any], count: int, deadline: float, save: Callable[[], None]) -> None:
+    """``count`` waves of 1, 16 and 64 streams on every server, the order rotating."""
+    names = list(data["servers"])
+    for wave in range(count):
+        if time.monotonic() > deadline:
+            break
+        order = names[wave % len(names) :] + names[: wave % len(names)]
+        for conc in (1, 16, 64):
+            for name in order:
+                url = f"http://127.0.0.1:{data['servers'][name]['port']}"
+                row = {"wave": wave, "server": name, **bench.run(url, name, conc)}
+                data["levels"].append(row)
+                print(json.dumps({k: row[k] for k in ("wave", "server", "conc", "out_tok_s")}))
+                save()
+        data["waves_done"] = wave + 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/qg"))
@@ -80,9 +117,11 @@ def main() -> int:
     ap.add_argument("--waves", type=int, default=4)
     ap.add_argument("--share", type=float, default=0.28, help="gpu_memory_utilization per server")
     ap.add_argument("--budget-s", type=float, default=540)
+    ap.add_argument("--dry-run", action="store_true", help="on a CPU, against stand-ins")
     a = ap.parse_args()
     t0 = time.monotonic()
     a.out.mkdir(parents=True, exist_ok=True)
+    python = prepare(a.work, a.dry_run)
     smi = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
     gpu = subprocess.run(smi, capture_output=True, text=True).stdout.strip()
     data: dict[str, Any] = {"gpu": gpu, "servers": {}, "levels": [], "waves_done": 0}
@@ -90,31 +129,18 @@ def main() -> int:
     def save() -> None:
         (a.out / "side_by_side.json").write_text(json.dumps(data, indent=2) + "\n")
 
-    make_models(a.work, {fmt for fmt, _ in COLUMNS.values()})
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for i, (name, (fmt, _)) in enumerate(COLUMNS.items()):
             port, log = 8300 + i, a.out / f"vllm-{name}.log"
-            procs.append(start(name, a.work / "models" / fmt, port, a.share, log))
+            procs.append(start(python, name, a.work / "models" / fmt, port, a.share, log))
             ready = vllm_proc.wait_healthy(procs[-1], port, log, 480)
             kernels = vllm_proc.kernels_in(log.read_text(errors="replace"))
             data["servers"][name] = {"port": port, "ready_s": ready, "kernels": kernels}
             print(json.dumps({"t_s": round(time.monotonic() - t0), "ready": name, "in_s": ready,
                               "kernels": kernels}), flush=True)  # fmt: skip
             save()
-        names = list(data["servers"])
-        for wave in range(a.waves):
-            if time.monotonic() - t0 > a.budget_s - 60:
-                break
-            order = names[wave % len(names) :] + names[: wave % len(names)]
-            for conc in (1, 16, 64):
-                for name in order:
-                    url = f"http://127.0.0.1:{data['servers'][name]['port']}"
-                    row = {"wave": wave, "server": name, **bench.run(url, name, conc)}
-                    data["levels"].append(row)
-                    print(json.dumps({k: row[k] for k in ("wave", "server", "conc", "out_tok_s")}))
-                    save()
-            data["waves_done"] = wave + 1
+        waves(data, a.waves, t0 + a.budget_s - 60, save)
     finally:
         for proc in procs:
             proc.terminate()
