@@ -1,6 +1,7 @@
 """A replica's circuit breaker: ``threshold`` failed requests in a row keep it out of routing
-for ``open_s``; after that one request may try it (half-open); one more failure reopens it, a
-success closes it. The clock is injected (``time.monotonic`` by default)."""
+for ``open_s``; after that one request may try it (half-open: the others are kept out while
+it runs); one more failure reopens it, a success closes it. The clock is injected
+(``time.monotonic`` by default)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,30 @@ class Circuit:
         self._clock = clock
         self._failures = 0
         self._open_until = 0.0
+        self._probing = False  # half-open: the one request trying it is in flight
+
+    def admits(self) -> bool:
+        """Whether a request may go to it now: closed, or half-open with no trial running."""
+        state = self.state
+        return state == "closed" or (state == "half-open" and not self._probing)
+
+    def begin(self) -> bool:
+        """A request was sent to it; whether it is the trial (half-open)."""
+        if self.state != "half-open":
+            return False
+        self._probing = True
+        return True
+
+    def end(self, trial: bool) -> None:
+        """A request to it is over (answered, failed or cancelled); if it was the trial, the
+        next request may be one."""
+        if trial and self._probing:
+            self._probing = False
+            self._on_change()
 
     def failure(self, threshold: int, open_s: float) -> None:
         self._failures += 1
+        self._probing = False
         if self._failures >= threshold:
             if self.state != "open":
                 log.warning("%s: circuit opened after %d failed requests in a row; no requests "
@@ -35,6 +57,7 @@ class Circuit:
 
     def success(self) -> None:
         self._failures = 0
+        self._probing = False
         if self._open_until:
             log.info("%s: circuit closed (a request succeeded)", self._label)
             self._open_until = 0.0

@@ -86,8 +86,9 @@ class VariantPool:
         return not self.running or self.asleep()
 
     def open_for(self) -> float | None:
-        """When every replica is up but kept out by an open circuit: seconds until the first
-        lets a request try again. None when one is routable, or may become so otherwise."""
+        """When every replica is up but kept out by its circuit: seconds until the first lets
+        a request try again (0: a trial request is running). None when one is routable, or may
+        become so otherwise."""
         up = [r for r in self.replicas if r.state is ReplicaState.READY]
         if not up or len(up) < len(self.replicas) or any(r.routable for r in up):
             return None

@@ -101,7 +101,7 @@ class Replica:
 
     @property
     def routable(self) -> bool:
-        return self.state is ReplicaState.READY and self._circuit.state != "open"
+        return self.state is ReplicaState.READY and self._circuit.admits()
 
     # -- circuit breaker (serving.circuit) -------------------------------------------------
     def record_failure(self, threshold: int, open_s: float) -> None:
@@ -284,12 +284,15 @@ class Replica:
         return self.server is not None and self.server.alive()
 
     # -- traffic ---------------------------------------------------------------------------
-    def acquire(self) -> None:
+    def acquire(self) -> bool:
+        """A request is sent to it; whether that request is its half-open circuit's trial."""
         self.in_flight += 1
         self._idle.clear()
         self.last_used = time.monotonic()
+        return self._circuit.begin()
 
-    def release(self) -> None:
+    def release(self, trial: bool = False) -> None:
+        self._circuit.end(trial)
         self.in_flight -= 1
         self.last_used = time.monotonic()
         if self.in_flight == 0:

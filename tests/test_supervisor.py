@@ -203,6 +203,32 @@ def test_circuit_breaker_opens_then_half_opens() -> None:
     assert r.routable and r.circuit == "closed"
 
 
+def test_a_half_open_circuit_lets_one_request_through_at_a_time() -> None:
+    from serving.pool import VariantPool
+    from serving.replica import Replica, ReplicaState, RestartPolicy, unlaunchable
+
+    now = [1000.0]
+    r = Replica(0, unlaunchable, unlaunchable, RestartPolicy(), clock=lambda: now[0])
+    r.state = ReplicaState.READY
+    pool = VariantPool("tiny:base", unlaunchable, unlaunchable, RestartPolicy())
+    pool.replicas = [r]
+    earlier = r.acquire()  # sent while the circuit was closed: not a trial
+    for _ in range(3):
+        r.record_failure(threshold=3, open_s=10)
+    now[0] += 10
+    picked = [p for p in (pool.pick() for _ in range(20)) if p is not None and p.acquire()]
+    assert len(picked) == 1 and r.in_flight == 2  # one trial; the other 19 found none
+    assert pool.open_for() == 0.0  # what a request is told: one is trying it now
+    r.release(earlier)
+    assert not r.routable  # a request from before does not end the trial
+    r.release(True)  # the trial ended without an answer (the client went away)
+    assert r.routable and r.circuit == "half-open"
+    trial = r.acquire()
+    r.record_success()
+    r.release(trial)
+    assert r.circuit == "closed" and [r.acquire() for _ in range(3)] == [False] * 3
+
+
 def test_a_failed_pool_reports_why_with_the_log_tail() -> None:
     """What a request gets when it finds every replica failed before the bring-up recorded
     why: the last replica's own failure, vLLM's log tail included."""

@@ -137,9 +137,10 @@ class VariantController:
             raise self.failure
         closed_in = self.pool.open_for()
         if closed_in is not None:
+            now = "one request is trying it now" if closed_in == 0 else (
+                f"the next try in {closed_in:.1f} s")  # fmt: skip
             raise VariantUnavailable(
-                f"{self.label} is unreachable: its requests failed and its circuit is open; "
-                f"the next try in {closed_in:.1f} s",
+                f"{self.label} is unreachable: its requests failed and its circuit is open; {now}",
                 max(1, math.ceil(closed_in)),
             )
 

@@ -133,21 +133,23 @@ class Fleet:
             served, replica = self._fallback(controller, affinity)
         if replica is None:
             replica = await controller.wait_for_replica(exclude, affinity)
-        replica.acquire()
+        trial = replica.acquire()
         rename = f"{model_name}:{served}" if served != name else None
         upstream = model.variants[served].upstream
         policy = (model.routing.failure_threshold, model.routing.open_s)
         if upstream is None:
-            return Lease(model_name, served, replica.url, replica, JSON_HEADERS, rename, *policy)
+            return Lease(model_name, served, replica.url, replica, JSON_HEADERS, rename, *policy,
+                         trial=trial)  # fmt: skip
         headers = {**JSON_HEADERS, **upstream.auth_headers()}
         forward = upstream.model
         if forward is None and isinstance(replica, StaticReplica):
             try:
                 forward = await replica.served_model(headers)
             except BackendFailed:
-                replica.release()
+                replica.release(trial)
                 raise
-        return Lease(model_name, served, replica.url, replica, headers, forward or rename, *policy)
+        return Lease(model_name, served, replica.url, replica, headers, forward or rename, *policy,
+                     trial=trial)  # fmt: skip
 
     def _fallback(
         self, controller: VariantController, affinity: str | None

@@ -79,9 +79,10 @@ class Lease:
     upstream_model: str | None = None  # rename the body's model to this, for static upstreams
     failure_threshold: int = 3  # the model's routing policy: failures in a row open the circuit
     open_s: float = 10.0  # and keep it open this long
+    trial: bool = False  # the one request a half-open circuit lets through
 
     def release(self) -> None:
-        self.replica.release()
+        self.replica.release(self.trial)
 
     def succeeded(self) -> None:
         """The replica answered: its circuit closes."""
