@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from serving.replica import (
 )
 
 SpecFactory = Callable[[int], LaunchSpec]
+log = logging.getLogger("serving.fleet")
 
 
 class Changed:
@@ -55,6 +57,7 @@ class VariantPool:
         self._policy = policy
         self.replicas: list[Replica] = []
         self._turn = 0
+        self._scaling = asyncio.Lock()
         self.changed = Changed()
 
     @classmethod
@@ -105,13 +108,26 @@ class VariantPool:
         last = self.replicas[-1]
         return last.failure or BackendFailed(last.error or "the replica failed")
 
+    def any_failed(self) -> bool:
+        return any(r.state is ReplicaState.FAILED for r in self.replicas)
+
     async def scale(self, count: int) -> None:
-        """Start replicas up to ``count`` (all at once) or drain and stop those above it.
+        """Start replicas up to ``count`` (all at once) or drain and stop those above it;
+        failed replicas are replaced. One scaling at a time.
 
         Returns when every new replica is ready; raises BackendFailed if none of them is.
         """
         if self.static_upstream:
             return
+        async with self._scaling:
+            await self._scale(count)
+
+    async def _scale(self, count: int) -> None:
+        failed = [r for r in self.replicas if r.state is ReplicaState.FAILED]
+        for replica in failed:
+            log.info("%s: replacing the failed replica #%d", self.name, replica.index)
+        await asyncio.gather(*(r.stop(0) for r in failed))  # what is left of its process
+        self.replicas = [r for r in self.replicas if r not in failed]  # its index is free again
         live = [r for r in self.replicas if r.state is not ReplicaState.STOPPED]
         if count < len(live):
             await asyncio.gather(*(r.stop() for r in live[count:]))

@@ -202,6 +202,10 @@ def test_backend_that_exits_at_start_reports_its_log(
     message = r.json()["error"]["message"]
     assert "exited with code 3 while starting" in message
     assert "fake start-up failure (bad argument)" in message
+    monkeypatch.delenv("FAKE_EXIT_AT_START")  # the cause fixed: an admin start retries it
+    started = httpx.post(server.url + "/admin/variants/tiny/base/start", timeout=30)
+    assert started.json()["state"] == "ready", started.text
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
 
 
 def test_w4a16_refused_fast_on_a_cpu_without_avx512(gateway: Start) -> None:

@@ -117,6 +117,38 @@ def test_crash_loop_stops_after_the_restart_limit(
     assert "crashed 2 times" in str(row["error"])
     r = httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30)
     assert r.status_code == 502 and "every replica" in r.json()["error"]["message"]
+    assert "/admin/variants/tiny/base/build retries it" in r.json()["error"]["message"]
+    assert [b["state"] for b in backends(server)] == ["failed"]  # a request restarts nothing
+    monkeypatch.delenv("FAKE_EXIT_AT_START")
+    retried = httpx.post(server.url + "/admin/variants/tiny/base/build", timeout=30)
+    assert retried.status_code == 202 and retried.json()["job"] is None  # built: no job
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    rows = backends(server)
+    assert [(b["index"], b["state"], b["restarts"]) for b in rows] == [(0, "ready", 0)]
+
+
+def test_a_start_and_a_request_during_the_build_bring_up_one_replica(
+    gateway: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin start and a request arriving while the build runs share one bring-up: one
+    vLLM, none left running outside the variant's replicas."""
+    monkeypatch.setenv("FAKE_QUANT_S", "1.5")
+    server = gateway()
+    url = server.url + "/admin/variants/tiny/gptq/start"
+    body = {**CHAT, "model": "tiny:gptq"}
+
+    async def both() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            start = asyncio.create_task(client.post(url))
+            await asyncio.sleep(0.3)
+            asked = await client.post(server.url + "/v1/chat/completions", json=body)
+            return await start, asked
+
+    started, asked = asyncio.run(both())
+    assert started.json()["state"] == "ready" and asked.is_success, asked.text
+    assert [(b["variant"], b["index"]) for b in backends(server)] == [("gptq", 0)]
+    logs = Path(str(backends(server)[0]["log"])).parent
+    assert [p.name.split("-")[2] for p in logs.glob("tiny-gptq-r*.log")] == ["r0"]
 
 
 def test_idle_stop_then_cold_start(gateway: Start) -> None:

@@ -118,7 +118,8 @@ class VariantController:
 
     def usable(self) -> bool:
         """Neither refused (kernel, quality) nor failed: worth bringing up."""
-        return self.kernel().supported and not self.over_budget() and self.failure is None
+        failed = self.failure is not None or self.pool.failed()
+        return self.kernel().supported and not self.over_budget() and not failed
 
     def takes_turns(self) -> bool:
         return self.ctx.swaps.takes_turns(self.ctx.manifest, self.model_name, self.name)
@@ -135,6 +136,9 @@ class VariantController:
             raise VariantOverBudget(refusal)
         if self.failure is not None:
             raise self.failure
+        failure = self.pool.failure()  # every replica crashed past its restarts
+        if failure is not None:
+            raise self._failed(failure)
         closed_in = self.pool.open_for()
         if closed_in is not None:
             now = "one request is trying it now" if closed_in == 0 else (
@@ -192,9 +196,14 @@ class VariantController:
             return  # a bring-up that fails records why (self.failure), then wakes the waiters
         failure = self.pool.failure()  # replicas that failed after their start
         if failure is not None:
-            raise BackendFailed(
-                f"every replica of {self.label} has failed: {failure}", log_tail=failure.log_tail
-            )
+            raise self._failed(failure)
+
+    def _failed(self, failure: BackendFailed) -> BackendFailed:
+        return BackendFailed(
+            f"every replica of {self.label} has failed: {failure}; "
+            f"POST /admin/variants/{self.model_name}/{self.name}/build retries it",
+            log_tail=failure.log_tail,
+        )
 
     def unavailable(self, detail: str) -> VariantUnavailable:
         retry = self.model.on_missing.retry_after_s
@@ -358,8 +367,8 @@ class VariantController:
             return
         if self.bring_up_task is not None and not self.bring_up_task.done():
             await asyncio.shield(self.bring_up_task)
-        if not self.pool.running:
-            await self.bring_up(replicas)
+        if not self.pool.running:  # the one bring-up, which requests arriving now wait for
+            await asyncio.shield(self.ensure_bring_up(replicas))
         else:
             await self.pool.scale(replicas)
 

@@ -173,11 +173,13 @@ class Fleet:
 
     # -- admin operations ------------------------------------------------------------------
     def build(self, model_name: str, name: str, start: bool = True) -> Job | None:
-        """(Re)build a variant and (``start``) start it; clears an earlier failure. None:
-        nothing to build."""
+        """(Re)build a variant and (``start``) start it; clears an earlier failure, and
+        (``start``) replaces failed replicas. None: nothing to build."""
         controller = self._variants[(model_name, name)]
         controller.failure = None
         if controller.built():
+            if start and controller.pool.any_failed():
+                controller.ensure_bring_up()
             return None
         job = controller.submit()  # the bring-up finds this same job
         if start:
