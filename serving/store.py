@@ -9,12 +9,13 @@
     <cache>/.logs/                               vLLM logs, one per replica
     <cache>/.vllm-cache/<shape-method>/          vLLM's compile cache, per model shape and method
 
-A variant's folder is named by its recipe, not by its name in the manifest: the same recipe is
-built once, and changing the recipe makes a new build. A variant counts as built only when its
-folder holds ``report.json``; the report is written inside the staging folder, which is then
-renamed into place in one step. Kernel tuning results are added to the report later
-(``kernel_tuning``), by a temporary file and ``os.replace``; a variant with nothing to build
-(``method: none`` or ``fp8``) gets a folder holding only that report.
+A variant's folder is named by its recipe (its model's source included), not by its name in
+the manifest: the same recipe is built once, and changing the recipe makes a new build. A
+variant counts as built only when its folder holds ``report.json``; the report is written
+inside the staging folder, which is then renamed into place in one step. Kernel tuning results
+are added to the report later (``kernel_tuning``), by a temporary file and ``os.replace``; a
+variant with nothing to build (``method: none`` or ``fp8``) gets a folder holding only that
+report.
 """
 
 from __future__ import annotations

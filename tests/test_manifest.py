@@ -187,3 +187,14 @@ def test_a_key_written_twice_is_an_error_on_the_second_line() -> None:
         "/m/bad.yaml:9: models.tiny.variants.base: duplicate key 'base' (first on line 8): "
         "the second would silently replace the first"
     ]
+
+
+def test_a_built_variant_is_named_by_its_models_source_too() -> None:
+    """Another source is another build: its folder (the recipe's hash) changes; the base,
+    served from the source itself, has nothing to rebuild."""
+    path = Path("/m/a.yaml")
+    one = parse_manifest(GOOD, path).models["tiny"]
+    two = parse_manifest(GOOD.replace("/models/tiny", "/models/tiny-v2"), path).models["tiny"]
+    assert one.variants["gptq"].recipe()["source"] == "/models/tiny"
+    assert one.variants["gptq"].recipe_hash() != two.variants["gptq"].recipe_hash()
+    assert one.variants["base"].recipe() == two.variants["base"].recipe() == {"method": "none"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -234,3 +235,25 @@ models:
             assert time.monotonic() < deadline, "the rotated key was not read again"
             time.sleep(0.1)
         assert models("sk-old") == 401
+
+
+def test_a_new_source_is_built_again_and_its_old_build_is_not_served(
+    tmp_path: Path, model_dir: Path, fake_vllm_python: Path
+) -> None:
+    write_manifest(tmp_path, model_dir)
+    path = tmp_path / "manifest.yaml"
+    moved = tmp_path / "tiny-v2"
+    shutil.copytree(model_dir, moved)
+    with (
+        gateway_on(path.read_text(), path, fake_vllm_python) as server,
+        httpx.Client(base_url=server.url, timeout=60) as c,
+    ):
+        assert chat(c, "tiny:gptq").status_code == 200
+        path.write_text(path.read_text().replace(f"source: {model_dir}", f"source: {moved}"))
+        changed = c.post("/admin/reload").json()["changed"]
+        assert sorted(changed) == ["tiny:awq", "tiny:base", "tiny:gptq"]
+        assert chat(c, "tiny:gptq").status_code == 200
+        jobs = [j for j in c.get("/admin/jobs").json()["data"] if j["variant"] == "gptq"]
+        row = next(v for v in c.get("/admin/variants").json()["data"] if v["variant"] == "gptq")
+    assert [j["state"] for j in jobs] == ["succeeded", "succeeded"]
+    assert row["report"]["source"] == str(moved)

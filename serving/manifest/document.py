@@ -61,7 +61,7 @@ class Model(Strict):
         self._origin = ModelSource.parse(self.source) if self.source is not None else None
         spec = self.evaluation.spec() if self.evaluation is not None else None
         for variant in self.variants.values():
-            variant.measure_with(spec)
+            variant.belongs_to(self.source, spec)
 
     @property
     def origin(self) -> ModelSource:

@@ -100,6 +100,7 @@ class Variant(Strict):
     calibration: Calibration | None = None
     upstream: Upstream | None = None
     _evaluation: dict[str, Any] | None = PrivateAttr(None)
+    _source: str | None = PrivateAttr(None)
     max_ppl_increase: float | None = Field(
         None,
         description="Quality gate: refuse to serve the variant when its held-out perplexity "
@@ -192,16 +193,22 @@ class Variant(Strict):
         return family(self.method).scheme(self)
 
     def recipe(self) -> dict[str, Any]:
-        """The recipe with defaults filled in: what the worker is told and what is hashed (with
-        the model's own evaluation texts, where it names any: new texts, a new measure)."""
+        """The recipe with defaults filled in: what the worker is told and what is hashed. A
+        variant that is built or measured also names its model's source (another source, another
+        build) and the model's own evaluation texts, where it names any (new texts, a new
+        measure)."""
         recipe = self._method_recipe()
-        if self._evaluation is not None and (self.needs_job or self.measured_when_served):
-            recipe["evaluation"] = self._evaluation
+        if self.needs_job or self.measured_when_served:
+            if self._source is not None:
+                recipe["source"] = self._source
+            if self._evaluation is not None:
+                recipe["evaluation"] = self._evaluation
         return recipe
 
-    def measure_with(self, evaluation: dict[str, Any] | None) -> None:
-        """The evaluation texts its model names (``Model`` sets them on each variant)."""
-        self._evaluation = evaluation
+    def belongs_to(self, source: str | None, evaluation: dict[str, Any] | None) -> None:
+        """Its model's source (the folder, GGUF file or Hub repository and revision, as the
+        manifest names it) and evaluation texts; ``Model`` sets them on each variant."""
+        self._source, self._evaluation = source, evaluation
 
     def _method_recipe(self) -> dict[str, Any]:
         if not self.needs_build:
