@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from serving.errors import JobFailed
+from serving.errors import InvalidRecipe, JobFailed
 from serving.processes import tail
 
 
@@ -124,6 +124,8 @@ class Job:
                 if self.variant == SOURCE
                 else f"quantization of {self.model}:{self.variant}"
             )
+            if self.stage == "precheck":  # the recipe cannot be built from this source
+                raise InvalidRecipe(f"{what} cannot run: {self.error}")
             raise JobFailed(
                 f"{what} {self.state.value}: {self.error}", log_tail=tail(self.log_path)
             )

@@ -139,8 +139,7 @@ class JobRunner:
             if self.source_ready(model):
                 check_build(model.source_path, variant)
         except InvalidRecipe as exc:
-            job.stage, job.error = "precheck", str(exc)
-            self._finish(job, JobState.FAILED)
+            self._refuse(job, exc)
             return job
         self._start(job, self._build(job, model, variant, served))
         return job
@@ -155,8 +154,7 @@ class JobRunner:
             recipe = self._source_recipe(model)
         except (InvalidRecipe, OSError) as exc:  # no GGUF file there, or not a GGUF file
             job = self._new_job(model_name, SOURCE, MISSING, {"source": model.source})
-            job.stage, job.error = "precheck", str(exc)
-            self._finish(job, JobState.FAILED)
+            self._refuse(job, exc)
             return job
         key = (SOURCE_KEY, recipe_hash(recipe))
         if key in self._active:
@@ -170,6 +168,12 @@ class JobRunner:
         job = Job(job_id, model, variant, hash_, recipe, self._store.job_dir(job_id) / "job.log")
         self._jobs[job_id] = job
         return job
+
+    def _refuse(self, job: Job, why: Exception) -> None:
+        """A job that failed its check before it ran (``stage: precheck``)."""
+        job.stage, job.error = "precheck", str(why)
+        self._finish(job, JobState.FAILED)
+        log.warning("job %s failed its check before it ran: %s: %s", job.id, job.title, job.error)
 
     def _start(self, job: Job, work: Coroutine[Any, Any, None]) -> None:
         self._active[job.key] = job
@@ -215,7 +219,11 @@ class JobRunner:
             job.stage = "source"
             self._save(job)
             await source.wait()
-            check_build(model.source_path, variant)
+            try:
+                check_build(model.source_path, variant)
+            except InvalidRecipe:
+                job.stage = "precheck"
+                raise
         texts = _texts(model)
         base = self._perplexity.get(model.source_path, texts)
         spec = BuildSpec(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -68,12 +69,18 @@ def test_progress_is_visible_while_running_and_cancel_stops_it(
     assert httpx.post(f"{server.url}/admin/jobs/nope/cancel").status_code == 404
 
 
-def test_bad_recipe_is_refused_before_any_work(gateway: Start) -> None:
+def test_bad_recipe_is_refused_before_any_work(
+    gateway: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     server = gateway(more_variants="      wide: {method: rtn, group_size: 512}\n")
     r = httpx.post(server.url + "/v1/chat/completions", json={**CHAT, "model": "tiny:wide"})
     assert r.status_code == 503
     error = r.json()["error"]
-    assert error["code"] == "variant_build_failed"
+    assert error["code"] == "invalid_recipe"
     assert "group_size 512 does not divide the input features of q_proj (256)" in error["message"]
     (job,) = _jobs(server)
     assert (job["state"], job["stage"], job["pid"]) == ("failed", "precheck", None)
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith(f"job {job['id']} failed its check before it ran") for m in logged)
+    assert any(m.startswith("tiny:wide is failed: quantization") for m in logged), logged

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKES, fake_worker
-from serving.errors import JobFailed
+from serving.errors import InvalidRecipe, JobFailed
 from serving.job import Job, JobState
 from serving.jobs import JobRunner
 from serving.manifest import Model
@@ -110,7 +110,7 @@ def test_bad_recipe_fails_at_submit_with_no_process(tmp_path: Path, model_dir: P
     async def scenario() -> Job:
         job = runner.submit("tiny", model, "bad-group")
         assert job.state is JobState.FAILED and job.pid is None and job.stage == "precheck"
-        with pytest.raises(JobFailed, match=r"group_size 512 does not divide"):
+        with pytest.raises(InvalidRecipe, match=r"group_size 512 does not divide"):
             await job.wait()
         return job
 

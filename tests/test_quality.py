@@ -108,7 +108,8 @@ def test_fp8_is_measured_through_its_server_before_it_takes_requests(
     assert r.status_code == status, r.text
     [job] = [j for j in httpx.get(server.url + "/admin/jobs").json()["data"]
              if j["variant"] == "fp8"]  # fmt: skip
-    assert job["state"] == "succeeded" and job["recipe"] == {"method": "fp8"}
+    assert job["state"] == "succeeded" and job["recipe"]["method"] == "fp8"
+    assert job["recipe"]["source"].endswith("/models/tiny")  # the weights vLLM quantizes
     admin = httpx.get(server.url + "/admin/variants").json()["data"]
     fp8 = next(v for v in admin if v["variant"] == "fp8")
     assert fp8["report"]["measured_through"].startswith("http://127.0.0.1:")

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import AVX512, LiveServer, ServeFleet, fake_worker, manifest_errors
 from gateway.settings import GatewaySettings
-from serving.errors import JobFailed
+from serving.errors import InvalidRecipe, JobFailed
 from serving.job import SOURCE, JobState
 from serving.jobs import JobRunner
 from serving.manifest import Manifest, Variant, parse_manifest
@@ -189,8 +189,9 @@ def test_a_group_size_the_imported_layers_refuse_fails_after_the_import(tmp_path
 
     async def scenario() -> None:
         job = runner.submit("tiny", model, "odd")  # nothing to check against before the import
-        with pytest.raises(JobFailed, match="group_size 512 does not divide"):
+        with pytest.raises(InvalidRecipe, match="group_size 512 does not divide"):
             await job.wait()
+        assert job.stage == "precheck"
 
     asyncio.run(scenario())
     assert runner.source_ready(model)  # the import stays; only the recipe was refused
