@@ -240,7 +240,7 @@ class VariantController:
             raise
         except QuantgateError as exc:
             self.failure = exc
-            log.warning("%s is %s: %s", self.label, self.state().value, exc)
+            log.warning("%s not brought up (%s): %s", self.label, self.state().value, exc)
             raise
         finally:
             parked, self._parked = self._parked, None  # not adopted: stop it
