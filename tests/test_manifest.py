@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,30 @@ def test_a_key_written_twice_is_an_error_on_the_second_line() -> None:
         "/m/bad.yaml:9: models.tiny.variants.base: duplicate key 'base' (first on line 8): "
         "the second would silently replace the first"
     ]
+
+
+def test_a_file_not_in_utf8_is_an_error_on_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(GOOD.replace("      gptq:\n", "      # café\n      gptq:\n").encode("latin-1"))
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert [str(issue) for issue in info.value.issues] == [
+        f"{path}:9: not UTF-8: byte 0xe9 (invalid continuation byte); save the file as UTF-8"
+    ]
+
+
+def test_a_control_character_is_an_error_on_its_line() -> None:
+    assert manifest_errors(GOOD.replace("gptq:\n", "gptq: # a\x01b\n")) == [
+        "/m/bad.yaml:9: character 0x01 is not allowed in YAML (special characters are not allowed)"
+    ]
+
+
+@pytest.mark.parametrize("junk", [b"# caf\xe9\n", b"# a\x01b\n"], ids=["latin-1", "control"])
+def test_check_refuses_an_unreadable_manifest_with_exit_2(tmp_path: Path, junk: bytes) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_bytes(junk + GOOD.encode())
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(path)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith(f"quantgate: invalid manifest:\n  {path}:1: ")
+    assert "Traceback" not in run.stderr
