@@ -55,10 +55,19 @@ def test_bad_value_names_its_line() -> None:
     assert errors[0].startswith("/m/bad.yaml:11: models.tiny.variants.gptq.bits:")
 
 
-def test_default_variant_must_exist() -> None:
-    errors = manifest_errors(GOOD.replace("default_variant: base", "default_variant: nope"))
-    assert "/m/bad.yaml:4: models.tiny:" in errors[0]
-    assert "default_variant 'nope' is not a variant (base, gptq)" in errors[0]
+def test_default_variant_must_exist_and_the_error_is_on_its_line() -> None:
+    assert manifest_errors(GOOD.replace("default_variant: base", "default_variant: nope")) == [
+        "/m/bad.yaml:6: models.tiny.default_variant: 'nope' is not one of the model's variants "
+        "(base, gptq)"
+    ]
+
+
+def test_an_alias_to_nothing_is_an_error_on_its_line() -> None:
+    text = GOOD + "aliases:\n  fine: tiny:gptq\n  foo: tiny:nope\n  bar: nothing\n"
+    assert manifest_errors(text) == [
+        "/m/bad.yaml:14: aliases.foo: points at unknown 'tiny:nope'",
+        "/m/bad.yaml:15: aliases.bar: points at unknown 'nothing'",
+    ]
 
 
 def test_yaml_syntax_error_names_line() -> None:
