@@ -225,6 +225,7 @@ class JobRunner:
             staging=self._store.staging_dir(job.model, variant, job.id),
             final=self._store.variant_dir(job.model, variant),
             log_path=job.log_path,
+            work_dir=job.log_path.parent,
             base_perplexity=base,
             labels={"model": job.model, "variant": job.variant, "job_id": job.id},
             evaluation=job.recipe.get("evaluation"),
@@ -239,8 +240,8 @@ class JobRunner:
     async def _prepare(self, job: Job, model: Model) -> None:
         evaluation = model.evaluation.spec() if model.evaluation else None
         spec = source_spec(
-            model.origin, self._store.root, job.log_path, job.id, model.source_token_env, job.model,
-            evaluation,
+            model.origin, self._store.root, job.log_path, job.log_path.parent, job.id,
+            model.source_token_env, job.model, evaluation,
         )  # fmt: skip
         report = await self._execute(job, spec, model)  # on Kubernetes: a Job, like builds
         if report["perplexity"]["base"]:
