@@ -17,9 +17,11 @@ Opened in the app's lifespan and put on ``app.state.accounting`` (its parts also
 ``settle`` is synchronous and never blocks or raises, so it belongs in ``Proxy._finish``
 (also reached from a stream's ``finally`` when the client went away). It queues the ledger row
 and charges ``prompt + completion`` tokens to the limiter in a task of its own, which the
-request's cancellation cannot stop; ``close`` waits for those charges. Requests refused
-before ``admit`` (401/403/429) should be settled too if they are to appear in the ledger,
-with ``replica=None`` and zero tokens; ``settle`` skips the limiter when there are no tokens.
+request's cancellation cannot stop; ``close`` waits for those charges. Every key is charged,
+limits or not, so a quota a reload adds counts what the key used before; the anonymous
+principal of an open gateway is not. Requests refused before ``admit`` (401/403/429) should be
+settled too if they are to appear in the ledger, with ``replica=None`` and zero tokens;
+``settle`` skips the limiter when there are no tokens.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from gateway.errors import Forbidden
-from gateway.keys import KeyRing, Principal
+from gateway.keys import ANONYMOUS_NAME, KeyRing, Principal
 from gateway.ledger import Ledger, UsageRow, open_store
 from gateway.limits import Limiter, MemoryLimiter
 from gateway.limits_redis import RedisLimiter
@@ -92,7 +94,7 @@ class Accounting:
         """Record a finished request: queue its ledger row, charge its tokens. Never blocks."""
         self.ledger.record(row)
         tokens = row.prompt_tokens + row.completion_tokens
-        if tokens > 0 and principal.limited:
+        if tokens > 0 and principal.name != ANONYMOUS_NAME:
             task = asyncio.get_running_loop().create_task(self.limiter.record(principal, tokens))
             self._charges.add(task)
             task.add_done_callback(self._charges.discard)
@@ -111,8 +113,10 @@ async def _open_limiter(
     limiter = RedisLimiter.from_url(settings.redis_url.get_secret_value(), metrics)
     try:
         await limiter.ping()
+        await limiter.seed(await ledger.tokens_by_key())
     except RedisError as exc:
         await limiter.aclose()
         raise RuntimeError(f"QUANTGATE_REDIS_URL: Redis cannot be reached: {exc}") from exc
-    log.info("rate limits and quotas: in Redis, shared by every gateway replica")
+    log.info("rate limits and quotas: in Redis, shared by every gateway replica (quotas "
+             "seeded from the ledger)")  # fmt: skip
     return limiter

@@ -116,6 +116,7 @@ def _job_routes(router: APIRouter, fleet: Fleet) -> None:
 
     @router.post("/jobs/{job_id}/cancel")
     async def cancel(job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job (409 job_already_finished for one that ended)."""
         job = await fleet.jobs.cancel(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}")

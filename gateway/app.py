@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,7 @@ from gateway.admin import admin_router
 from gateway.errors import (
     error_response,
     http_error_response,
+    internal_error_response,
     validation_error_response,
 )
 from gateway.keys import KeyRing
@@ -33,6 +35,8 @@ from gateway.upstream import UpstreamPool
 from gateway.usage_admin import usage_router
 from serving.errors import QuantgateError
 from serving.fleet import Fleet
+
+log = logging.getLogger(__name__)
 
 OPENAI_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}
 
@@ -135,6 +139,11 @@ def _map_errors(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         return validation_error_response(exc.errors())
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return internal_error_response(exc)
+
 
 def _ops_routes(app: FastAPI, fleet: Fleet, metrics: GatewayMetrics, keys: KeyRing) -> None:
     @app.get("/health", tags=["ops"])
@@ -168,9 +177,12 @@ def _reloading(
         return None
     reloader = app.state.reloader = Reloader(path, fleet, keys, metrics)
 
+    hangups: set[asyncio.Task[None]] = set()  # held until done: the loop keeps weak references
+
     def on_hangup() -> None:
-        task = asyncio.ensure_future(reloader.reload("SIGHUP"))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged already
+        task = asyncio.ensure_future(reloader.try_reload("SIGHUP"))
+        hangups.add(task)
+        task.add_done_callback(hangups.discard)
 
     with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not main thread
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hangup)

@@ -9,7 +9,8 @@ QuantgateError
 ├── Unauthorized          401 missing or invalid API key or admin key
 ├── Forbidden             403 the key may not use this model or variant
 ├── NotFound              404
-│   (serving's ManifestError is 400 invalid_manifest, ReloadRefused 409 restart_needed)
+│   (serving's ManifestError is 400 invalid_manifest, ReloadRefused 409 restart_needed,
+│   JobFinished 409 job_already_finished)
 ├── PayloadTooLarge       413
 ├── RateLimited           429 requests/min, tokens/min (Retry-After) or token quota exhausted
 ├── LimiterUnavailable    503 the shared rate-limit store (Redis) cannot be reached

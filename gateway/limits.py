@@ -10,10 +10,13 @@ Every limit is a **sliding 60 s window log** (exact, no fixed-window burst at th
 - ``token_quota``: a lifetime total of prompt + completion tokens; ``check`` admits while the
   total is below it. An exhausted quota is a 429 without Retry-After: waiting does not help.
 
-``MemoryLimiter`` keeps this in the process (one gateway replica); its quota totals are seeded
-from the usage ledger at start, so a restart does not reset them. ``RedisLimiter``
-(gateway/limits_redis.py) keeps it in Redis, shared by every replica. Keys without limits
-(and the anonymous principal of an open gateway) cost nothing: no state, no round trip.
+Every key's lifetime total is kept, whether or not it has a quota, so a ``token_quota`` that a
+reload adds counts what the key used before. ``MemoryLimiter`` keeps this in the process (one
+gateway replica); its totals are seeded from the usage ledger at start, so a restart does not
+reset them. ``RedisLimiter`` (gateway/limits_redis.py) keeps it in Redis, shared by every
+replica. A key without limits is admitted with no check (no state, no round trip); only its
+tokens are added to its total once the answer ends. The anonymous principal of an open gateway
+is not counted at all (``Accounting.settle``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ class Limiter(Protocol):
         """Admit one request or raise RateLimited (LimiterUnavailable if the store is down)."""
 
     async def record(self, principal: Principal, tokens: int) -> None:
-        """Charge an answer's prompt + completion tokens. Never raises."""
+        """Charge an answer's prompt + completion tokens to the key's lifetime total (whatever
+        its limits) and to its token window if it has one. Never raises."""
 
     async def aclose(self) -> None: ...
 
@@ -116,7 +120,7 @@ class MemoryLimiter:
             usage.admitted.append(now)
 
     async def record(self, principal: Principal, tokens: int) -> None:
-        if not principal.limited or tokens <= 0:
+        if tokens <= 0:
             return
         usage = self._usage.setdefault(principal.name, _Usage())
         usage.total_tokens += tokens

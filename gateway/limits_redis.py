@@ -7,7 +7,10 @@ clocks still agree. Keys per API key name ``N`` (hash-tagged, so they share a cl
 - ``{prefix}:{N}:req``: sorted set of admitted requests (score: ms; expires with the window)
 - ``{prefix}:{N}:tok``: sorted set of charges ``<id>:<tokens>`` (score: ms), and
   ``{prefix}:{N}:toksum`` their running sum (both expire with the window)
-- ``{prefix}:{N}:used``: lifetime tokens, for the quota (never expires)
+- ``{prefix}:{N}:used``: lifetime tokens, for the quota (never expires). Counted for every key,
+  limits or not, so a quota a reload adds counts what the key used before; ``seed`` raises it
+  to the ledger's total at start (never lowers it), so usage from before Redis was used, or
+  lost with Redis's data, still counts.
 
 If Redis cannot be reached, ``check`` raises LimiterUnavailable (503): requests are refused
 rather than let through unlimited. ``record`` logs the failure and goes on (the ledger still
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -80,7 +84,7 @@ return {'ok', 0}
 """
 )
 
-# KEYS: tok, toksum, used. ARGV: window_ms, tokens, charge id, track window (1/0), quota (1/0).
+# KEYS: tok, toksum, used. ARGV: window_ms, tokens, charge id, track window (1/0).
 RECORD = (
     _NOW_MS
     + """
@@ -91,10 +95,18 @@ if ARGV[4] == '1' then
   redis.call('PEXPIRE', KEYS[1], window)
   redis.call('PEXPIRE', KEYS[2], window)
 end
-if ARGV[5] == '1' then redis.call('INCRBY', KEYS[3], tokens) end
+redis.call('INCRBY', KEYS[3], tokens)
 return 1
 """
 )
+
+# KEYS: used. ARGV: the ledger's total. Raise the counter to it, never lower it.
+SEED = """
+if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+"""
 
 
 class RedisLimiter:
@@ -113,6 +125,7 @@ class RedisLimiter:
         self._prefix = prefix
         self._check = client.register_script(CHECK)
         self._record = client.register_script(RECORD)
+        self._seed = client.register_script(SEED)
 
     @classmethod
     def from_url(
@@ -145,11 +158,10 @@ class RedisLimiter:
             raise refuse(self._metrics, principal, Verdict(reason, retry_s))
 
     async def record(self, principal: Principal, tokens: int) -> None:
-        window = principal.tokens_per_minute is not None
-        quota = principal.token_quota is not None
-        if tokens <= 0 or not (window or quota):
+        if tokens <= 0:
             return
-        args: list[int | str] = [self._window_ms, tokens, uuid.uuid4().hex, int(window), int(quota)]
+        window = principal.tokens_per_minute is not None
+        args: list[int | str] = [self._window_ms, tokens, uuid.uuid4().hex, int(window)]
         try:
             await self._record(keys=self._keys(principal.name)[1:], args=args)
         except RedisError as exc:
@@ -159,6 +171,12 @@ class RedisLimiter:
 
     async def ping(self) -> None:
         await self._client.ping()
+
+    async def seed(self, used_tokens: Mapping[str, int]) -> None:
+        """Raise each key's lifetime counter to its total in the ledger (never lower it: the
+        counter may hold charges whose rows are not written yet, or another replica's)."""
+        for name, tokens in used_tokens.items():
+            await self._seed(keys=self._keys(name)[3:], args=[tokens])
 
     async def used_tokens(self, name: str) -> int:
         """Lifetime tokens charged to a key (its quota counter)."""

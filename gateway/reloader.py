@@ -10,7 +10,6 @@ apply to the next request. Each reload is a log line and a ``quantgate_manifest_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -57,8 +56,17 @@ class Reloader:
         while True:
             await asyncio.sleep(interval_s)
             if self._stamp() != self._seen:
-                with contextlib.suppress(ManifestError, ReloadRefused):
-                    await self.reload("file changed")
+                await self.try_reload("file changed")
+
+    async def try_reload(self, trigger: str) -> None:
+        """One reload that never raises (the file watch, SIGHUP): a refusal is logged by
+        ``reload``, anything else here with its traceback; the next change is tried again."""
+        try:
+            await self.reload(trigger)
+        except (ManifestError, ReloadRefused):
+            pass
+        except Exception:
+            log.exception("manifest reload (%s) failed with an internal error", trigger)
 
     def _stamp(self) -> list[bytes | None]:
         """The manifest's content and that of the key files it names (a rotated key reloads)."""

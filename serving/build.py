@@ -1,8 +1,10 @@
 """One build: the worker process that quantizes and measures a variant, and its report.
 
-``run_build`` writes the spec, runs ``python -m serving.worker.quantize`` with only
-``serving`` on its path, copies its output into the log while reading progress from it, and on
-a clean exit writes ``report.json`` into the staging folder and renames that into place. The
+``run_build`` writes the spec into the build's own folder (``work_dir``: a job's folder, or a
+temporary one), runs ``python -m serving.worker.quantize`` with only ``serving`` on its path,
+adds its output to the log (the stages of one command share one log) while reading progress
+from it, and on a clean exit writes ``report.json`` into the staging folder and renames that
+into place. The
 gateway's jobs and ``quantgate quantize`` both build through here, so both produce the same
 folder and the same report. Cancelling the awaiting task kills the worker's process group.
 A ``remote`` runner (a Kubernetes Job) may run the worker instead; the report and the commit
@@ -47,7 +49,8 @@ class BuildSpec:
     recipe_hash: str
     staging: Path
     final: Path
-    log_path: Path
+    log_path: Path  # added to, never truncated
+    work_dir: Path  # the build's own folder: the worker's spec.json is written there
     base_perplexity: dict[str, Any] | None = None  # known already: the worker skips the base
     labels: dict[str, str | None] | None = None  # model, variant, job_id for the report
     keep_staging: bool = False  # on failure (a download resumes from what it holds)
@@ -130,10 +133,11 @@ async def _run_worker(
     on_progress: OnProgress,
     on_start: Callable[[int], None] | None,
 ) -> dict[str, Any] | None:
-    spec_path = spec.log_path.parent / "spec.json"
+    spec_path = spec.work_dir / "spec.json"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec.worker_spec(), indent=2), encoding="utf-8")
-    with spec.log_path.open("wb") as log:
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    with spec.log_path.open("ab") as log:
         proc = await asyncio.create_subprocess_exec(
             *command(spec_path), stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True
         )
@@ -236,6 +240,7 @@ def folder_spec(
     variant: Variant,
     output: Path,
     log_path: Path,
+    work_dir: Path,
     base_perplexity: dict[str, Any] | None = None,
 ) -> BuildSpec:
     """``quantgate quantize``: the same build as a job's, into ``output`` instead of the cache.
@@ -256,6 +261,7 @@ def folder_spec(
         staging=staging,
         final=output.resolve(),
         log_path=log_path,
+        work_dir=work_dir,
         base_perplexity=base_perplexity,
         labels={"model": source.name, "variant": None, "job_id": None},
     )
@@ -265,6 +271,7 @@ def source_spec(
     origin: ModelSource,
     cache_dir: Path,
     log_path: Path,
+    work_dir: Path,
     job_id: str,
     token_env: str | None = None,
     model: str | None = None,
@@ -288,6 +295,7 @@ def source_spec(
         staging=staging,
         final=final,
         log_path=log_path,
+        work_dir=work_dir,
         labels={"model": model, "variant": None, "job_id": job_id},
         keep_staging=hub,
         evaluation=evaluation,

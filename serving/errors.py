@@ -3,6 +3,7 @@
 QuantgateError
 ├── ManifestError            the manifest is unreadable or invalid (file, line, field)
 ├── ReloadRefused            a valid new manifest that a running gateway cannot take (restart)
+├── JobFinished              a job asked to cancel has already ended (how it ended)
 ├── UnknownModel             a request names a model or variant the manifest does not have
 ├── VariantUnavailable       not servable now: being built, starting, or the wait ran out
 │                            (carries retry_after_s)
@@ -44,6 +45,10 @@ class _BadRequest(QuantgateError):
     status, type = 400, "invalid_request_error"
 
 
+class _Conflict(QuantgateError):
+    status, type = 409, "invalid_request_error"
+
+
 class _NotServable(QuantgateError):
     status, type, param = 503, "service_unavailable", "model"
 
@@ -79,8 +84,12 @@ class ManifestError(_BadRequest):
         super().__init__("invalid manifest:\n" + "\n".join(f"  {issue}" for issue in issues))
 
 
-class ReloadRefused(QuantgateError):
-    status, type, code = 409, "invalid_request_error", "restart_needed"
+class ReloadRefused(_Conflict):
+    code = "restart_needed"
+
+
+class JobFinished(_Conflict):
+    code = "job_already_finished"
 
 
 class UnknownModel(QuantgateError):

@@ -4,9 +4,9 @@
 ``submit`` is idempotent: however many requests ask for a variant, one job builds it, and a
 recipe already built or building is never built again (jobs are keyed by the recipe's hash, so
 changing the recipe makes a new build). At most ``max_concurrent`` jobs run at once; the rest
-wait queued. A job can be cancelled, queued or running. What the build needs from the disk is
-checked at submit, before any work: a recipe that cannot be built fails at once, with no
-process started.
+wait queued. A job can be cancelled, queued or running (cancelling a finished one raises
+JobFinished). What the build needs from the disk is checked at submit, before any work: a
+recipe that cannot be built fails at once, with no process started.
 
 With ``remote`` (``serving.kube.runtime.remote_job``) the worker runs elsewhere, a Kubernetes
 Job on the shared cache volume; the report, the commit and the states are the same.
@@ -40,7 +40,7 @@ from serving.build import (
     run_build,
     source_spec,
 )
-from serving.errors import InvalidRecipe
+from serving.errors import InvalidRecipe, JobFinished
 from serving.evaluation import measure_key
 from serving.job import MISSING, SOURCE, SOURCE_KEY, UNFINISHED, Job, JobState
 from serving.manifest import Model, Variant, recipe_hash
@@ -183,8 +183,14 @@ class JobRunner:
         task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
 
     async def cancel(self, job_id: str) -> Job | None:
-        """Cancel a queued or running job (its worker is killed); None if there is no such job."""
+        """Cancel a queued or running job (its worker is killed); None if there is no such job.
+        Raise JobFinished for a job that already ended, saying how."""
         job = self._jobs.get(job_id)
+        if job is not None and job.state not in UNFINISHED:
+            failed = job.state in (JobState.FAILED, JobState.INTERRUPTED) and job.error
+            how = f"{job.state.value}: {job.error}" if failed else job.state.value
+            raise JobFinished(f"job {job.id} ({job.title}) already finished ({how}); "
+                              "there is nothing to cancel")  # fmt: skip
         task = self._tasks.get(job_id)
         if job is not None and task is not None:
             task.cancel()
@@ -233,6 +239,7 @@ class JobRunner:
             staging=self._store.staging_dir(job.model, variant, job.id),
             final=self._store.variant_dir(job.model, variant),
             log_path=job.log_path,
+            work_dir=job.log_path.parent,
             base_perplexity=base,
             labels={"model": job.model, "variant": job.variant, "job_id": job.id},
             evaluation=job.recipe.get("evaluation"),
@@ -247,8 +254,8 @@ class JobRunner:
     async def _prepare(self, job: Job, model: Model) -> None:
         evaluation = model.evaluation.spec() if model.evaluation else None
         spec = source_spec(
-            model.origin, self._store.root, job.log_path, job.id, model.source_token_env, job.model,
-            evaluation,
+            model.origin, self._store.root, job.log_path, job.log_path.parent, job.id,
+            model.source_token_env, job.model, evaluation,
         )  # fmt: skip
         report = await self._execute(job, spec, model)  # on Kubernetes: a Job, like builds
         if report["perplexity"]["base"]:

@@ -27,9 +27,9 @@ SECRET = "sk-acct-93d1"
 QUOTA = 100
 
 
-def keyring() -> KeyRing:
+def keyring(quota: int | None = QUOTA) -> KeyRing:
     digest = hashlib.sha256(SECRET.encode()).hexdigest()
-    key = ApiKey(name="team", key_sha256=digest, models=("tiny:gptq",), token_quota=QUOTA)
+    key = ApiKey(name="team", key_sha256=digest, models=("tiny:gptq",), token_quota=quota)
     return KeyRing.from_auth(Auth(keys=(key,)))
 
 
@@ -37,9 +37,9 @@ def row(prompt: int, completion: int, status: int = 200) -> UsageRow:
     return UsageRow("team", "tiny", "gptq", 0, "chat", status, prompt, completion, 0.2, 0.01)
 
 
-def accounting(tmp_path: Path, **settings: Any) -> Any:
+def accounting(tmp_path: Path, keys: KeyRing | None = None, **settings: Any) -> Any:
     metrics = GatewayMetrics(CollectorRegistry())
-    return Accounting.open(keyring(), GatewaySettings(**settings), tmp_path, metrics)
+    return Accounting.open(keys or keyring(), GatewaySettings(**settings), tmp_path, metrics)
 
 
 def test_calls_in_order_then_quota_survives_a_restart_without_redis(tmp_path: Path) -> None:
@@ -127,3 +127,34 @@ def test_unreachable_redis_stops_the_start_without_leaking_the_url(tmp_path: Pat
     with pytest.raises(RuntimeError, match="Redis cannot be reached") as info:
         asyncio.run(run())
     assert "hunter2" not in str(info.value)
+
+
+def test_a_quota_added_by_a_reload_counts_what_the_key_used_before(tmp_path: Path) -> None:
+    async def run() -> None:
+        async with accounting(tmp_path, keyring(quota=None)) as acct:
+            principal = acct.authenticate(f"Bearer {SECRET}")
+            await acct.admit(principal)
+            acct.settle(principal, row(60, 45))  # no limits: counted all the same
+            await asyncio.sleep(0)  # let the charge run
+            acct.keys.replace(keyring(quota=QUOTA))  # what a reload does
+            with pytest.raises(RateLimited) as info:
+                await acct.admit(acct.authenticate(f"Bearer {SECRET}"))
+            assert info.value.reason == "quota"
+
+    asyncio.run(run())
+
+
+def test_redis_counts_usage_from_before_it_was_used(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def run() -> None:
+        async with accounting(tmp_path, keyring(quota=None)) as acct:  # no Redis, no quota
+            acct.settle(acct.authenticate(f"Bearer {SECRET}"), row(60, 45))
+        redis_url = SecretStr(redis_server.url)
+        async with accounting(tmp_path, keyring(quota=QUOTA), redis_url=redis_url) as acct:
+            assert await acct.limiter.used_tokens("team") == 105  # seeded from the ledger
+            with pytest.raises(RateLimited) as info:
+                await acct.admit(acct.authenticate(f"Bearer {SECRET}"))
+            assert info.value.reason == "quota"
+
+    asyncio.run(run())

@@ -66,7 +66,28 @@ def test_progress_is_visible_while_running_and_cancel_stops_it(
         c for c in httpx.get(server.url + "/v1/models").json()["data"] if c["id"] == "tiny:gptq"
     )
     assert card["quantgate"]["state"] == "failed" and "cancelled" in card["quantgate"]["error"]
+    again = httpx.post(f"{server.url}/admin/jobs/{job_id}/cancel")
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "job_already_finished"
+    assert "already finished (cancelled)" in again.json()["error"]["message"]
     assert httpx.post(f"{server.url}/admin/jobs/nope/cancel").status_code == 404
+
+
+def test_a_finished_job_is_not_cancelled(gateway: Start) -> None:
+    server = gateway()
+    job_id = httpx.post(server.url + "/admin/variants/tiny/gptq/build").json()["job"]["id"]
+    deadline = time.monotonic() + 15
+    while httpx.get(f"{server.url}/admin/jobs/{job_id}").json()["state"] != "succeeded":
+        assert time.monotonic() < deadline, "the build did not finish"
+        time.sleep(0.05)
+    refused = httpx.post(f"{server.url}/admin/jobs/{job_id}/cancel")
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "job_already_finished"
+    assert error["message"] == (
+        f"job {job_id} (tiny:gptq) already finished (succeeded); there is nothing to cancel"
+    )
+    assert httpx.get(f"{server.url}/admin/jobs/{job_id}").json()["state"] == "succeeded"
 
 
 def test_bad_recipe_is_refused_before_any_work(

@@ -76,7 +76,7 @@ def test_new_text_is_a_new_recipe_and_none_keeps_the_old_hash(texts: Path) -> No
 
 def test_the_worker_is_told_the_texts(texts: Path) -> None:
     recipe = parse(texts).models["tiny"].variants["rtn"].recipe()
-    spec = BuildSpec(texts, recipe, "h", texts / "s", texts / "f", texts / "log",
+    spec = BuildSpec(texts, recipe, "h", texts / "s", texts / "f", texts / "log", texts / "job",
                      evaluation=recipe["evaluation"])  # fmt: skip
     told: dict[str, Any] = spec.worker_spec()["evaluate"]
     assert told["texts"]["texts"][0]["path"] == str(texts / "support.jsonl")

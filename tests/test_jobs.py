@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKES, fake_worker
-from serving.errors import InvalidRecipe, JobFailed
+from serving.errors import InvalidRecipe, JobFailed, JobFinished
 from serving.job import Job, JobState
 from serving.jobs import JobRunner
 from serving.manifest import Model
@@ -112,6 +112,8 @@ def test_bad_recipe_fails_at_submit_with_no_process(tmp_path: Path, model_dir: P
         assert job.state is JobState.FAILED and job.pid is None and job.stage == "precheck"
         with pytest.raises(InvalidRecipe, match=r"group_size 512 does not divide"):
             await job.wait()
+        with pytest.raises(JobFinished, match=r"already finished \(failed: .*group_size 512"):
+            await runner.cancel(job.id)
         return job
 
     asyncio.run(scenario())
@@ -133,6 +135,8 @@ def test_cancel_running_and_queued(
 
     running, queued = asyncio.run(scenario())
     assert (running.state, queued.state) == (JobState.CANCELLED, JobState.CANCELLED)
+    with pytest.raises(JobFinished, match=r"already finished \(cancelled\)"):
+        asyncio.run(runner.cancel(running.id))
     assert queued.started_at is None
     assert running.pid is not None and not _alive(running.pid)
     assert not store.is_built("tiny", model.variants["gptq"])

@@ -76,14 +76,17 @@ def test_tensor_parallel_size_may_live_under_serve() -> None:
 
 def test_tensor_parallel_size_set_twice_must_agree() -> None:
     text = GPU + "    serve: {tensor_parallel_size: 4}\n"
-    assert any(
-        "tensor_parallel_size is 4 under serve and 2 under kubernetes" in e for e in _errors(text)
-    )
+    assert _errors(text) == [
+        "/m/k.yaml:11: models.tiny.kubernetes.tensor_parallel_size: tensor_parallel_size is 4 "
+        "under serve and 2 under kubernetes; set it once"
+    ]
 
 
 def test_tensor_parallel_size_needs_as_many_gpus() -> None:
-    errors = _errors(GPU.replace("gpus: 2", "gpus: 1"))
-    assert any("tensor_parallel_size 2 needs at least 2 gpus, not 1" in e for e in errors)
+    assert _errors(GPU.replace("gpus: 2", "gpus: 1")) == [
+        "/m/k.yaml:10: models.tiny.kubernetes.gpus: tensor_parallel_size 2 needs at least 2 gpus, "
+        "not 1"
+    ]
 
 
 def test_unknown_key_names_file_line_and_field() -> None:

@@ -93,9 +93,20 @@ def test_refusals_are_counted_by_key_and_reason() -> None:
     assert value == 2
 
 
-def test_unlimited_keys_keep_no_state() -> None:
+def test_unlimited_keys_are_admitted_without_state() -> None:
     lim = make(Clock())
     for _ in range(1000):
         asyncio.run(lim.check(ANONYMOUS))
-        asyncio.run(lim.record(ANONYMOUS, 10))
+        asyncio.run(lim.check(Principal("free")))
     assert lim._usage == {}
+
+
+def test_a_quota_added_later_counts_what_the_key_used_before() -> None:
+    clock = Clock()
+    lim = make(clock, used={"late": 50})  # from the ledger, before this process
+    free, limited = Principal("late"), Principal("late", token_quota=100)
+    asyncio.run(lim.check(free))
+    asyncio.run(lim.record(free, 40))  # no limits yet: still counted
+    asyncio.run(lim.check(limited))  # a reload added the quota: 90 of 100 used
+    asyncio.run(lim.record(limited, 10))
+    assert refused(lim, limited).reason == "quota"

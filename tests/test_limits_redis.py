@@ -142,12 +142,45 @@ def test_quota_persists_across_limiters_and_has_no_retry_after(redis_url: str) -
     asyncio.run(after_restart())
 
 
-def test_unlimited_keys_never_touch_redis() -> None:
+def test_unlimited_keys_are_admitted_without_redis() -> None:
     async def scenario() -> None:
         lim = limiter("redis://127.0.0.1:1/0")  # nothing listens there
-        free = Principal("free")
-        await lim.check(free)
-        await lim.record(free, 10**6)
+        for _ in range(100):
+            await lim.check(Principal("free"))
+        await lim.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_quota_added_later_counts_what_the_key_used_before(redis_url: str) -> None:
+    async def scenario() -> None:
+        a, b = limiter(redis_url), limiter(redis_url)
+        await a.record(Principal("late"), 60)  # no limits yet: still counted
+        await b.record(Principal("late", tokens_per_minute=1000), 30)
+        limited = Principal("late", token_quota=100)
+        await b.check(limited)  # a reload added the quota: 90 of 100 used
+        await a.record(limited, 10)
+        with pytest.raises(RateLimited) as info:
+            await b.check(limited)
+        assert info.value.reason == "quota"
+        await a.aclose()
+        await b.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_seed_raises_the_lifetime_counter_to_the_ledger_and_never_lowers_it(
+    redis_url: str,
+) -> None:
+    async def scenario() -> None:
+        lim = limiter(redis_url)
+        await lim.seed({"dave": 500, "erin": 7})  # nothing in Redis yet: the ledger's totals
+        assert (await lim.used_tokens("dave"), await lim.used_tokens("erin")) == (500, 7)
+        await lim.record(Principal("dave"), 20)
+        await lim.seed({"dave": 500})  # the ledger lags: Redis keeps its own count
+        assert await lim.used_tokens("dave") == 520
+        await lim.seed({"dave": 900})  # Redis lost counts the ledger has
+        assert await lim.used_tokens("dave") == 900
         await lim.aclose()
 
     asyncio.run(scenario())

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,10 +55,19 @@ def test_bad_value_names_its_line() -> None:
     assert errors[0].startswith("/m/bad.yaml:11: models.tiny.variants.gptq.bits:")
 
 
-def test_default_variant_must_exist() -> None:
-    errors = manifest_errors(GOOD.replace("default_variant: base", "default_variant: nope"))
-    assert "/m/bad.yaml:4: models.tiny:" in errors[0]
-    assert "default_variant 'nope' is not a variant (base, gptq)" in errors[0]
+def test_default_variant_must_exist_and_the_error_is_on_its_line() -> None:
+    assert manifest_errors(GOOD.replace("default_variant: base", "default_variant: nope")) == [
+        "/m/bad.yaml:6: models.tiny.default_variant: 'nope' is not one of the model's variants "
+        "(base, gptq)"
+    ]
+
+
+def test_an_alias_to_nothing_is_an_error_on_its_line() -> None:
+    text = GOOD + "aliases:\n  fine: tiny:gptq\n  foo: tiny:nope\n  bar: nothing\n"
+    assert manifest_errors(text) == [
+        "/m/bad.yaml:14: aliases.foo: points at unknown 'tiny:nope'",
+        "/m/bad.yaml:15: aliases.bar: points at unknown 'nothing'",
+    ]
 
 
 def test_yaml_syntax_error_names_line() -> None:
@@ -198,3 +209,30 @@ def test_a_built_variant_is_named_by_its_models_source_too() -> None:
     assert one.variants["gptq"].recipe()["source"] == "/models/tiny"
     assert one.variants["gptq"].recipe_hash() != two.variants["gptq"].recipe_hash()
     assert one.variants["base"].recipe() == two.variants["base"].recipe() == {"method": "none"}
+
+
+def test_a_file_not_in_utf8_is_an_error_on_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(GOOD.replace("      gptq:\n", "      # café\n      gptq:\n").encode("latin-1"))
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert [str(issue) for issue in info.value.issues] == [
+        f"{path}:9: not UTF-8: byte 0xe9 (invalid continuation byte); save the file as UTF-8"
+    ]
+
+
+def test_a_control_character_is_an_error_on_its_line() -> None:
+    assert manifest_errors(GOOD.replace("gptq:\n", "gptq: # a\x01b\n")) == [
+        "/m/bad.yaml:9: character 0x01 is not allowed in YAML (special characters are not allowed)"
+    ]
+
+
+@pytest.mark.parametrize("junk", [b"# caf\xe9\n", b"# a\x01b\n"], ids=["latin-1", "control"])
+def test_check_refuses_an_unreadable_manifest_with_exit_2(tmp_path: Path, junk: bytes) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_bytes(junk + GOOD.encode())
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(path)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith(f"quantgate: invalid manifest:\n  {path}:1: ")
+    assert "Traceback" not in run.stderr

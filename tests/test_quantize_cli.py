@@ -119,3 +119,26 @@ def test_sigterm_kills_the_worker_and_writes_nothing(
     assert "the worker was killed and nothing written" in proc.stderr.read()
     proc.stderr.close()
     assert not out.exists() and list(tmp_path.glob(".out*")) == []
+
+
+def test_log_keeps_every_stage_and_nothing_is_written_beside_it(
+    model_dir: Path, tmp_path: Path, fake_quantizer: Path
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log, mine = logs / "build.log", logs / "spec.json"
+    assert quantize(model_dir, tmp_path / "a", "--method", "rtn", "--log", str(log)) == 0
+    assert sorted(p.name for p in logs.iterdir()) == ["build.log"]
+
+    mine.write_text("the user's own file\n")
+    log.write_text("an earlier run\n")
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF, as far as the fake worker cares")
+    cache = ["--cache-dir", str(tmp_path / "cache"), "--log", str(log)]
+    assert quantize(gguf, tmp_path / "b", "--method", "rtn", *cache) == 0
+    assert mine.read_text() == "the user's own file\n"
+    assert sorted(p.name for p in logs.iterdir()) == ["build.log", "spec.json"]
+    results = [line for line in log.read_text().splitlines() if line.startswith("QUANTGATE_RESULT")]
+    assert len(results) == 2  # the GGUF's import, then the build
+    assert '"variant": null' in results[0] and '"quantize_s"' in results[1]
+    assert "an earlier run" not in log.read_text()

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from conftest import free_port, gateway_on, write_manifest
+from serving.manifest import Manifest, load_manifest
 
 
 def chat(client: httpx.Client, model: str, **extra: Any) -> httpx.Response:
@@ -257,3 +258,81 @@ def test_a_new_source_is_built_again_and_its_old_build_is_not_served(
         row = next(v for v in c.get("/admin/variants").json()["data"] if v["variant"] == "gptq")
     assert [j["state"] for j in jobs] == ["succeeded", "succeeded"]
     assert row["report"]["source"] == str(moved)
+
+
+EXT = "models:\n  ext:\n    default_variant: a\n    variants:\n"
+EXT += '      a: {method: none, upstream: {url: "http://127.0.0.1:9"}}\n'
+
+
+def eventually(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def model_ids(c: httpx.Client) -> list[str]:
+    return [m["id"] for m in c.get("/v1/models").json()["data"]]
+
+
+def test_an_unreadable_manifest_is_refused_and_the_watch_takes_the_fix(
+    tmp_path: Path, fake_vllm_python: Path
+) -> None:
+    path = tmp_path / "m.yaml"
+    head = f"version: 1\ncache_dir: {tmp_path / 'cache'}\n"
+    with (
+        gateway_on(head, path, fake_vllm_python, watch_s=0.1) as server,
+        httpx.Client(base_url=server.url) as c,
+    ):
+
+        def refusals() -> float:
+            labels = {"result": "refused"}
+            return server.registry.get_sample_value("quantgate_manifest_reloads_total", labels) or 0
+
+        for junk in (b"# caf\xe9\n", b"# a\x01b\n"):  # not UTF-8; a control character
+            path.write_bytes(head.encode() + junk + EXT.encode())
+            refused = c.post("/admin/reload")
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["code"] == "invalid_manifest"
+            assert f"{path}:3: " in refused.json()["error"]["message"]
+        before = refusals()
+        path.write_bytes(head.encode() + EXT.encode() + b"# caf\xe9\n")
+        eventually(lambda: refusals() > before, "the watch did not try the changed file")
+        path.write_text(head + EXT)
+        eventually(lambda: model_ids(c) == ["ext", "ext:a"], "the watch stopped after a refusal")
+
+
+def test_an_unexpected_reload_error_is_a_500_body_and_the_watch_goes_on(
+    tmp_path: Path,
+    fake_vllm_python: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = tmp_path / "m.yaml"
+    head = f"version: 1\ncache_dir: {tmp_path / 'cache'}\n"
+    calls: list[Path] = []
+
+    def broken_twice(file: Path) -> Manifest:
+        calls.append(file)
+        if len(calls) <= 2:
+            raise RuntimeError("a bug")
+        return load_manifest(file)
+
+    monkeypatch.setattr("gateway.reloader.load_manifest", broken_twice)
+    with (
+        gateway_on(head, path, fake_vllm_python, watch_s=0.1) as server,
+        httpx.Client(base_url=server.url) as c,
+    ):
+        failed = c.post("/admin/reload")
+        assert failed.status_code == 500
+        assert failed.json()["error"]["code"] == "internal_error" and "RuntimeError" in failed.text
+        path.write_text(head + "# touched\n")
+        eventually(lambda: len(calls) == 2, "the watch did not try the changed file")
+        path.write_text(head + EXT)
+        eventually(lambda: model_ids(c) == ["ext", "ext:a"], "the watch stopped after a bug")
+    failures = [r for r in caplog.records if "failed with an internal error" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    internal = [
+        r for r in caplog.records if "internal error on POST /admin/reload" in r.getMessage()
+    ]
+    assert len(internal) == 1 and internal[0].exc_info is not None

@@ -62,7 +62,7 @@ models:
 """
     assert manifest_errors(text) == [
         "/m/bad.yaml:5: models.m.source: 'hf://nope': a Hub source is hf://org/name[@revision]",
-        "/m/bad.yaml:8: models.n: source_token_env is for hf:// sources",
+        "/m/bad.yaml:10: models.n.source_token_env: is for hf:// sources",
     ]
 
 

@@ -99,7 +99,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--ignore", nargs="+", help="layers left unquantized (default: lm_head)")
     p.add_argument(
-        "--log", type=Path, help="keep the quantizer's whole log in this file (default: not kept)"
+        "--log",
+        type=Path,
+        help="keep this run's whole log in this file, written anew: a GGUF or Hub source's "
+        "preparation, then the build (default: not kept)",
     )
     cal = p.add_argument_group("calibration (gptq, awq, w8a8, autoround)")
     cal.add_argument(
@@ -149,13 +152,14 @@ def quantize(args: argparse.Namespace) -> int:
         return 2
     settings = ServingSettings()
     with tempfile.TemporaryDirectory(prefix="quantgate-") as tmp:
-        log = args.log.resolve() if args.log else Path(tmp) / "job.log"
-        command = worker_command(
-            settings.quantizer_python, Path(tmp), settings.quantizer_pythonpath
-        )
+        work = Path(tmp)  # the worker's spec and path: never beside the user's log
+        log = args.log.resolve() if args.log else work / "job.log"
+        command = worker_command(settings.quantizer_python, work, settings.quantizer_pythonpath)
         try:
-            source, base = _prepared(origin, args, log, command)
-            spec = folder_spec(source, variant, args.output_dir, log, base)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_bytes(b"")  # this run's log: each stage adds to it
+            source, base = _prepared(origin, args, log, work, command)
+            spec = folder_spec(source, variant, args.output_dir, log, work, base)
         except (InvalidRecipe, OSError) as exc:
             print(f"quantgate: {exc}", file=sys.stderr)
             return 2
@@ -174,13 +178,13 @@ class _BuildFailed(Exception):
 
 
 def _prepared(
-    origin: ModelSource, args: argparse.Namespace, log: Path, command: WorkerCommand
+    origin: ModelSource, args: argparse.Namespace, log: Path, work: Path, command: WorkerCommand
 ) -> tuple[Path, dict[str, Any] | None]:
     """The checkpoint folder to quantize and its measured base perplexity: a folder as it is,
     a GGUF file or Hub repository prepared under ``--cache-dir`` first (once)."""
     if origin.prepared_here:
         return origin.checkpoint(Path()), None
-    spec = source_spec(origin, args.cache_dir.resolve(), log, "cli", args.token_env)
+    spec = source_spec(origin, args.cache_dir.resolve(), log, work, "cli", args.token_env)
     if (spec.final / REPORT).is_file():
         print(f"source {origin}: prepared already in {spec.final}", file=sys.stderr)
     else:

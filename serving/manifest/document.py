@@ -8,16 +8,21 @@ from typing import Any, Literal, Self
 from pydantic import (
     Field,
     PrivateAttr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from serving.evaluation import Evaluation
 from serving.manifest.auth import Auth
-from serving.manifest.base import Name, Strict, resolve_path, split_model_name
+from serving.manifest.base import (
+    Loc,
+    Name,
+    Strict,
+    field_errors,
+    resolve_path,
+    split_model_name,
+)
 from serving.manifest.kubernetes import KubernetesOptions
 from serving.manifest.serve import OnMissing, Routing, ServeOptions, Swapping
 from serving.manifest.variants import Variant
@@ -86,27 +91,32 @@ class Model(Strict):
 
     @model_validator(mode="after")
     def _check_default(self) -> Self:
+        found: list[tuple[Loc, str, object]] = []
         local = [name for name, v in self.variants.items() if v.upstream is None]
         if self.source is None and local:
-            raise ValueError(f"source is required: variants {', '.join(local)} are served locally")
+            why = f"source is required: variants {', '.join(local)} are served locally"
+            found.append(((), why, None))
         if self.source_token_env and not (self.source or "").startswith("hf://"):
-            raise ValueError("source_token_env is for hf:// sources")
+            found.append((("source_token_env",), "is for hf:// sources", self.source_token_env))
         if self.default_variant not in self.variants:
             known = ", ".join(sorted(self.variants))
-            raise ValueError(f"default_variant {self.default_variant!r} is not a variant ({known})")
+            why = f"{self.default_variant!r} is not one of the model's variants ({known})"
+            found.append((("default_variant",), why, self.default_variant))
+        if found:
+            raise field_errors("Model", found)
         return self
 
     @model_validator(mode="after")
     def _check_parallelism(self) -> Self:
         serve, kube = self.serve.tensor_parallel_size, self.kubernetes.tensor_parallel_size
         if serve is not None and kube is not None and serve != kube:
-            raise ValueError(
-                f"tensor_parallel_size is {serve} under serve and {kube} under kubernetes; "
-                "set it once"
-            )
+            why = f"tensor_parallel_size is {serve} under serve and {kube} under kubernetes; "
+            why += "set it once"
+            raise field_errors("Model", [(("kubernetes", "tensor_parallel_size"), why, kube)])
         gpus, tp = self.kubernetes.gpus, self.tensor_parallel_size
         if gpus and gpus < tp:
-            raise ValueError(f"tensor_parallel_size {tp} needs at least {tp} gpus, not {gpus}")
+            why = f"tensor_parallel_size {tp} needs at least {tp} gpus, not {gpus}"
+            raise field_errors("Model", [(("kubernetes", "gpus"), why, gpus)])
         return self
 
     @property
@@ -132,11 +142,14 @@ class Manifest(Strict):
 
     @model_validator(mode="after")
     def _check_aliases(self) -> Self:
+        found: list[tuple[Loc, str, object]] = []
         for alias, target in self.aliases.items():
             model, variant = split_model_name(target)
             known = self.models.get(model)
             if known is None or (variant not in (None, "auto") and variant not in known.variants):
-                raise ValueError(f"alias {alias!r} points at unknown {target!r}")
+                found.append((("aliases", alias), f"points at unknown {target!r}", target))
+        if found:
+            raise field_errors("Manifest", found)
         return self
 
     _cache_dir = field_validator("cache_dir")(resolve_path)
@@ -150,7 +163,7 @@ class Manifest(Strict):
     @model_validator(mode="after")
     def _check_key_models(self) -> Self:
         """Every model a key names must exist, so a typo cannot silently lock a client out."""
-        errors = []
+        found: list[tuple[Loc, str, object]] = []
         for i, key in enumerate(self.auth.keys if self.auth else ()):
             for j, pattern in enumerate(key.models):
                 model, _, variant = pattern.partition(":")
@@ -158,12 +171,7 @@ class Manifest(Strict):
                 if pattern == "*" or (known and variant in ("", "*", *known.variants)):
                     continue
                 message = f"{pattern!r} names no model or variant of this manifest"
-                loc = ("auth", "keys", i, "models", j)
-                errors.append(
-                    InitErrorDetails(
-                        type=PydanticCustomError("unknown_model", message), loc=loc, input=pattern
-                    )
-                )
-        if errors:
-            raise ValidationError.from_exception_data("Manifest", errors)
+                found.append((("auth", "keys", i, "models", j), message, pattern))
+        if found:
+            raise field_errors("Manifest", found)
         return self

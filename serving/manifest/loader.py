@@ -9,6 +9,7 @@ import yaml
 from pydantic import (
     ValidationError,
 )
+from yaml.reader import ReaderError
 
 from serving.errors import ManifestError, ManifestIssue
 from serving.manifest.document import Manifest
@@ -17,11 +18,17 @@ from serving.manifest.document import Manifest
 def load_manifest(path: Path) -> Manifest:
     """Read and validate a manifest; raise ManifestError naming file, line and field."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ManifestError(
             [ManifestIssue(str(path), None, None, exc.strerror or str(exc))]
         ) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        why = f"not UTF-8: byte 0x{raw[exc.start]:02x} ({exc.reason}); save the file as UTF-8"
+        raise ManifestError([ManifestIssue(str(path), line, None, why)]) from exc
     return parse_manifest(text, path)
 
 
@@ -29,10 +36,8 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise ManifestError([ManifestIssue(str(path), line, None, str(exc.problem))]) from exc
+    except yaml.YAMLError as exc:
+        raise ManifestError([_yaml_issue(path, text, exc)]) from exc
     if not isinstance(data, dict):
         raise ManifestError([ManifestIssue(str(path), 1, None, "the manifest must be a mapping")])
     lines = _line_index(node) if node is not None else {}
@@ -49,6 +54,19 @@ def parse_manifest(text: str, path: Path) -> Manifest:
             for err in exc.errors()
         ]
         raise ManifestError(issues) from exc
+
+
+def _yaml_issue(path: Path, text: str, exc: yaml.YAMLError) -> ManifestIssue:
+    """Where YAML gave up, and why: its mark when it has one, else the character's position."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        return ManifestIssue(str(path), line, None, str(exc.problem or exc))
+    if isinstance(exc, ReaderError):  # a control character; its position counts characters
+        line = text.count("\n", 0, exc.position) + 1
+        why = f"character 0x{exc.character:02x} is not allowed in YAML ({exc.reason})"
+        return ManifestIssue(str(path), line, None, why)
+    return ManifestIssue(str(path), None, None, str(exc))
 
 
 def _issue(
