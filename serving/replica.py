@@ -130,6 +130,10 @@ class Replica:
         self.state, self.error = ReplicaState.STARTING, None
         try:
             await self._spawn()
+        except asyncio.CancelledError:  # a gateway stopping, a variant retired: not a failure
+            self.state, self.error = ReplicaState.STOPPED, None
+            log.info("vLLM %s: its start was cancelled", self.label)
+            raise
         except BaseException as exc:
             self.state, self.error = ReplicaState.FAILED, str(exc)
             self.failure = exc if isinstance(exc, BackendFailed) else None

@@ -6,18 +6,21 @@ The same behaviours are shown on real vLLM in tests/test_replicas_real.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import pytest
 
-from conftest import LiveServer
+from conftest import LiveServer, free_port
 from serving.hardware import Gpu, Hardware
 
 Start = Callable[..., LiveServer]
@@ -281,3 +284,34 @@ def test_a_failed_pool_reports_why_with_the_log_tail() -> None:
     pool.replicas = [started, crashed]  # the last one's failure, with its log tail
     failure = pool.failure()
     assert failure is crashed.failure and failure.log_tail == "ValueError: bad argument"
+
+
+def test_a_start_cancelled_by_a_stopping_gateway_is_no_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway stopping while vLLM starts: the replica is stopped, not failed, no error
+    line, and the process is gone."""
+    from serving.launcher import LaunchSpec, VllmServer
+    from serving.replica import Replica, ReplicaState, RestartPolicy
+
+    spec = LaunchSpec(tmp_path, ("tiny",), free_port(), tmp_path / "vllm.log")
+    servers: list[VllmServer] = []
+
+    def launch(s: LaunchSpec) -> VllmServer:
+        servers.append(VllmServer(s, Path(sys.executable)))
+        return servers[-1]
+
+    async def scenario() -> Replica:
+        replica = Replica(0, lambda: spec, launch, RestartPolicy(startup_timeout_s=30))
+        task = asyncio.create_task(replica.start())
+        await asyncio.sleep(1.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return replica
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with mock.patch.object(LaunchSpec, "argv", lambda self, python: sleeper):
+        replica = asyncio.run(scenario())
+    assert replica.state is ReplicaState.STOPPED and replica.error is None
+    assert servers[0].pid is not None and not servers[0].alive()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
