@@ -14,7 +14,7 @@ from fakes.kube_api import FakeKubernetes
 from kubernetes.aio.client import ApiClient, Configuration
 from test_kube_launcher import DEPLOYMENTS, NS, Scene, cluster
 
-from serving.errors import BackendFailed
+from serving.errors import BackendFailed, ManifestError
 from serving.kube import names, objects
 from serving.kube.launcher import KubernetesLauncher
 from serving.kube.settings import KubernetesSettings
@@ -110,7 +110,10 @@ def test_autoscaling_without_prometheus_says_what_to_set(cluster: FakeKubernetes
 
 
 def test_the_manifest_checks_the_range() -> None:
-    with pytest.raises(Exception, match="max_replicas 1 < min_replicas 2"):
+    with pytest.raises(
+        ManifestError,
+        match=r"m.yaml:\d+: models.tiny.kubernetes.autoscaling.max_replicas: is below min_rep",
+    ):
         parse_manifest(
             MANIFEST.replace(
                 "min_replicas: 1, max_replicas: 4", "min_replicas: 2, max_replicas: 1"

@@ -112,6 +112,11 @@ def test_bad_values_are_named(old: str, new: str, field: str) -> None:
 
 def test_toleration_rules() -> None:
     errors = _errors(GPU.replace("operator: Exists,", "operator: Exists, value: x,"))
-    assert any("operator 'Exists' takes no value" in e for e in errors)
+    assert any(".tolerations.0.value: operator 'Exists' takes no value" in e for e in errors), (
+        errors
+    )
     errors = _errors(GPU.replace("{key: dedicated, value: llm}", "{value: llm}"))
-    assert any("a toleration without a key needs operator 'Exists'" in e for e in errors)
+    assert any(
+        ".tolerations.1.operator: a toleration without a key needs operator 'Exists'" in e
+        for e in errors
+    ), errors

@@ -58,9 +58,13 @@ def test_two_sources_are_rejected_with_the_key_line() -> None:
         "key_env: QG_ALICE", "key_env: QG_ALICE\n      key_sha256: " + "a" * 64
     )
     assert manifest_errors(text) == [
-        "/m/bad.yaml:12: auth.keys.0: give exactly one of key_env, key_file, "
-        "key_sha256 (never the key)"
+        "/m/bad.yaml:14: auth.keys.0.key_sha256: key_env is given already: give one of "
+        "key_env, key_file, key_sha256"
     ]
+    none = BASE + AUTH.replace("      key_env: QG_ALICE\n", "")
+    assert manifest_errors(none)[0].endswith(
+        "auth.keys.0: give one of key_env, key_file, key_sha256 (never the key)"
+    )
 
 
 def test_bad_digest_and_limits_name_their_field() -> None:
@@ -83,7 +87,9 @@ def test_unknown_model_or_variant_in_a_key_names_its_line() -> None:
 
 def test_duplicate_names_and_empty_keys() -> None:
     text = BASE + AUTH.replace("name: bob", "name: alice")
-    assert "key names must be unique: alice" in manifest_errors(text)[0]
+    assert manifest_errors(text) == [
+        "/m/bad.yaml:18: auth.keys.1.name: is already a key's name; names must be unique"
+    ]
     assert (
         "auth.keys: Tuple should have at least 1 item"
         in manifest_errors(BASE + "auth: {keys: []}\n")[0]

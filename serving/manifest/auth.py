@@ -11,7 +11,7 @@ from pydantic import (
     model_validator,
 )
 
-from serving.manifest.base import Name, Strict, resolve_path
+from serving.manifest.base import Loc, Name, Strict, field_errors, resolve_path
 
 ModelPattern = Annotated[
     str, Field(pattern=r"^(\*|[a-z0-9][a-z0-9._-]{0,62}(:(\*|[a-z0-9][a-z0-9._-]{0,62}))?)$")
@@ -39,8 +39,11 @@ class ApiKey(Strict):
     @model_validator(mode="after")
     def _one_source(self) -> Self:
         given = [f for f in ("key_env", "key_file", "key_sha256") if getattr(self, f) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of key_env, key_file, key_sha256 (never the key)")
+        if not given:
+            raise ValueError("give one of key_env, key_file, key_sha256 (never the key)")
+        if len(given) > 1:  # at the second one given
+            why = f"{given[0]} is given already: give one of key_env, key_file, key_sha256"
+            raise field_errors("ApiKey", [((given[1],), why, getattr(self, given[1]))])
         return self
 
 
@@ -49,10 +52,17 @@ class Auth(Strict):
 
     keys: tuple[ApiKey, ...] = Field(min_length=1)
 
-    @field_validator("keys")
-    @classmethod
-    def _unique_names(cls, keys: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
-        names = [k.name for k in keys]
-        if dupes := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"key names must be unique: {', '.join(dupes)}")
-        return keys
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        """A name used twice is an error at its second use (the ledger and limits go by it)."""
+        seen: set[str] = set()
+        found: list[tuple[Loc, str, object]] = []
+        for i, key in enumerate(self.keys):
+            if key.name in seen:
+                found.append(
+                    (("keys", i, "name"), "is already a key's name; names must be unique", key.name)
+                )
+            seen.add(key.name)
+        if found:
+            raise field_errors("Auth", found)
+        return self

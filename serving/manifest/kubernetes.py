@@ -9,7 +9,7 @@ from pydantic import (
     model_validator,
 )
 
-from serving.manifest.base import Strict
+from serving.manifest.base import Strict, field_errors
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, examples=["500m", "4", "16Gi"])]
@@ -33,9 +33,12 @@ class Toleration(Strict):
     @model_validator(mode="after")
     def _check_operator(self) -> Self:
         if self.operator == "Exists" and self.value:
-            raise ValueError("operator 'Exists' takes no value")
+            raise field_errors(
+                "Toleration", [(("value",), "operator 'Exists' takes no value", self.value)]
+            )
         if self.key is None and self.operator != "Exists":
-            raise ValueError("a toleration without a key needs operator 'Exists'")
+            why = "a toleration without a key needs operator 'Exists'"
+            raise field_errors("Toleration", [(("operator",), why, self.operator)])
         return self
 
 
@@ -65,7 +68,8 @@ class Autoscaling(Strict):
     @model_validator(mode="after")
     def _check_range(self) -> Self:
         if self.max_replicas < self.min_replicas:
-            raise ValueError(f"max_replicas {self.max_replicas} < min_replicas {self.min_replicas}")
+            why = f"is below min_replicas ({self.min_replicas})"
+            raise field_errors("Autoscaling", [(("max_replicas",), why, self.max_replicas)])
         return self
 
 
