@@ -174,3 +174,11 @@ def sse_error_event(message: str) -> bytes:
     """A mid-stream error, sent in-band after the headers already went out (as vLLM does)."""
     body = error_body(message, "upstream_error", "stream_interrupted").decode()
     return f"data: {body}\n\ndata: [DONE]\n\n".encode()
+
+
+def sse_response_error_event(message: str, sequence_number: int) -> bytes:
+    """The same on a Responses API stream: its ``error`` event (such streams have no
+    ``[DONE]``)."""
+    event = {"type": "error", "code": "stream_interrupted", "message": message, "param": None,
+             "sequence_number": sequence_number}  # fmt: skip
+    return f"event: error\ndata: {json.dumps(event)}\n\n".encode()

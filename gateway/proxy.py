@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.accounting import Accounting
 from gateway.errors import (
@@ -24,7 +24,6 @@ from gateway.errors import (
     UpstreamError,
     error_response,
     internal_error_response,
-    sse_error_event,
     upstream_error_body,
 )
 from gateway.keys import Principal
@@ -32,7 +31,7 @@ from gateway.ledger import UsageRow
 from gateway.metrics import UNKNOWN, GatewayMetrics
 from gateway.request_fields import RoutedRequest, route_fields
 from gateway.settings import GatewaySettings
-from gateway.sse import StreamWatcher
+from gateway.sse import CompletionStream, ResponseStream, StreamWatcher
 from gateway.upstream import (
     TransportError,
     UpstreamConnectError,
@@ -48,14 +47,20 @@ Scope = dict[str, Any]
 Receive = Any
 Send = Any
 
-# path -> (metrics endpoint label, whether streams get include_usage added)
+
+class Endpoint(NamedTuple):
+    label: str  # the metrics' and the ledger's endpoint
+    add_usage: bool  # whether streams get stream_options.include_usage added
+    stream: type[StreamWatcher] = CompletionStream  # the shape of its streams
+
+
 ENDPOINTS = {
-    "/v1/chat/completions": ("chat", True),
-    "/v1/completions": ("completions", True),
-    "/v1/embeddings": ("embeddings", False),
-    "/v1/responses": ("responses", False),
-    "/tokenize": ("tokenize", False),
-    "/detokenize": ("detokenize", False),
+    "/v1/chat/completions": Endpoint("chat", True),
+    "/v1/completions": Endpoint("completions", True),
+    "/v1/embeddings": Endpoint("embeddings", False),
+    "/v1/responses": Endpoint("responses", False, ResponseStream),
+    "/tokenize": Endpoint("tokenize", False),
+    "/detokenize": Endpoint("detokenize", False),
 }
 RETRY_STATUS = frozenset({502, 503})
 MAX_ATTEMPTS = 3
@@ -101,13 +106,13 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
-        endpoint, add_usage = ENDPOINTS[path]
-        call = _Call(endpoint, time.perf_counter(), session=_header(scope, b"x-session-id"))
+        endpoint = ENDPOINTS[path]
+        call = _Call(endpoint.label, time.perf_counter(), session=_header(scope, b"x-session-id"))
         acct = self._accounting
         try:
             call.principal = acct.authenticate(_header(scope, b"authorization"))
             raw = await self._read_body(scope, receive)
-            routed = route_fields(raw, add_usage)
+            routed = route_fields(raw, endpoint.add_usage)
             call.model, call.variant = self._fleet.resolve(routed.model)
             acct.authorize(call.principal, call.model, call.variant)
             await acct.admit(call.principal)
@@ -127,7 +132,7 @@ class Proxy:
             await response(scope, receive, send)
             return
         if routed.stream and upstream.status == 200:
-            watcher = StreamWatcher(call.started, drop_usage_event=not routed.client_wants_usage)
+            watcher = endpoint.stream(drop_usage_event=not routed.client_wants_usage)
             await self._relay(upstream, watcher, call, lease, receive, send)
             return
         await self._forward_whole(upstream, call, lease, send)
@@ -246,17 +251,17 @@ class Proxy:
             if not watcher.done:
                 status = 502
                 self._metrics.children(call.model, call.variant).upstream_errors.inc()
-                tail += sse_error_event("the backend ended the stream before [DONE]")
+                tail += watcher.error_event(f"the backend ended the stream before {watcher.ending}")
             await send({"type": "http.response.body", "body": tail})
         except TransportError as exc:
             if watcher.done:
-                pass  # the client had [DONE] and left before the backend closed: a whole answer
+                pass  # the client had the whole stream and left before the backend closed
             elif gone.is_set():
                 status = 499  # the client went away; closing the backend connection cancelled it
             else:
                 status = 502
                 self._metrics.children(call.model, call.variant).upstream_errors.inc()
-                event = sse_error_event(f"the backend broke off the stream: {exc}")
+                event = watcher.error_event(f"the backend broke off the stream: {exc}")
                 with contextlib.suppress(Exception):
                     await send({"type": "http.response.body", "body": event})
         finally:
