@@ -3,9 +3,10 @@
 A raw ASGI app on the hot path (``QuantgateApp`` sends the proxied routes here before any
 framework code runs). Only ``model``/``stream`` are read from the request; the body goes on as
 received (streams that did not ask for usage get ``stream_options.include_usage`` added, and
-the usage event is taken out again on the way back). Streams are relayed as they arrive; a
-client that goes away closes the backend connection, which cancels the request in vLLM; an
-error after the headers went out is sent in-band as an SSE error event.
+the usage event is taken out again on the way back; a ``model`` the replica does not serve, an
+alias or ``model:auto``, becomes the name of the variant that answers). Streams are relayed
+as they arrive; a client that goes away closes the backend connection, which cancels the
+request in vLLM; an error after the headers went out is sent in-band as an SSE error event.
 """
 
 from __future__ import annotations
@@ -174,11 +175,8 @@ class Proxy:
                 call.variant = lease.variant  # a fallback variant may answer
                 self._enter(call)
             m = self._metrics.children(call.model, call.variant)
-            body = (
-                routed.body
-                if lease.upstream_model is None
-                else routed.renamed(lease.upstream_model)
-            )
+            forward = lease.forward_name(routed.model)
+            body = routed.body if forward is None else routed.renamed(forward)
             address, prefix = parse_address(lease.url)
             try:
                 upstream = await self._pool.post(

@@ -1,19 +1,24 @@
 """What the proxy forwards and records, on real sockets, fake vLLM behind it: the Responses
-API's streams and usage."""
+API's streams and usage; names a replica does not serve itself (aliases, ``model:auto``, a
+fallback variant)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import LiveServer
+from conftest import AVX512, LiveServer, ServeFleet, gateway_on, write_manifest
+from gateway.settings import GatewaySettings
 
 Start = Callable[..., LiveServer]
 RESPONSES = {"model": "tiny", "input": "hi there", "max_output_tokens": 5}
 TINY = {"model": "tiny", "variant": "base"}
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
 
 def sample(server: LiveServer, name: str, **labels: str) -> float:
@@ -82,3 +87,74 @@ def test_a_responses_stream_cut_short_ends_with_an_error_event(
     assert all("[DONE]" not in data for _, data in got)
     [row] = ledger(server)
     assert (row["endpoint"], row["status"], row["errors"]) == ("responses", 502, 1)
+
+
+@pytest.fixture
+def aliased(tmp_path: Path, model_dir: Path, live_gateway: ServeFleet) -> LiveServer:
+    """A gateway whose manifest names ``tiny`` and ``tiny:auto`` under other names."""
+    manifest = write_manifest(tmp_path, model_dir)
+    aliases = {"gpt-4o-mini": "tiny", "pinned": "tiny:base", "best": "tiny:auto"}
+    return live_gateway(manifest.model_copy(update={"aliases": aliases}), AVX512, GatewaySettings())
+
+
+@pytest.mark.parametrize("name", ["gpt-4o-mini", "pinned", "best", "tiny:auto"])
+def test_a_name_the_replica_does_not_serve_is_forwarded_as_one_it_does(
+    aliased: LiveServer, name: str
+) -> None:
+    r = httpx.post(aliased.url + "/v1/chat/completions", json={**CHAT, "model": name}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "tiny:base"  # what answered, as for a fallback
+    assert r.headers["x-quantgate-variant"] == "tiny:base"
+    body = {"model": name, "input": "hi", "max_output_tokens": 3, "stream": True}
+    with httpx.stream("POST", aliased.url + "/v1/responses", json=body, timeout=30) as s:
+        assert s.status_code == 200
+        last = [line for line in s.iter_lines() if line.startswith("data: ")][-1]
+    assert json.loads(last[6:])["response"]["model"] == "tiny:base"
+
+
+def test_names_the_replica_serves_are_forwarded_as_sent(aliased: LiveServer) -> None:
+    for name in ("tiny", "tiny:base"):
+        body = {"model": name, "prompt": "hi", "max_tokens": 3}
+        r = httpx.post(aliased.url + "/v1/completions", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == name
+
+
+def test_a_fallback_variant_answers_under_its_own_name(gateway: Start) -> None:
+    server = gateway(on_missing="wait, fallback: true")
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    r = httpx.post(
+        server.url + "/v1/chat/completions", json={**CHAT, "model": "tiny:gptq"}, timeout=30
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == r.headers["x-quantgate-variant"] == "tiny:base"
+
+
+def test_after_a_reload_moves_the_default_the_bare_name_reaches_the_new_default(
+    tmp_path: Path, model_dir: Path, fake_vllm_python: Path
+) -> None:
+    """A kept variant keeps its process, and the names it was started with: the bare model
+    name is forwarded as one it serves."""
+    text = f"""
+cache_dir: {tmp_path / "cache"}
+models:
+  tiny:
+    source: {model_dir}
+    default_variant: base
+    serve: {{startup_timeout_s: 30}}
+    variants:
+      base: {{method: none}}
+      other: {{method: none}}
+"""
+    path = tmp_path / "manifest.yaml"
+    with gateway_on(text, path, fake_vllm_python) as server, httpx.Client(timeout=30) as client:
+        for name in ("tiny:base", "tiny:other"):
+            r = client.post(server.url + "/v1/chat/completions", json={**CHAT, "model": name})
+            assert r.status_code == 200, r.text
+        path.write_text(text.replace("default_variant: base", "default_variant: other"))
+        reload = client.post(server.url + "/admin/reload")
+        assert reload.status_code == 200, reload.text
+        assert reload.json()["kept"] == ["tiny:base", "tiny:other"]
+        r = client.post(server.url + "/v1/chat/completions", json=CHAT)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "tiny:other"
