@@ -14,6 +14,7 @@ QuantgateError
 ├── RateLimited           429 requests/min, tokens/min (Retry-After) or token quota exhausted
 ├── LimiterUnavailable    503 the shared rate-limit store (Redis) cannot be reached
 └── UpstreamError         502 the backend could not be reached or broke off
+    └── GatewayTimeout    504 the backend did not answer within the gateway's timeouts
 
 The web framework's own errors (404, 405, a refused admin body: 400) and unexpected ones (500)
 get the same body (``http_error_response``, ``validation_error_response``,
@@ -90,6 +91,13 @@ class UpstreamError(QuantgateError):
     """The backend could not be reached or broke off."""
 
     status, type, code = 502, "upstream_error", "upstream_unreachable"
+
+
+class GatewayTimeout(UpstreamError):
+    """The backend did not answer in time: slow, not known broken (neither retried elsewhere
+    nor counted against its circuit)."""
+
+    status, code = 504, "upstream_timeout"
 
 
 def error_body(message: str, type_: str, code: str | int | None, param: str | None = None) -> bytes:

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from gateway.accounting import Accounting
 from gateway.errors import (
+    GatewayTimeout,
     PayloadTooLarge,
     UpstreamError,
     error_response,
@@ -38,6 +39,7 @@ from gateway.upstream import (
     UpstreamConnectError,
     UpstreamPool,
     UpstreamResponse,
+    UpstreamTimeout,
     parse_address,
 )
 from gateway.usage import Usage, usage_from_body
@@ -159,37 +161,27 @@ class Proxy:
     ) -> tuple[Lease, UpstreamResponse]:
         """Send to a replica; on a connection failure, or a 502/503, before any byte reached the
         client, send again to another replica. Non-streamed answers are read whole here, so a
-        replica dying mid-answer is retried too."""
+        replica dying mid-answer is retried too. A replica that is only slow (no answer within
+        the timeouts) is neither retried nor counted against its circuit: the client gets 504."""
         tried: set[int] = set()
-        s = self._settings
         hints = RequestHints.of(routed.data, call.session)
         requested = call.variant
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            acquiring = self._fleet.acquire(call.model, requested, frozenset(tried), hints)
-            if self._fleet.ready_now(call.model, requested):
-                lease = await acquiring
-            else:  # it may wait for a start or a wake: give up if the client goes away
-                lease = await _unless_client_leaves(acquiring, receive)
-            call.replica = lease.replica.index
+            lease = await self._acquire(call, requested, frozenset(tried), hints, receive)
             if attempt == 1:
                 call.variant = lease.variant  # a fallback variant may answer
                 self._enter(call)
             m = self._metrics.children(call.model, call.variant)
-            forward = lease.forward_name(routed.model)
-            body = routed.body if forward is None else routed.renamed(forward)
-            address, prefix = parse_address(lease.url)
             try:
-                upstream = await self._pool.post(
-                    address, prefix + path, body, lease.headers, s.first_byte_timeout_s
-                )
-                if upstream.status in RETRY_STATUS and attempt < MAX_ATTEMPTS:
-                    upstream.release()
-                    raise _Retry
-                if not (routed.stream and upstream.status == 200):
-                    upstream.body = await upstream.read(s.idle_timeout_s)
-                    upstream.release()
+                upstream = await self._send(path, routed, lease, attempt < MAX_ATTEMPTS)
                 lease.succeeded()
                 return lease, upstream
+            except UpstreamTimeout as exc:
+                lease.release()
+                m.upstream_errors.inc()
+                raise GatewayTimeout(
+                    f"backend for {call.model}:{call.variant} timed out: {exc}"
+                ) from exc
             except (TransportError, _Retry) as exc:
                 lease.release()
                 lease.failed()
@@ -202,6 +194,44 @@ class Proxy:
                     ) from exc
                 m.retries.inc()
         raise AssertionError("unreachable")
+
+    async def _acquire(
+        self,
+        call: _Call,
+        requested: str,
+        exclude: frozenset[int],
+        hints: RequestHints,
+        receive: Receive,
+    ) -> Lease:
+        acquiring = self._fleet.acquire(call.model, requested, exclude, hints)
+        if self._fleet.ready_now(call.model, requested):
+            lease = await acquiring
+        else:  # it may wait for a start or a wake: give up if the client goes away
+            lease = await _unless_client_leaves(acquiring, receive)
+        call.replica = lease.replica.index
+        return lease
+
+    async def _send(
+        self, path: str, routed: RoutedRequest, lease: Lease, retry_status: bool
+    ) -> UpstreamResponse:
+        """POST to the lease's replica; a non-streamed or error answer is read whole. Raises
+        _Retry on a 502/503 while ``retry_status``."""
+        s = self._settings
+        forward = lease.forward_name(routed.model)
+        body = routed.body if forward is None else routed.renamed(forward)
+        address, prefix = parse_address(lease.url)
+        upstream = await self._pool.post(
+            address, prefix + path, body, lease.headers, s.first_byte_timeout_s
+        )
+        if upstream.status in RETRY_STATUS and retry_status:
+            upstream.release()
+            raise _Retry
+        if not (routed.stream and upstream.status == 200):
+            try:
+                upstream.body = await upstream.read(s.idle_timeout_s)
+            finally:
+                upstream.release()  # one cut short is closed: vLLM stops generating it
+        return upstream
 
     def _enter(self, call: _Call) -> None:
         self._metrics.children(call.model, call.variant).in_flight.inc()

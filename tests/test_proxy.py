@@ -1,10 +1,11 @@
 """What the proxy forwards and records, on real sockets, fake vLLM behind it: the Responses
 API's streams and usage; names a replica does not serve itself (aliases, ``model:auto``, a
-fallback variant)."""
+fallback variant); a replica slower than the first-byte timeout."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from conftest import AVX512, LiveServer, ServeFleet, gateway_on, write_manifest
 from gateway.settings import GatewaySettings
+from serving.manifest import parse_manifest
 
 Start = Callable[..., LiveServer]
 RESPONSES = {"model": "tiny", "input": "hi there", "max_output_tokens": 5}
@@ -158,3 +160,51 @@ models:
         r = client.post(server.url + "/v1/chat/completions", json=CHAT)
         assert r.status_code == 200, r.text
         assert r.json()["model"] == "tiny:other"
+
+
+def test_a_slow_replica_times_out_at_once_and_keeps_its_circuit_closed(
+    tmp_path: Path, model_dir: Path, live_gateway: ServeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generation longer than the first-byte timeout is no reason to try another replica,
+    which would be as slow, nor a failure of the replica: 504 at once, nothing retried."""
+    monkeypatch.setenv("FAKE_TTFT_S", "2")
+    text = f"""
+cache_dir: {tmp_path / "cache"}
+models:
+  tiny:
+    source: {model_dir}
+    default_variant: base
+    serve: {{startup_timeout_s: 30, replicas: 2}}
+    routing: {{failure_threshold: 1, open_s: 60}}
+    variants:
+      base: {{method: none}}
+"""
+    manifest = parse_manifest(text, tmp_path / "manifest.yaml")
+    server = live_gateway(manifest, AVX512, GatewaySettings(first_byte_timeout_s=0.3))
+    url = server.url + "/v1/chat/completions"
+    assert httpx.post(url, json=CHAT, timeout=30).status_code == 504  # starts both replicas
+    deadline = time.monotonic() + 30
+    while [r["state"] for r in backends(server)] != ["ready", "ready"]:
+        assert time.monotonic() < deadline, backends(server)
+        time.sleep(0.1)
+    t0 = time.perf_counter()
+    r = httpx.post(url, json=CHAT, timeout=30)
+    took = time.perf_counter() - t0
+    assert r.status_code == 504, r.text
+    assert r.json()["error"] == {
+        "message": "backend for tiny:base timed out: no response from the backend in 0.3 s",
+        "type": "upstream_error",
+        "param": None,
+        "code": "upstream_timeout",
+    }
+    assert took < 1.5, took  # one replica's timeout, not one per replica tried
+    assert [row["circuit"] for row in backends(server)] == ["closed", "closed"]
+    assert sample(server, "quantgate_upstream_retries_total", **TINY) == 0
+    assert sample(server, "quantgate_upstream_errors_total", **TINY) == 2
+    status = {**TINY, "endpoint": "chat", "status": "504"}
+    assert sample(server, "quantgate_requests_total", **status) == 2
+
+
+def backends(server: LiveServer) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = httpx.get(server.url + "/admin/backends").json()["data"]
+    return rows
