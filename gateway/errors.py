@@ -15,6 +15,7 @@ QuantgateError
 ├── RateLimited           429 requests/min, tokens/min (Retry-After) or token quota exhausted
 ├── LimiterUnavailable    503 the shared rate-limit store (Redis) cannot be reached
 └── UpstreamError         502 the backend could not be reached or broke off
+    └── GatewayTimeout    504 the backend did not answer within the gateway's timeouts
 
 The web framework's own errors (404, 405, a refused admin body: 400) and unexpected ones (500)
 get the same body (``http_error_response``, ``validation_error_response``,
@@ -91,6 +92,13 @@ class UpstreamError(QuantgateError):
     """The backend could not be reached or broke off."""
 
     status, type, code = 502, "upstream_error", "upstream_unreachable"
+
+
+class GatewayTimeout(UpstreamError):
+    """The backend did not answer in time: slow, not known broken (neither retried elsewhere
+    nor counted against its circuit)."""
+
+    status, code = 504, "upstream_timeout"
 
 
 def error_body(message: str, type_: str, code: str | int | None, param: str | None = None) -> bytes:
@@ -175,3 +183,11 @@ def sse_error_event(message: str) -> bytes:
     """A mid-stream error, sent in-band after the headers already went out (as vLLM does)."""
     body = error_body(message, "upstream_error", "stream_interrupted").decode()
     return f"data: {body}\n\ndata: [DONE]\n\n".encode()
+
+
+def sse_response_error_event(message: str, sequence_number: int) -> bytes:
+    """The same on a Responses API stream: its ``error`` event (such streams have no
+    ``[DONE]``)."""
+    event = {"type": "error", "code": "stream_interrupted", "message": message, "param": None,
+             "sequence_number": sequence_number}  # fmt: skip
+    return f"event: error\ndata: {json.dumps(event)}\n\n".encode()

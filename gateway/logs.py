@@ -29,9 +29,12 @@ class JsonLines(logging.Formatter):
 
 
 def configure(level: str, style: LogFormat = "text") -> None:
-    """Log to stderr at ``level`` in ``style``; health polls (httpx, one line each) muted."""
+    """Log to stderr at ``level`` in ``style``, Python's warnings included; health polls (httpx,
+    one line each) muted. uvicorn's lines come here too when it is started without its own
+    logging configuration (``gateway.cli.main.server_config``)."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLines() if style == "json" else logging.Formatter(TEXT))
     name = "DEBUG" if level.lower() == "trace" else level.upper()  # trace: uvicorn's own
     logging.basicConfig(level=name, handlers=[handler], force=True)
+    logging.captureWarnings(True)
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -3,9 +3,10 @@
 A raw ASGI app on the hot path (``QuantgateApp`` sends the proxied routes here before any
 framework code runs). Only ``model``/``stream`` are read from the request; the body goes on as
 received (streams that did not ask for usage get ``stream_options.include_usage`` added, and
-the usage event is taken out again on the way back). Streams are relayed as they arrive; a
-client that goes away closes the backend connection, which cancels the request in vLLM; an
-error after the headers went out is sent in-band as an SSE error event.
+the usage event is taken out again on the way back; a ``model`` the replica does not serve, an
+alias or ``model:auto``, becomes the name of the variant that answers). Streams are relayed
+as they arrive; a client that goes away closes the backend connection, which cancels the
+request in vLLM; an error after the headers went out is sent in-band as an SSE error event.
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.accounting import Accounting
 from gateway.errors import (
+    GatewayTimeout,
     PayloadTooLarge,
     UpstreamError,
     error_response,
     internal_error_response,
-    sse_error_event,
     upstream_error_body,
 )
 from gateway.keys import Principal
@@ -32,12 +33,13 @@ from gateway.ledger import UsageRow
 from gateway.metrics import UNKNOWN, GatewayMetrics
 from gateway.request_fields import RoutedRequest, route_fields
 from gateway.settings import GatewaySettings
-from gateway.sse import StreamWatcher
+from gateway.sse import CompletionStream, ResponseStream, StreamWatcher
 from gateway.upstream import (
     TransportError,
     UpstreamConnectError,
     UpstreamPool,
     UpstreamResponse,
+    UpstreamTimeout,
     parse_address,
 )
 from gateway.usage import Usage, usage_from_body
@@ -48,14 +50,20 @@ Scope = dict[str, Any]
 Receive = Any
 Send = Any
 
-# path -> (metrics endpoint label, whether streams get include_usage added)
+
+class Endpoint(NamedTuple):
+    label: str  # the metrics' and the ledger's endpoint
+    add_usage: bool  # whether streams get stream_options.include_usage added
+    stream: type[StreamWatcher] = CompletionStream  # the shape of its streams
+
+
 ENDPOINTS = {
-    "/v1/chat/completions": ("chat", True),
-    "/v1/completions": ("completions", True),
-    "/v1/embeddings": ("embeddings", False),
-    "/v1/responses": ("responses", False),
-    "/tokenize": ("tokenize", False),
-    "/detokenize": ("detokenize", False),
+    "/v1/chat/completions": Endpoint("chat", True),
+    "/v1/completions": Endpoint("completions", True),
+    "/v1/embeddings": Endpoint("embeddings", False),
+    "/v1/responses": Endpoint("responses", False, ResponseStream),
+    "/tokenize": Endpoint("tokenize", False),
+    "/detokenize": Endpoint("detokenize", False),
 }
 RETRY_STATUS = frozenset({502, 503})
 MAX_ATTEMPTS = 3
@@ -101,13 +109,13 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
-        endpoint, add_usage = ENDPOINTS[path]
-        call = _Call(endpoint, time.perf_counter(), session=_header(scope, b"x-session-id"))
+        endpoint = ENDPOINTS[path]
+        call = _Call(endpoint.label, time.perf_counter(), session=_header(scope, b"x-session-id"))
         acct = self._accounting
         try:
             call.principal = acct.authenticate(_header(scope, b"authorization"))
             raw = await self._read_body(scope, receive)
-            routed = route_fields(raw, add_usage)
+            routed = route_fields(raw, endpoint.add_usage)
             call.model, call.variant = self._fleet.resolve(routed.model)
             acct.authorize(call.principal, call.model, call.variant)
             await acct.admit(call.principal)
@@ -127,7 +135,7 @@ class Proxy:
             await response(scope, receive, send)
             return
         if routed.stream and upstream.status == 200:
-            watcher = StreamWatcher(call.started, drop_usage_event=not routed.client_wants_usage)
+            watcher = endpoint.stream(drop_usage_event=not routed.client_wants_usage)
             await self._relay(upstream, watcher, call, lease, receive, send)
             return
         await self._forward_whole(upstream, call, lease, send)
@@ -153,40 +161,27 @@ class Proxy:
     ) -> tuple[Lease, UpstreamResponse]:
         """Send to a replica; on a connection failure, or a 502/503, before any byte reached the
         client, send again to another replica. Non-streamed answers are read whole here, so a
-        replica dying mid-answer is retried too."""
+        replica dying mid-answer is retried too. A replica that is only slow (no answer within
+        the timeouts) is neither retried nor counted against its circuit: the client gets 504."""
         tried: set[int] = set()
-        s = self._settings
         hints = RequestHints.of(routed.data, call.session)
         requested = call.variant
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            acquiring = self._fleet.acquire(call.model, requested, frozenset(tried), hints)
-            if self._fleet.ready_now(call.model, requested):
-                lease = await acquiring
-            else:  # it may wait for a start or a wake: give up if the client goes away
-                lease = await _unless_client_leaves(acquiring, receive)
-            call.replica = lease.replica.index
+            lease = await self._acquire(call, requested, frozenset(tried), hints, receive)
             if attempt == 1:
                 call.variant = lease.variant  # a fallback variant may answer
                 self._enter(call)
             m = self._metrics.children(call.model, call.variant)
-            body = (
-                routed.body
-                if lease.upstream_model is None
-                else routed.renamed(lease.upstream_model)
-            )
-            address, prefix = parse_address(lease.url)
             try:
-                upstream = await self._pool.post(
-                    address, prefix + path, body, lease.headers, s.first_byte_timeout_s
-                )
-                if upstream.status in RETRY_STATUS and attempt < MAX_ATTEMPTS:
-                    upstream.release()
-                    raise _Retry
-                if not (routed.stream and upstream.status == 200):
-                    upstream.body = await upstream.read(s.idle_timeout_s)
-                    upstream.release()
+                upstream = await self._send(path, routed, lease, attempt < MAX_ATTEMPTS)
                 lease.succeeded()
                 return lease, upstream
+            except UpstreamTimeout as exc:
+                lease.release()
+                m.upstream_errors.inc()
+                raise GatewayTimeout(
+                    f"backend for {call.model}:{call.variant} timed out: {exc}"
+                ) from exc
             except (TransportError, _Retry) as exc:
                 lease.release()
                 lease.failed()
@@ -199,6 +194,44 @@ class Proxy:
                     ) from exc
                 m.retries.inc()
         raise AssertionError("unreachable")
+
+    async def _acquire(
+        self,
+        call: _Call,
+        requested: str,
+        exclude: frozenset[int],
+        hints: RequestHints,
+        receive: Receive,
+    ) -> Lease:
+        acquiring = self._fleet.acquire(call.model, requested, exclude, hints)
+        if self._fleet.ready_now(call.model, requested):
+            lease = await acquiring
+        else:  # it may wait for a start or a wake: give up if the client goes away
+            lease = await _unless_client_leaves(acquiring, receive)
+        call.replica = lease.replica.index
+        return lease
+
+    async def _send(
+        self, path: str, routed: RoutedRequest, lease: Lease, retry_status: bool
+    ) -> UpstreamResponse:
+        """POST to the lease's replica; a non-streamed or error answer is read whole. Raises
+        _Retry on a 502/503 while ``retry_status``."""
+        s = self._settings
+        forward = lease.forward_name(routed.model)
+        body = routed.body if forward is None else routed.renamed(forward)
+        address, prefix = parse_address(lease.url)
+        upstream = await self._pool.post(
+            address, prefix + path, body, lease.headers, s.first_byte_timeout_s
+        )
+        if upstream.status in RETRY_STATUS and retry_status:
+            upstream.release()
+            raise _Retry
+        if not (routed.stream and upstream.status == 200):
+            try:
+                upstream.body = await upstream.read(s.idle_timeout_s)
+            finally:
+                upstream.release()  # one cut short is closed: vLLM stops generating it
+        return upstream
 
     def _enter(self, call: _Call) -> None:
         self._metrics.children(call.model, call.variant).in_flight.inc()
@@ -246,17 +279,17 @@ class Proxy:
             if not watcher.done:
                 status = 502
                 self._metrics.children(call.model, call.variant).upstream_errors.inc()
-                tail += sse_error_event("the backend ended the stream before [DONE]")
+                tail += watcher.error_event(f"the backend ended the stream before {watcher.ending}")
             await send({"type": "http.response.body", "body": tail})
         except TransportError as exc:
             if watcher.done:
-                pass  # the client had [DONE] and left before the backend closed: a whole answer
+                pass  # the client had the whole stream and left before the backend closed
             elif gone.is_set():
                 status = 499  # the client went away; closing the backend connection cancelled it
             else:
                 status = 502
                 self._metrics.children(call.model, call.variant).upstream_errors.inc()
-                event = sse_error_event(f"the backend broke off the stream: {exc}")
+                event = watcher.error_event(f"the backend broke off the stream: {exc}")
                 with contextlib.suppress(Exception):
                     await send({"type": "http.response.body", "body": event})
         finally:

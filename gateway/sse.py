@@ -1,26 +1,35 @@
-"""Server-sent events passed through: split into events only to find the first content, the
-usage event and ``[DONE]``; no event is parsed as JSON except the usage one."""
+"""Server-sent events passed through: split into events only to find the first token, the usage
+and the end of the stream; only the event that carries the usage is parsed as JSON.
+
+Two shapes, one watcher each (``proxy.ENDPOINTS`` says which endpoint streams which):
+
+- chat and text completions: ``data: {...}`` events, a usage chunk (``choices: []``), then
+  ``data: [DONE]``;
+- the Responses API: ``event: <type>`` + ``data: {...}`` events that end with
+  ``response.completed`` (or ``response.failed`` / ``response.incomplete``), whose
+  ``response.usage`` has ``input_tokens``/``output_tokens``; there is no ``[DONE]``.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 
+from gateway.errors import sse_error_event, sse_response_error_event
 from gateway.usage import Usage
 
 DONE = b"data: [DONE]"
 EMPTY = b'"content":""'  # vLLM's first chat chunk carries only the role
+RESPONSE_ENDS = frozenset({b"response.completed", b"response.failed", b"response.incomplete"})
 
 
 class StreamWatcher:
-    """Passes SSE bytes through, noting the first token, usage and ``[DONE]``.
+    """Passes SSE bytes through, noting the first token, the usage and whether the stream
+    reached its end (``done``)."""
 
-    When the client did not ask for usage, the usage-only event the gateway asked for is
-    dropped, so the client sees what it would have seen from OpenAI.
-    """
+    ending = ""  # what a whole stream ends with: named in the error event of one cut short
 
-    def __init__(self, started: float, drop_usage_event: bool) -> None:
-        self.started = started
+    def __init__(self, drop_usage_event: bool = False) -> None:
         self.drop_usage_event = drop_usage_event
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
@@ -46,6 +55,33 @@ class StreamWatcher:
         rest, self._pending = self._pending, b""
         return rest
 
+    def error_event(self, message: str) -> bytes:
+        """An in-band error in this stream's shape, for a stream the backend broke off."""
+        raise NotImplementedError
+
+    def _keep(self, event: bytes) -> bool:
+        """Note what ``event`` says; whether it goes on to the client."""
+        raise NotImplementedError
+
+    def _token(self) -> None:
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.last_token_at = now
+
+
+class CompletionStream(StreamWatcher):
+    """``/v1/chat/completions`` and ``/v1/completions``.
+
+    When the client did not ask for usage, the usage-only event the gateway asked for is
+    dropped, so the client sees what it would have seen from OpenAI.
+    """
+
+    ending = "[DONE]"
+
+    def error_event(self, message: str) -> bytes:
+        return sse_error_event(message)
+
     def _keep(self, event: bytes) -> bool:
         if event.startswith(DONE):
             self.done = True
@@ -56,8 +92,39 @@ class StreamWatcher:
             if not payload.get("choices"):
                 return not self.drop_usage_event
         if (b'"choices":[{' in event or b'"choices": [{' in event) and EMPTY not in event:
-            now = time.perf_counter()
-            if self.first_token_at is None:
-                self.first_token_at = now
-            self.last_token_at = now
+            self._token()
         return True
+
+
+class ResponseStream(StreamWatcher):
+    """``/v1/responses``: every event goes on; a ``*.delta`` event is generated text (output,
+    reasoning or tool-call arguments); the final event carries the usage."""
+
+    ending = "response.completed"
+
+    def __init__(self, drop_usage_event: bool = False) -> None:
+        super().__init__(drop_usage_event)
+        self._events = 0  # the next event's sequence_number
+
+    def error_event(self, message: str) -> bytes:
+        return sse_response_error_event(message, self._events)
+
+    def _keep(self, event: bytes) -> bool:
+        self._events += 1
+        kind = event_type(event)
+        if kind.endswith(b".delta"):
+            self._token()
+        elif kind in RESPONSE_ENDS:
+            self.done = True
+            payload = json.loads(event.partition(b"data:")[2])
+            response = payload.get("response") if isinstance(payload, dict) else None
+            if isinstance(response, dict):
+                self.usage = Usage.from_json(response.get("usage")) or self.usage
+        return True
+
+
+def event_type(event: bytes) -> bytes:
+    """The ``event:`` field of an SSE event (b"" when it has none)."""
+    if not event.startswith(b"event:"):
+        return b""
+    return event.partition(b"\n")[0][6:].strip()

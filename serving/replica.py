@@ -124,6 +124,11 @@ class Replica:
         assert self.server is not None
         return self.server.url
 
+    @property
+    def served_names(self) -> tuple[str, ...]:
+        """The model names its server was started to answer to (``--served-model-name``)."""
+        return self.server.spec.served_names if self.server is not None else ()
+
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """First start: raise BackendFailed with the log tail if vLLM never becomes healthy."""

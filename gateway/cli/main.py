@@ -8,10 +8,10 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli import bench as bench_cli
 from gateway.cli import doctor as doctor_cli
@@ -24,6 +24,8 @@ from serving.manifest import Manifest, Model, key_lines, load_manifest
 from serving.settings import ServingSettings
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from gateway.settings import GatewaySettings
 
 
@@ -140,16 +142,27 @@ async def _run_gateway(
     from gateway.app import create_app
 
     async with _fleet(manifest, serving) as fleet:
-        config = uvicorn.Config(
-            create_app(fleet, gateway, None, args.manifest.resolve(), 2.0 if args.watch else None),
-            host=args.host or gateway.host,
-            port=args.port or gateway.port,
-            log_level=args.log_level,
-            http="httptools",
-            access_log=False,
-            timeout_graceful_shutdown=30,
-        )
-        await uvicorn.Server(config).serve()
+        app = create_app(fleet, gateway, None, args.manifest.resolve(), 2.0 if args.watch else None)
+        host, port = args.host or gateway.host, args.port or gateway.port
+        await uvicorn.Server(server_config(app, host, port, args.log_level)).serve()
+
+
+def server_config(app: Callable[..., Any], host: str, port: int, log_level: str) -> uvicorn.Config:
+    """uvicorn as the gateway runs it. Its own lines (start-up, errors with their tracebacks)
+    go to the handler ``gateway.logs.configure`` set up, text or JSON like every other line,
+    rather than to the text handlers uvicorn would install."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=None,
+        http="httptools",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
 
 
 def _needs_quantizer(model: Model) -> bool:

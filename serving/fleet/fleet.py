@@ -134,11 +134,11 @@ class Fleet:
         if replica is None:
             replica = await controller.wait_for_replica(exclude, affinity)
         trial = replica.acquire()
-        rename = f"{model_name}:{served}" if served != name else None
         upstream = model.variants[served].upstream
         policy = (model.routing.failure_threshold, model.routing.open_s)
         if upstream is None:
-            return Lease(model_name, served, replica.url, replica, JSON_HEADERS, rename, *policy,
+            names = replica.served_names  # as launched: a reload may have moved the default
+            return Lease(model_name, served, replica.url, replica, JSON_HEADERS, names, *policy,
                          trial=trial)  # fmt: skip
         headers = {**JSON_HEADERS, **upstream.auth_headers()}
         forward = upstream.model
@@ -148,7 +148,8 @@ class Fleet:
             except BackendFailed:
                 replica.release(trial)
                 raise
-        return Lease(model_name, served, replica.url, replica, headers, forward or rename, *policy,
+        names = (forward,) if forward else ()  # unknown: the body goes on as sent
+        return Lease(model_name, served, replica.url, replica, headers, names, *policy,
                      trial=trial)  # fmt: skip
 
     def _fallback(

@@ -76,10 +76,18 @@ class Lease:
     url: str
     replica: Replica
     headers: dict[str, str]
-    upstream_model: str | None = None  # rename the body's model to this, for static upstreams
+    served_names: tuple[str, ...] = ()  # what the replica answers to; (): unknown
     failure_threshold: int = 3  # the model's routing policy: failures in a row open the circuit
     open_s: float = 10.0  # and keep it open this long
     trial: bool = False  # the one request a half-open circuit lets through
+
+    def forward_name(self, requested: str) -> str | None:
+        """The model name the forwarded body must carry when the replica does not answer to
+        ``requested`` (an alias, ``model:auto``, a fallback variant, a static upstream's own
+        name); None: the body goes on as the client sent it."""
+        if not self.served_names or requested in self.served_names:
+            return None
+        return self.served_names[0]
 
     def release(self) -> None:
         self.replica.release(self.trial)

@@ -54,13 +54,12 @@ class VariantWorkload:
             raise BackendFailed(
                 f"cannot serve {model_name}:{variant} on Kubernetes: {exc}"
             ) from exc
-        served = f"{model_name}:{variant}"
         return cls(
             model=model_name,
             variant=variant,
             recipe_hash=model.variants[variant].recipe_hash(),
             model_path=path,
-            served_names=(served, model_name) if variant == model.default_variant else (served,),
+            served_names=model.served_names(model_name, variant),
             serve=model.serve,
             kube=model.kubernetes,
             tensor_parallel_size=model.tensor_parallel_size,

@@ -124,6 +124,12 @@ class Model(Strict):
         """The one tensor-parallel size, wherever the manifest sets it (default 1)."""
         return self.serve.tensor_parallel_size or self.kubernetes.tensor_parallel_size or 1
 
+    def served_names(self, model_name: str, variant: str) -> tuple[str, ...]:
+        """The names vLLM serves ``variant`` under (``--served-model-name``): ``model:variant``,
+        and ``model`` too for the default variant."""
+        own = f"{model_name}:{variant}"
+        return (own, model_name) if variant == self.default_variant else (own,)
+
 
 class Manifest(Strict):
     version: Literal[1] = 1

@@ -1,9 +1,13 @@
 """A fake vLLM OpenAI server for gateway tests: same command line, same wire format, knobs.
 
+Serves /v1/chat/completions, /v1/completions and /v1/responses (streamed or not, shaped as
+vLLM's), answering 404 with vLLM's error body for a model name it was not started with.
+
 Never proof that serving works (the slow tests use real vLLM); it lets gateway tests run
 real sockets through the real launcher in a second. Knobs (environment variables):
 FAKE_TTFT_S, FAKE_ITL_S (stream pacing), FAKE_EXIT_AT_START=1 (die while starting),
-FAKE_BREAK_AFTER=N (end a stream after N chunks, no [DONE]), FAKE_API_KEY (required key),
+FAKE_BREAK_AFTER=N (end a stream after N tokens, without [DONE] or response.completed),
+FAKE_API_KEY (required key),
 FAKE_START_DELAY_S (slow start-up), FAKE_LINGER_S (keep a stream open after [DONE]),
 FAKE_CANCEL_FILE (written when a stream is cancelled by the client going away),
 FAKE_KERNELS (comma-separated kernel names in vLLM's order of preference: the first one not in
@@ -25,13 +29,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -39,6 +45,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+KINDS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/responses": "responses",
+}
 WORDS = ["alpha", " beta", " gamma", " delta", " epsilon", " zeta", " eta", " theta"]
 
 
@@ -118,26 +129,16 @@ def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
     async def generate(request: Request) -> Response:
         if state["sleeping"]:
             _note("asleep-hit")
-            err = {"message": "the engine is asleep", "type": "InternalServerError", "code": 500}
-            return JSONResponse({"error": err}, status_code=500)
+            return _error("the engine is asleep", "InternalServerError", 500)
         key = os.environ.get("FAKE_API_KEY")
         if key and request.headers.get("authorization") != f"Bearer {key}":
-            err = {"message": "bad key", "type": "AuthenticationError", "code": 401}
-            return JSONResponse({"error": err}, status_code=401)
+            return _error("bad key", "AuthenticationError", 401)
         body = await request.json()
-        if body.get("model") not in names:
-            err = {
-                "message": f"The model `{body.get('model')}` does not exist.",
-                "type": "NotFoundError",
-                "param": "model",
-                "code": 404,
-            }
-            return JSONResponse({"error": err}, status_code=404)
-        chat = request.url.path.endswith("chat/completions")
-        prompt = json.dumps(body.get("messages") if chat else body.get("prompt"))
-        n_prompt, n_out = len(prompt.split()), int(body.get("max_tokens") or 8)
-        if isinstance(body.get("prompt"), list) and all(isinstance(t, int) for t in body["prompt"]):
-            n_prompt = len(body["prompt"])  # token ids
+        if body.get("model") not in names:  # as vLLM checks every request's model
+            message = f"The model `{body.get('model')}` does not exist."
+            return _error(message, "NotFoundError", 404, param="model")
+        kind = KINDS[request.url.path]
+        n_prompt, n_out = _prompt_tokens(kind, body), _max_tokens(kind, body)
         words = [WORDS[i % len(WORDS)] for i in range(n_out)]
         itl = itl_alone + itl_per_stream * state["active"]
         if not body.get("stream"):
@@ -146,28 +147,17 @@ def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
                 await asyncio.sleep(ttft + itl * n_out)
             finally:
                 state["active"] -= 1
-            choice = {"index": 0, "finish_reason": "length"}
-            choice |= (
-                {"message": {"role": "assistant", "content": "".join(words)}}
-                if chat
-                else {"text": "".join(words)}
-            )
-            return JSONResponse(
-                {
-                    "id": "fake-1",
-                    "object": "chat.completion" if chat else "text_completion",
-                    "created": int(time.time()),
-                    "model": body["model"],
-                    "choices": [choice],
-                    "usage": _usage(n_prompt, n_out),
-                }
-            )
+            return JSONResponse(_answer(kind, body["model"], words, n_prompt))
         include = bool((body.get("stream_options") or {}).get("include_usage"))
+        if kind == "responses":
+            chunks = _response_events(body["model"], words, n_prompt)
+        else:
+            chunks = _completion_events(kind, body["model"], words, n_prompt, include)
 
         async def events() -> AsyncIterator[bytes]:
             state["active"] += 1
             try:
-                async for event in _events():
+                async for event in _paced(chunks, ttft, itl, break_after):
                     yield event
             except BaseException:
                 if os.environ.get("FAKE_CANCEL_FILE"):  # the gateway closed the connection
@@ -176,33 +166,6 @@ def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
             finally:
                 state["active"] -= 1
 
-        async def _events() -> AsyncIterator[bytes]:
-            await asyncio.sleep(ttft)
-            for i, word in enumerate(words):
-                if i == break_after:
-                    return
-                delta = {"delta": {"content": word}} if chat else {"text": word}
-                chunk = {
-                    "id": "fake-1",
-                    "object": "chat.completion.chunk" if chat else "text_completion",
-                    "model": body["model"],
-                    "choices": [{"index": 0, **delta, "finish_reason": None}],
-                }
-                yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
-                if itl:
-                    await asyncio.sleep(itl)
-            if include:
-                last = {
-                    "id": "fake-1",
-                    "object": "chat.completion.chunk",
-                    "model": body["model"],
-                    "choices": [],
-                    "usage": _usage(n_prompt, n_out),
-                }
-                yield f"data: {json.dumps(last, separators=(',', ':'))}\n\n".encode()
-            yield b"data: [DONE]\n\n"
-            await asyncio.sleep(float(os.environ.get("FAKE_LINGER_S", "0")))
-
         return StreamingResponse(events(), media_type="text/event-stream")
 
     routes = [
@@ -210,6 +173,7 @@ def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
         Route("/v1/models", models),
         Route("/v1/chat/completions", generate, methods=["POST"]),
         Route("/v1/completions", generate, methods=["POST"]),
+        Route("/v1/responses", generate, methods=["POST"]),
     ]
     if sleep_mode and os.environ.get("VLLM_SERVER_DEV_MODE") == "1":
         routes += [
@@ -220,6 +184,130 @@ def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
             Route("/reset_prefix_cache", reset_prefix_cache, methods=["POST"]),
         ]
     return Starlette(routes=routes)
+
+
+def _error(message: str, type_: str, code: int, param: str | None = None) -> Response:
+    """vLLM's error body."""
+    err = {"message": message, "type": type_, "param": param, "code": code}
+    return JSONResponse({"error": err}, status_code=code)
+
+
+def _prompt_tokens(kind: str, body: dict[str, Any]) -> int:
+    prompt = body.get({"chat": "messages", "responses": "input"}.get(kind, "prompt"))
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return len(prompt)  # token ids
+    return len(json.dumps(prompt).split())
+
+
+def _max_tokens(kind: str, body: dict[str, Any]) -> int:
+    return int(body.get("max_output_tokens" if kind == "responses" else "max_tokens") or 8)
+
+
+def _answer(kind: str, model: str, words: list[str], n_prompt: int) -> dict[str, Any]:
+    """A whole (non-streamed) answer, as vLLM shapes it for ``kind``."""
+    text = "".join(words)
+    if kind == "responses":
+        return _response(model, "incomplete", text, _response_usage(n_prompt, len(words)))
+    choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+    choice |= (
+        {"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text}
+    )
+    return {
+        "id": "fake-1",
+        "object": "chat.completion" if kind == "chat" else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": _usage(n_prompt, len(words)),
+    }
+
+
+Chunks = Iterator[tuple[bytes, bool]]  # an SSE event, and whether it carries a token
+
+
+def _data(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+def _completion_events(
+    kind: str, model: str, words: list[str], n_prompt: int, include: bool
+) -> Chunks:
+    """Chat or text completion chunks, the usage chunk if asked for, then ``[DONE]``."""
+    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+    for word in words:
+        delta = {"delta": {"content": word}} if kind == "chat" else {"text": word}
+        choice = {"index": 0, **delta, "finish_reason": None}
+        yield _data({"id": "fake-1", "object": obj, "model": model, "choices": [choice]}), True
+    if include:
+        usage = _usage(n_prompt, len(words))
+        last = {"id": "fake-1", "object": obj, "model": model, "choices": [], "usage": usage}
+        yield _data(last), False
+    yield b"data: [DONE]\n\n", False
+
+
+def _response(model: str, status: str, text: str, usage: object) -> dict[str, Any]:
+    """A Responses API object as vLLM sends it (the fields a client reads)."""
+    part = {"type": "output_text", "text": text, "annotations": []}
+    message = {"id": "msg_fake-1", "type": "message", "role": "assistant", "content": [part]}
+    incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
+    return {
+        "id": "resp_fake-1",
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": model,
+        "status": status,
+        "incomplete_details": incomplete,
+        "output": [{**message, "status": "completed"}] if text else [],
+        "usage": usage,
+    }
+
+
+def _response_usage(n_prompt: int, n_out: int) -> dict[str, Any]:
+    return {
+        "input_tokens": n_prompt,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": n_out,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": n_prompt + n_out,
+    }
+
+
+def _response_events(model: str, words: list[str], n_prompt: int) -> Chunks:
+    """The Responses API stream as vLLM sends it: ``event: <type>`` + ``data:``, a
+    ``sequence_number`` each, ``response.completed`` (its ``response.usage``) last, no
+    ``[DONE]``. vLLM ends with ``response.completed`` even when the status is incomplete."""
+    seq = itertools.count()
+    where = {"item_id": "msg_fake-1", "output_index": 0, "content_index": 0}
+
+    def event(kind: str, **fields: Any) -> bytes:
+        payload = {"type": kind, "sequence_number": next(seq), **fields}
+        return f"event: {kind}\n".encode() + _data(payload)
+
+    yield event("response.created", response=_response(model, "in_progress", "", None)), False
+    yield event("response.in_progress", response=_response(model, "in_progress", "", None)), False
+    for word in words:
+        yield event("response.output_text.delta", delta=word, logprobs=[], **where), True
+    text = "".join(words)
+    yield event("response.output_text.done", text=text, logprobs=[], **where), False
+    final = _response(model, "incomplete", text, _response_usage(n_prompt, len(words)))
+    yield event("response.completed", response=final), False
+
+
+async def _paced(chunks: Chunks, ttft: float, itl: float, break_after: int) -> AsyncIterator[bytes]:
+    """``chunks`` at the pace of a model: ``ttft`` before the first token, ``itl`` after each;
+    ended before token ``break_after`` (no end event) when that is not -1."""
+    tokens = 0
+    for chunk, token in chunks:
+        if token and tokens == break_after:
+            return
+        if token and tokens == 0:
+            await asyncio.sleep(ttft)
+        yield chunk
+        if token:
+            tokens += 1
+            if itl:
+                await asyncio.sleep(itl)
+    await asyncio.sleep(float(os.environ.get("FAKE_LINGER_S", "0")))
 
 
 def main() -> None:
