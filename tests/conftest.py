@@ -138,6 +138,33 @@ def serve_manifest(manifest: Path, log: Path, *args: str) -> Iterator[ServedGate
         process.wait(90)
 
 
+@contextlib.contextmanager
+def fake_upstream(*names: str, **env: str) -> Iterator[str]:
+    """The fake OpenAI server as an already-running upstream serving ``names``, with knobs
+    ``env`` (``FAKE_REPLY``, ``FAKE_API_KEY``, ...); its base URL, stopped afterwards."""
+    port = free_port()
+    args = ["--model", "x", "--served-model-name", *names, "--port", str(port)]
+    environ = {"PYTHONPATH": str(FAKES), "PATH": "/usr/bin:/bin", **env}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args], env=environ
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, "the fake upstream exited"
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the fake upstream did not come up"
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def metric(url: str, name: str, **labels: str) -> float:
     """The sum of a Prometheus metric's samples with these labels, read from ``url``/metrics."""
     total = 0.0

@@ -305,10 +305,19 @@ def _make_model(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.cli.demo import run_demo
+    from gateway.cli.demo import Gateway, client_key, run_demo
+    from gateway.settings import GatewaySettings
 
-    load_manifest(args.manifest)
-    return run_demo(args.manifest, args.model, args.port)
+    manifest = load_manifest(args.manifest)
+    try:
+        key = client_key(manifest.auth, os.environ)
+    except ValueError as exc:
+        print(f"quantgate demo: {exc}", file=sys.stderr)
+        return 2
+    admin = GatewaySettings().admin_key
+    admin_key = admin.get_secret_value() if admin is not None else None
+    gateway = Gateway(f"http://127.0.0.1:{args.port}", key, admin_key)
+    return run_demo(args.manifest, args.model, args.port, gateway)
 
 
 def _require_python(python: Path, variable: str, what: str) -> None:

@@ -7,7 +7,8 @@ Never proof that serving works (the slow tests use real vLLM); it lets gateway t
 real sockets through the real launcher in a second. Knobs (environment variables):
 FAKE_TTFT_S, FAKE_ITL_S (stream pacing), FAKE_EXIT_AT_START=1 (die while starting),
 FAKE_BREAK_AFTER=N (end a stream after N tokens, without [DONE] or response.completed),
-FAKE_API_KEY (required key),
+FAKE_API_KEY (required key), FAKE_REPLY (the answer's text, a token per space-separated word,
+instead of the Greek letters),
 FAKE_START_DELAY_S (slow start-up), FAKE_LINGER_S (keep a stream open after [DONE]),
 FAKE_CANCEL_FILE (written when a stream is cancelled by the client going away),
 FAKE_KERNELS (comma-separated kernel names in vLLM's order of preference: the first one not in
@@ -139,7 +140,7 @@ def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
             return _error(message, "NotFoundError", 404, param="model")
         kind = KINDS[request.url.path]
         n_prompt, n_out = _prompt_tokens(kind, body), _max_tokens(kind, body)
-        words = [WORDS[i % len(WORDS)] for i in range(n_out)]
+        words = _words(n_out)
         itl = itl_alone + itl_per_stream * state["active"]
         if not body.get("stream"):
             state["active"] += 1
@@ -190,6 +191,15 @@ def _error(message: str, type_: str, code: int, param: str | None = None) -> Res
     """vLLM's error body."""
     err = {"message": message, "type": type_, "param": param, "code": code}
     return JSONResponse({"error": err}, status_code=code)
+
+
+def _words(n_out: int) -> list[str]:
+    """The answer's tokens: FAKE_REPLY's words (at most ``n_out``), else ``n_out`` letters."""
+    reply = os.environ.get("FAKE_REPLY")
+    if reply:
+        first, *rest = reply.split(" ")
+        return [first, *(" " + word for word in rest)][:n_out]
+    return [WORDS[i % len(WORDS)] for i in range(n_out)]
 
 
 def _prompt_tokens(kind: str, body: dict[str, Any]) -> int:
