@@ -5,8 +5,10 @@ the perplexity of variant and base), started on real vLLM, then measured with co
 that ignore EOS (so every request generates ``max_tokens``): once one request at a time, once
 ``concurrency`` at a time. Peak memory is the sum of each process's peak resident set
 (``VmHWM``) over the vLLM server's process group, KV cache space included. The server is
-stopped before the next variant starts. Variants this machine cannot serve are built and
-measured for perplexity only, with the reason.
+stopped before the next variant starts. Variants this machine cannot serve, or that are over
+their quality budget, are built and measured for perplexity only, with the reason. A variant
+whose build, server or requests fail keeps its row with the reason, marked ``failed``; the
+others are measured all the same.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import httpx
 
 from serving.errors import QuantgateError
 from serving.fleet import Fleet
+from serving.quality import over_budget
 from serving.store import dir_size
 
 PROMPT = "The json module can encode and decode data. It"
@@ -41,6 +44,7 @@ class BenchRow:
     perplexity: float | None = None
     ppl_increase: float | None = None
     note: str = ""
+    failed: bool = False  # not built, or not measured although this machine can serve it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,20 +63,46 @@ async def bench_variant(fleet: Fleet, model: str, name: str, load: Load) -> Benc
     try:
         await _build(fleet, model, name)
     except QuantgateError as exc:
-        row.note = f"build failed: {str(exc).splitlines()[0]}"
+        row.note, row.failed = f"build failed: {_first_line(exc)}", True
         return row
     _read_report(fleet, model, name, row)
     kernel = fleet.kernel(model, name)
     if not kernel.supported:
         row.note = f"not served here: {kernel.reason}"
         return row
+    refusal = over_budget(
+        fleet.manifest.models[model].variants[name], fleet.status(model, name).report
+    )
+    if refusal:  # the manifest's quality gate: the row's perplexity says why
+        row.note = f"not served: {refusal}"
+        return row
     try:
         await _serve_and_measure(fleet, model, name, load, row)
     except QuantgateError as exc:
-        row.note = f"not served: {str(exc).splitlines()[0]}"
+        row.note, row.failed = f"not served: {_first_line(exc)}", True
+    except httpx.HTTPError as exc:
+        row.note, row.failed = f"measuring failed: {_http_failure(exc)}", True
     finally:
         await fleet.stop(model, name)
     return row
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _http_failure(exc: httpx.HTTPError) -> str:
+    """``400 <the server's message>``, or what kept the request from an answer."""
+    if not isinstance(exc, httpx.HTTPStatusError):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    response = exc.response
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error", body) if isinstance(body, dict) else None  # OpenAI's, or vLLM's
+    message = error.get("message") if isinstance(error, dict) else None
+    return f"{response.status_code} {message or response.text[:200] or response.reason_phrase}"
 
 
 async def _build(fleet: Fleet, model: str, name: str) -> None:
@@ -107,9 +137,12 @@ async def _serve_and_measure(
     await fleet.scale(model, name, 1)  # one replica: the measure is of one vLLM server
     row.ready_s = round(time.monotonic() - t0, 1)
     lease = await fleet.acquire(model, name)
+    served = lease.forward_name(f"{model}:{name}") or f"{model}:{name}"  # an upstream's own
     try:
-        async with httpx.AsyncClient(base_url=lease.url, timeout=300) as client:
-            body = {"model": f"{model}:{name}", "prompt": PROMPT, "max_tokens": load.max_tokens}
+        async with httpx.AsyncClient(
+            base_url=lease.url, headers=lease.headers, timeout=300
+        ) as client:
+            body = {"model": served, "prompt": PROMPT, "max_tokens": load.max_tokens}
             body["ignore_eos"] = True
             await _generate(client, body, 1, 1)  # warm-up
             row.tokens_per_s_1 = await _generate(client, body, max(2, load.requests // 4), 1)
