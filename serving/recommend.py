@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from serving.hardware import Hardware
 from serving.kernels import choose, planned_scheme
@@ -111,6 +114,35 @@ class Workload:
         return self.kv_bytes_per_token or estimate_kv_per_token(params)
 
 
+class MeasuredRow(BaseModel):
+    """A row of ``quantgate bench --json``: what the recommendation reads of it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    method: str
+    scheme: str
+    tokens_per_s_1: float | None = None
+    tokens_per_s_n: float | None = None
+    ppl_increase: float | None = None
+
+
+_MEASURED = TypeAdapter(list[MeasuredRow])
+
+
+def read_measured(text: str) -> list[MeasuredRow]:
+    """The rows of ``quantgate bench --json`` output; ValueError saying what is wrong where."""
+    try:
+        return _MEASURED.validate_json(text)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = [f"row {part}" if isinstance(part, int) else str(part) for part in error["loc"]]
+        where = ": ".join(loc)
+        raise ValueError(
+            "not `quantgate bench --json` output (a list of rows with method and scheme): "
+            f"{where + ': ' if where else ''}{error['msg']}"
+        ) from None
+
+
 @dataclass
 class Recommendation:
     choice: str | None
@@ -151,6 +183,8 @@ def parse_size(text: str, unit: str) -> float:
         scale = {"": 1.0, "gib": 1.0, "gb": 1e9 / GIB, "mib": 1 / 1024, "tib": 1024.0}.get(suffix)
     if scale is None:
         raise ValueError(f"unknown unit {m.group(2)!r} in {text!r}")
+    if value <= 0:
+        raise ValueError(f"{text!r} is not above zero")
     return value * scale
 
 
@@ -159,7 +193,7 @@ def recommend(
     memory_gib: float,
     priority: Priority,
     hardware: Hardware,
-    measured: list[dict[str, Any]] | None = None,
+    measured: Sequence[MeasuredRow] = (),
     workload: Workload = Workload(),
 ) -> Recommendation:
     """The method to serve ``params`` parameters in ``memory_gib`` per GPU (or of host RAM)."""
@@ -169,7 +203,7 @@ def recommend(
     fitting = []
     for name in _order(priority, hardware, workload, rec.reasons):
         row = _candidate(name, params, hardware, room)
-        row.update(_measured(measured or [], Variant.model_validate(CANDIDATES[name][0])))
+        row.update(_measured(measured, Variant.model_validate(CANDIDATES[name][0])))
         rec.considered.append(row)
         if row["fits"] and not row["unsupported"]:
             fitting.append(row)
@@ -314,17 +348,18 @@ class _Room:
         return best
 
 
-def _measured(rows: list[dict[str, Any]], variant: Variant) -> dict[str, Any]:
+def _measured(rows: Sequence[MeasuredRow], variant: Variant) -> dict[str, Any]:
     """The measured row of the same method and scheme, if ``quantgate bench`` ran one (the
     base weights are the reference: no perplexity increase by definition)."""
     if not rows:
         return {}
     if not variant.quantized:
-        found = next((r for r in rows if r.get("method") == "none"), {})
-        return {"tokens_per_s_n": found.get("tokens_per_s_n"), "ppl_increase": 0.0}
+        found = next((r for r in rows if r.method == "none"), None)
+        tokens = found.tokens_per_s_n if found else None
+        return {"tokens_per_s_n": tokens, "ppl_increase": 0.0}
     for row in rows:
-        if row.get("method") == variant.method.value and row.get("scheme") == variant.scheme:
-            return {k: row.get(k) for k in ("tokens_per_s_1", "tokens_per_s_n", "ppl_increase")}
+        if row.method == variant.method.value and row.scheme == variant.scheme:
+            return row.model_dump(include={"tokens_per_s_1", "tokens_per_s_n", "ppl_increase"})
     return {}
 
 

@@ -20,6 +20,7 @@ from serving.kernels import choose, planned_scheme, read_scheme
 from serving.launcher import LaunchSpec
 from serving.manifest import Method, Variant
 from serving.recommend import (
+    MeasuredRow,
     Workload,
     estimate_kv_per_token,
     kv_per_token_from_config,
@@ -292,14 +293,14 @@ def test_speed_and_memory_take_4_bit_weights_where_a_kernel_serves_them() -> Non
 
 def test_measured_rows_decide_where_they_cover_the_candidates() -> None:
     measured = [
-        {"method": "gptq", "scheme": "W4A16", "tokens_per_s_n": 3785.0, "ppl_increase": 0.031},
-        {"method": "fp8", "scheme": "FP8", "tokens_per_s_n": 5075.0, "ppl_increase": 0.004},
+        MeasuredRow(method="gptq", scheme="W4A16", tokens_per_s_n=3785.0, ppl_increase=0.031),
+        MeasuredRow(method="fp8", scheme="FP8", tokens_per_s_n=5075.0, ppl_increase=0.004),
     ]
     rec = recommend(8e9, 80, "speed", H100, measured)
     assert rec.choice == "fp8" and "measured 5075 tok/s" in rec.reasons[-1]
     # bf16 is the reference (+0); FP8 within a point of it: the rule's order decides
     assert recommend(8e9, 80, "quality", H100, measured).choice == "fp8"
-    worse = [{**measured[1], "ppl_increase": 0.02}, measured[0]]
+    worse = [measured[1].model_copy(update={"ppl_increase": 0.02}), measured[0]]
     assert recommend(8e9, 80, "quality", H100, worse).choice == "bf16"
 
 

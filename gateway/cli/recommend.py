@@ -10,10 +10,12 @@ from typing import Any
 
 from serving.hardware import Gpu, Hardware
 from serving.recommend import (
+    MeasuredRow,
     Recommendation,
     Workload,
     kv_per_token_from_config,
     parse_size,
+    read_measured,
     recommend,
 )
 
@@ -76,13 +78,13 @@ def hardware(name: str, memory_gib: float) -> Hardware:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        params = parse_size(args.model_size, "params")
-        memory = parse_size(args.gpu_memory, "memory")
+        params = _size(args.model_size, "params", "--model-size")
+        memory = _size(args.gpu_memory, "memory", "--gpu-memory")
         hw = hardware(args.gpu, memory)
-        measured = json.loads(args.measured.read_text()) if args.measured else None
+        measured = _measured(args.measured)
         workload = _workload(args)
-    except (ValueError, OSError, KeyError) as exc:
-        print(f"quantgate: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        print(f"quantgate recommend: {exc}", file=sys.stderr)
         return 2
     rec = recommend(params, memory, args.priority, hw, measured, workload)
     if args.json:
@@ -92,18 +94,51 @@ def run(args: argparse.Namespace) -> int:
     return 0 if rec.choice else 1
 
 
+def _size(text: str, unit: str, flag: str) -> float:
+    try:
+        return parse_size(text, unit)
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
+
+
+def _measured(path: Path | None) -> list[MeasuredRow]:
+    """The rows of ``quantgate bench --json`` output in ``path`` (none without it)."""
+    if path is None:
+        return []
+    try:
+        return read_measured(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"--measured {path}: {exc}") from None
+
+
 def _workload(args: argparse.Namespace) -> Workload:
     if (args.context_length is None) != (args.concurrency is None):
         raise ValueError("--context-length and --concurrency go together")
     if args.gpus < 1 or (args.concurrency or 1) < 1 or (args.context_length or 1) < 1:
         raise ValueError("--gpus, --concurrency and --context-length are at least 1")
-    kv = None
-    if args.model_config:
-        try:
-            kv = kv_per_token_from_config(json.loads(args.model_config.read_text()))
-        except KeyError as exc:
-            raise ValueError(f"{args.model_config}: no {exc} in it") from exc
+    kv = _kv_per_token(args.model_config) if args.model_config else None
     return Workload(args.context_length, args.concurrency, args.gpus, kv)
+
+
+def _kv_per_token(path: Path) -> float:
+    """KV cache bytes per token from a model's ``config.json``; ValueError saying why not."""
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"--model-config {path}: not JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--model-config {path}: not a model's config.json (a JSON object)")
+    try:
+        kv = kv_per_token_from_config(config)
+    except KeyError as exc:
+        raise ValueError(f"--model-config {path}: no {exc} in it") from None
+    except (TypeError, ZeroDivisionError):
+        kv = 0.0
+    if kv <= 0:
+        raise ValueError(
+            f"--model-config {path}: its layers, heads and sizes are not whole numbers above 0"
+        )
+    return kv
 
 
 def _print(rec: Recommendation) -> None:
