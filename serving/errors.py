@@ -2,6 +2,7 @@
 
 QuantgateError
 ├── ManifestError            the manifest is unreadable or invalid (file, line, field)
+├── SettingsError            a QUANTGATE_* environment variable its setting cannot take
 ├── ReloadRefused            a valid new manifest that a running gateway cannot take (restart)
 ├── JobFinished              a job asked to cancel has already ended (how it ended)
 ├── UnknownModel             a request names a model or variant the manifest does not have
@@ -82,6 +83,12 @@ class ManifestError(_BadRequest):
     def __init__(self, issues: list[ManifestIssue]) -> None:
         self.issues = issues
         super().__init__("invalid manifest:\n" + "\n".join(f"  {issue}" for issue in issues))
+
+
+class SettingsError(QuantgateError):
+    """Raised before the process does any work; the command line reports it (exit 2)."""
+
+    code = "invalid_settings"
 
 
 class ReloadRefused(_Conflict):

@@ -11,9 +11,12 @@ environment and runs as its own process. By default the environments are the one
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serving.errors import SettingsError
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,3 +32,20 @@ class ServingSettings(BaseSettings):
     max_concurrent_jobs: int = 1
     vllm_host: str = "127.0.0.1"
     launcher: Literal["local", "kubernetes"] = "local"
+
+
+Settings = TypeVar("Settings", bound=BaseSettings)
+
+
+def read_settings(kind: type[Settings]) -> Settings:
+    """``kind`` read from the environment; SettingsError naming each variable whose value
+    its setting cannot take (the value itself is not repeated: it may be a secret)."""
+    try:
+        return kind()
+    except ValidationError as exc:
+        prefix = str(kind.model_config.get("env_prefix") or "")
+        problems = [
+            f"{(prefix + '_'.join(str(part) for part in error['loc'])).upper()}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        raise SettingsError("; ".join(problems)) from None

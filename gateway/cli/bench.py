@@ -19,7 +19,7 @@ from serving.build import worker_command
 from serving.fleet import open_fleet
 from serving.hardware import Hardware
 from serving.manifest import Manifest, load_manifest
-from serving.settings import ServingSettings
+from serving.settings import ServingSettings, read_settings
 
 Name = tuple[str, str]  # (model, variant)
 COLUMNS = ("variant", "scheme", "size MiB", "peak GiB", "tok/s @1", "tok/s @N", "PPL", "ΔPPL")
@@ -79,7 +79,7 @@ def bench(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"quantgate bench: {exc}", file=sys.stderr)
         return 2
-    settings = ServingSettings()
+    settings = read_settings(ServingSettings)
     command = worker_command(
         settings.quantizer_python, manifest.cache_dir / ".runtime", settings.quantizer_pythonpath
     )

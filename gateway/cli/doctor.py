@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from serving.doctor import Diagnosis, Probe, diagnose
-from serving.settings import ServingSettings
+from serving.settings import ServingSettings, read_settings
 
 
 def register(sub: Any) -> None:
@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    s = ServingSettings()
+    s = read_settings(ServingSettings)
     found = asyncio.run(diagnose(s.vllm_python, s.quantizer_python, s.quantizer_pythonpath))
     print(json.dumps(found.as_dict(), indent=2) if args.json else report(found))
     return 1 if found.problems else 0

@@ -18,10 +18,10 @@ from gateway.cli import doctor as doctor_cli
 from gateway.cli import quantize as quantize_cli
 from gateway.cli import recommend as recommend_cli
 from gateway.logs import configure
-from serving.errors import ManifestError
+from serving.errors import ManifestError, SettingsError
 from serving.fleet import Fleet
 from serving.manifest import Manifest, Model, key_lines, load_manifest
-from serving.settings import ServingSettings
+from serving.settings import ServingSettings, read_settings
 
 if TYPE_CHECKING:
     import uvicorn
@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as exc:
         print(f"quantgate: {exc}", file=sys.stderr)
         return 2
+    except SettingsError as exc:
+        print(f"quantgate {args.command}: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `quantgate ... | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -48,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="quantgate",
         description="Serve a model manifest as an OpenAI API over quantized vLLM variants.",
     )
-    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gateway on a manifest")
     serve.add_argument("manifest", type=Path, help="the model manifest (YAML)")
@@ -120,8 +123,8 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.settings import GatewaySettings
 
     manifest = load_manifest(args.manifest)
-    gateway = GatewaySettings()
-    serving = ServingSettings()
+    gateway = read_settings(GatewaySettings)
+    serving = read_settings(ServingSettings)
     if serving.launcher == "local":  # a manifest of upstreams only needs neither
         local = [m for m in manifest.models.values() if m.source is not None]
         if local:
@@ -193,7 +196,7 @@ async def _fleet(manifest: Manifest, serving: ServingSettings) -> AsyncIterator[
     from serving.kube.settings import KubernetesSettings
     from serving.kube.volume import CacheVolume
 
-    kube = KubernetesSettings()
+    kube = read_settings(KubernetesSettings)
     api = await connect()
     try:
         launcher = KubernetesLauncher(api, kube)
@@ -295,7 +298,7 @@ def _schema(args: argparse.Namespace) -> int:
 def _make_model(args: argparse.Namespace) -> int:
     from serving.build import worker_pythonpath
 
-    python = ServingSettings().quantizer_python
+    python = read_settings(ServingSettings).quantizer_python
     _require_python(python, "QUANTGATE_QUANTIZER_PYTHON", "the quantizer")
     command = [str(python), "-m", "serving.worker.make_model", str(args.out)]
     command += ["--train-steps", str(args.train_steps)]
@@ -314,7 +317,7 @@ def _demo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"quantgate demo: {exc}", file=sys.stderr)
         return 2
-    admin = GatewaySettings().admin_key
+    admin = read_settings(GatewaySettings).admin_key
     admin_key = admin.get_secret_value() if admin is not None else None
     gateway = Gateway(f"http://127.0.0.1:{args.port}", key, admin_key)
     return run_demo(args.manifest, args.model, args.port, gateway)

@@ -30,7 +30,7 @@ from serving.build import (
 from serving.errors import InvalidRecipe
 from serving.manifest import Backend, GgufType, Method, Variant
 from serving.processes import tail
-from serving.settings import ServingSettings
+from serving.settings import ServingSettings, read_settings
 from serving.sources import ModelSource
 from serving.store import REPORT, read_report
 
@@ -150,7 +150,7 @@ def quantize(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"quantgate: --model-path {exc}", file=sys.stderr)
         return 2
-    settings = ServingSettings()
+    settings = read_settings(ServingSettings)
     with tempfile.TemporaryDirectory(prefix="quantgate-") as tmp:
         work = Path(tmp)  # the worker's spec and path: never beside the user's log
         log = args.log.resolve() if args.log else work / "job.log"
