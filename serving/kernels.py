@@ -33,6 +33,7 @@ from serving.hardware import Hardware
 from serving.manifest import Variant
 from serving.methods import family
 from serving.methods.bitsandbytes import BNB_ON_CPU
+from serving.methods.compressed import w8a16_on_cpu
 from serving.methods.gguf import GGUF_ON_CPU
 from serving.methods.torchao import TORCHAO_ON_CPU
 from serving.store import gguf_file
@@ -146,6 +147,8 @@ def _cpu(scheme: Scheme, quant: str | None, hw: Hardware) -> KernelChoice:
             "AVX-512; serve a W4A8 variant (activation_bits: 8) here, or this one on an "
             "AVX-512 CPU or a GPU",
         )
+    if name == "W8A16":
+        return KernelChoice(quant, None, reason=w8a16_on_cpu(hw.cpu_flags))
     if name == "W4A8":
         return KernelChoice(quant, "Dynamic4bitLinearKernel", reason="PyTorch int4 x int8 op")
     if name == "W8A8":

