@@ -18,7 +18,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from gateway.metrics import GatewayMetrics
-from serving.kube.names import variant_labels
+from serving.kube.names import MODEL, VARIANT, variant_labels
+from serving.kube.static import StaticSettings
 from serving.manifest import ServeOptions, parse_manifest
 from serving.store import VariantStore
 
@@ -291,6 +292,33 @@ def test_network_policy_lets_only_the_gateway_reach_vllm() -> None:
 def test_static_role_only_reads() -> None:
     verbs = set().union(*rules(one(render(example("single-gpu")), "Role")).values())
     assert verbs == {"get", "list", "watch"}
+
+
+def test_static_gateway_finds_the_charts_backends_by_their_labels_and_creates_nothing() -> None:
+    objects = render(example("single-gpu"))
+    gateway = one(objects, "Deployment", "gateway")
+    env = env_of(container(gateway, "gateway"))
+    assert env["QUANTGATE_LAUNCHER"] == "kubernetes-static"
+    for unused in ("QUANTGATE_VLLM_IMAGE", "QUANTGATE_QUANTIZER_IMAGE", "QUANTGATE_CACHE_PVC",
+                   "QUANTGATE_LAUNCHER_CONFIG", "QUANTGATE_MAX_CONCURRENT_JOBS"):  # fmt: skip
+        assert unused not in env
+    selector = StaticSettings(backend_selector=env["QUANTGATE_BACKEND_SELECTOR"]).labels()
+    assert selector["app.kubernetes.io/instance"] == "qg"  # this release's backends only
+    services = find(objects, "Service", "vllm")
+    backends = values_of(example("single-gpu"))["static"]["backends"]
+    for backend in backends:  # what the gateway lists Services by, for each backend
+        wanted = {**selector, MODEL: backend["model"], VARIANT: backend["variant"]}
+        (service,) = [s for s in services if wanted.items() <= labels(s).items()]
+        (deployment,) = [d for d in find(objects, "Deployment", "vllm")
+                         if d["metadata"]["name"] == service["metadata"]["name"]]  # fmt: skip
+        assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert not selector.items() <= labels(one(objects, "Service", "gateway")).items()
+    granted = rules(one(objects, "Role"))  # what it reads: Services, Deployments, pods, logs
+    assert {"list"} <= granted[("", "services")] and {"get"} <= granted[("apps", "deployments")]
+    assert {"list"} <= granted[("", "pods")] and {"get"} <= granted[("", "pods/log")]
+    # a changed list of backends rolls the gateway: a refused variant is looked up anew
+    annotations = gateway["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/backends" in annotations
 
 
 @pytest.mark.parametrize("name", ["single-gpu", "multi-gpu-tp"])
