@@ -244,6 +244,15 @@ def test_dynamic_gateway_tells_the_kubernetes_launcher_where_and_what_to_run() -
     assert launcher["quantizer"]["gpus"] == 1
 
 
+def test_a_dynamic_gateway_is_replaced_not_rolled_so_two_never_run_at_once() -> None:
+    """A stopping gateway scales its vLLM Deployments to zero and deletes its Jobs: under a
+    rolling update it would do so while the new one serves."""
+    dynamic = one(render(example("dynamic")), "Deployment", "gateway")
+    assert dynamic["spec"]["strategy"] == {"type": "Recreate"}
+    static = one(render(example("single-gpu")), "Deployment", "gateway")  # stateless: it rolls
+    assert static["spec"].get("strategy", {"type": "RollingUpdate"})["type"] == "RollingUpdate"
+
+
 def test_dynamic_role_grants_exactly_what_the_launcher_needs() -> None:
     objects = render(example("dynamic"))
     role, binding = one(objects, "Role"), one(objects, "RoleBinding")
