@@ -87,8 +87,8 @@ manifest ConfigMap.
 {{- fail "more than one gateway pod (gateway.replicas > 1 or gateway.autoscaling.enabled) needs shared state: sharedState.redis.existingSecret (rate limits and quotas in Redis) and sharedState.ledger.existingSecret (the usage ledger in PostgreSQL); without them each pod counts limits on its own and they share one SQLite file" }}
 {{- end }}
 {{- $root := printf "%s/" (trimSuffix "/" .Values.cache.mountPath) }}
-{{- if not (hasPrefix $root (printf "%s/" (trimSuffix "/" .Values.manifest.cache_dir))) }}
-{{- fail (printf "manifest.cache_dir %q must be cache.mountPath (%s) or a folder under it" .Values.manifest.cache_dir .Values.cache.mountPath) }}
+{{- if ne $root (printf "%s/" (trimSuffix "/" .Values.manifest.cache_dir)) }}
+{{- fail (printf "manifest.cache_dir %q must be cache.mountPath (%s): every pod mounts the cache volume's root, and the gateway gives them paths by their place under cache_dir" .Values.manifest.cache_dir .Values.cache.mountPath) }}
 {{- end }}
 {{- range $name, $model := .Values.manifest.models }}
 {{- if and $model.source (not (hasPrefix "hf://" $model.source)) (not (hasPrefix $root $model.source)) }}
