@@ -19,7 +19,11 @@ from prometheus_client import CollectorRegistry
 
 from gateway.metrics import GatewayMetrics
 from serving.kube.names import MODEL, VARIANT, variant_labels
+from serving.kube.objects import vllm_container
+from serving.kube.settings import KubernetesSettings
 from serving.kube.static import StaticSettings
+from serving.kube.volume import CacheVolume
+from serving.kube.workload import VariantWorkload
 from serving.manifest import ServeOptions, parse_manifest
 from serving.store import VariantStore
 
@@ -296,6 +300,58 @@ def test_network_policy_lets_only_the_gateway_reach_vllm() -> None:
     assert dynamic["qg-quantgate-backends"]["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/managed-by": "quantgate"
     }
+
+
+MONITORING = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+
+def metrics_rules(policy: Object) -> list[Object]:
+    """The policy's ingress rules that let Prometheus in: not from the gateway's pods."""
+    return [r for r in policy["spec"]["ingress"]
+            if not any("podSelector" in peer for peer in r.get("from", []))]  # fmt: skip
+
+
+def test_network_policy_lets_prometheus_scrape_vllm_and_the_gateway(tmp_path: Path) -> None:
+    """KEDA's queue trigger and the dashboard's vLLM row need vLLM's own samples."""
+    objects = render(example("dynamic"))  # a PodMonitor, a ServiceMonitor, gatewayFrom empty
+    policies = {p["metadata"]["name"]: p for p in find(objects, "NetworkPolicy")}
+    (rule,) = metrics_rules(policies["qg-quantgate-backends"])
+    assert rule == {"ports": [{"port": "http", "protocol": "TCP"}], "from": MONITORING}
+    # the port the PodMonitor scrapes, named so on every vLLM pod
+    (monitor,) = find(objects, "PodMonitor")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    assert objects_port_name() == "http"
+    # the gateway takes anyone already: no rule of its own
+    assert len(policies["qg-quantgate-gateway"]["spec"]["ingress"]) == 1
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"networkPolicy": {
+        "gatewayFrom": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+        "metricsFrom": [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}]}}))  # fmt: skip
+    objects = render(example("dynamic"), values)
+    policies = {p["metadata"]["name"]: p for p in find(objects, "NetworkPolicy")}
+    gateway = policies["qg-quantgate-gateway"]["spec"]["ingress"]
+    obs = [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}]
+    assert gateway[1] == {"ports": [{"port": "http", "protocol": "TCP"}], "from": obs}
+    assert metrics_rules(policies["qg-quantgate-backends"])[0]["from"] == obs
+    # without the monitors, only the gateway gets in
+    off = tmp_path / "off.yaml"
+    off.write_text(yaml.safe_dump({"metrics": {"serviceMonitor": {"enabled": False},
+                                               "vllmPodMonitor": {"enabled": False}}}))  # fmt: skip
+    policies = {p["metadata"]["name"]: p for p in find(render(example("dynamic"), values, off),
+                                                       "NetworkPolicy")}  # fmt: skip
+    assert not metrics_rules(policies["qg-quantgate-backends"])
+    assert len(policies["qg-quantgate-gateway"]["spec"]["ingress"]) == 1
+
+
+def objects_port_name() -> str:
+    """The name of the port vLLM listens on in the pods the launcher creates."""
+    manifest = parse_manifest(yaml.safe_dump(values_of(example("dynamic"))["manifest"]),
+                              Path("/etc/quantgate/m.yaml"))  # fmt: skip
+    volume = CacheVolume("cache", manifest.cache_dir)
+    model = manifest.models["qwen2.5-7b"]
+    workload = VariantWorkload.of("qwen2.5-7b", model, "base", model.source_path, volume)
+    ports = vllm_container(workload, KubernetesSettings()).ports or []
+    return str(ports[0].name)
 
 
 def test_static_role_only_reads() -> None:
