@@ -1,7 +1,9 @@
 """Process settings for the serving side: which interpreters run vLLM and the quantizer.
 
-``launcher`` picks where vLLM and quantization jobs run: ``local`` (child processes, below) or
-``kubernetes`` (Deployments and Jobs; ``serving.kube.KubernetesSettings`` holds the rest).
+``launcher`` picks where vLLM and quantization jobs run: ``local`` (child processes, below),
+``kubernetes`` (Deployments and Jobs the gateway creates; ``serving.kube.KubernetesSettings``
+holds the rest) or ``kubernetes-static`` (the Helm chart's own vLLM backends, found by their
+labels; nothing is created and no job runs: ``serving.kube.static``).
 
 vLLM and llm-compressor pin different ``compressed-tensors`` releases, so each lives in its own
 environment and runs as its own process. By default the environments are the ones
@@ -31,7 +33,7 @@ class ServingSettings(BaseSettings):
     quantizer_pythonpath: str | None = None
     max_concurrent_jobs: int = 1
     vllm_host: str = "127.0.0.1"
-    launcher: Literal["local", "kubernetes"] = "local"
+    launcher: Literal["local", "kubernetes", "kubernetes-static"] = "local"
 
 
 Settings = TypeVar("Settings", bound=BaseSettings)

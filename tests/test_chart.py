@@ -18,7 +18,12 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from gateway.metrics import GatewayMetrics
-from serving.kube.names import variant_labels
+from serving.kube.names import MODEL, VARIANT, variant_labels
+from serving.kube.objects import vllm_container
+from serving.kube.settings import KubernetesSettings
+from serving.kube.static import StaticSettings
+from serving.kube.volume import CacheVolume
+from serving.kube.workload import VariantWorkload
 from serving.manifest import ServeOptions, parse_manifest
 from serving.store import VariantStore
 
@@ -243,6 +248,15 @@ def test_dynamic_gateway_tells_the_kubernetes_launcher_where_and_what_to_run() -
     assert launcher["quantizer"]["gpus"] == 1
 
 
+def test_a_dynamic_gateway_is_replaced_not_rolled_so_two_never_run_at_once() -> None:
+    """A stopping gateway scales its vLLM Deployments to zero and deletes its Jobs: under a
+    rolling update it would do so while the new one serves."""
+    dynamic = one(render(example("dynamic")), "Deployment", "gateway")
+    assert dynamic["spec"]["strategy"] == {"type": "Recreate"}
+    static = one(render(example("single-gpu")), "Deployment", "gateway")  # stateless: it rolls
+    assert static["spec"].get("strategy", {"type": "RollingUpdate"})["type"] == "RollingUpdate"
+
+
 def test_dynamic_role_grants_exactly_what_the_launcher_needs() -> None:
     objects = render(example("dynamic"))
     role, binding = one(objects, "Role"), one(objects, "RoleBinding")
@@ -288,9 +302,88 @@ def test_network_policy_lets_only_the_gateway_reach_vllm() -> None:
     }
 
 
+MONITORING = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+
+def metrics_rules(policy: Object) -> list[Object]:
+    """The policy's ingress rules that let Prometheus in: not from the gateway's pods."""
+    return [r for r in policy["spec"]["ingress"]
+            if not any("podSelector" in peer for peer in r.get("from", []))]  # fmt: skip
+
+
+def test_network_policy_lets_prometheus_scrape_vllm_and_the_gateway(tmp_path: Path) -> None:
+    """KEDA's queue trigger and the dashboard's vLLM row need vLLM's own samples."""
+    objects = render(example("dynamic"))  # a PodMonitor, a ServiceMonitor, gatewayFrom empty
+    policies = {p["metadata"]["name"]: p for p in find(objects, "NetworkPolicy")}
+    (rule,) = metrics_rules(policies["qg-quantgate-backends"])
+    assert rule == {"ports": [{"port": "http", "protocol": "TCP"}], "from": MONITORING}
+    # the port the PodMonitor scrapes, named so on every vLLM pod
+    (monitor,) = find(objects, "PodMonitor")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    assert objects_port_name() == "http"
+    # the gateway takes anyone already: no rule of its own
+    assert len(policies["qg-quantgate-gateway"]["spec"]["ingress"]) == 1
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"networkPolicy": {
+        "gatewayFrom": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+        "metricsFrom": [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}]}}))  # fmt: skip
+    objects = render(example("dynamic"), values)
+    policies = {p["metadata"]["name"]: p for p in find(objects, "NetworkPolicy")}
+    gateway = policies["qg-quantgate-gateway"]["spec"]["ingress"]
+    obs = [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}]
+    assert gateway[1] == {"ports": [{"port": "http", "protocol": "TCP"}], "from": obs}
+    assert metrics_rules(policies["qg-quantgate-backends"])[0]["from"] == obs
+    # without the monitors, only the gateway gets in
+    off = tmp_path / "off.yaml"
+    off.write_text(yaml.safe_dump({"metrics": {"serviceMonitor": {"enabled": False},
+                                               "vllmPodMonitor": {"enabled": False}}}))  # fmt: skip
+    policies = {p["metadata"]["name"]: p for p in find(render(example("dynamic"), values, off),
+                                                       "NetworkPolicy")}  # fmt: skip
+    assert not metrics_rules(policies["qg-quantgate-backends"])
+    assert len(policies["qg-quantgate-gateway"]["spec"]["ingress"]) == 1
+
+
+def objects_port_name() -> str:
+    """The name of the port vLLM listens on in the pods the launcher creates."""
+    manifest = parse_manifest(yaml.safe_dump(values_of(example("dynamic"))["manifest"]),
+                              Path("/etc/quantgate/m.yaml"))  # fmt: skip
+    volume = CacheVolume("cache", manifest.cache_dir)
+    model = manifest.models["qwen2.5-7b"]
+    workload = VariantWorkload.of("qwen2.5-7b", model, "base", model.source_path, volume)
+    ports = vllm_container(workload, KubernetesSettings()).ports or []
+    return str(ports[0].name)
+
+
 def test_static_role_only_reads() -> None:
     verbs = set().union(*rules(one(render(example("single-gpu")), "Role")).values())
     assert verbs == {"get", "list", "watch"}
+
+
+def test_static_gateway_finds_the_charts_backends_by_their_labels_and_creates_nothing() -> None:
+    objects = render(example("single-gpu"))
+    gateway = one(objects, "Deployment", "gateway")
+    env = env_of(container(gateway, "gateway"))
+    assert env["QUANTGATE_LAUNCHER"] == "kubernetes-static"
+    for unused in ("QUANTGATE_VLLM_IMAGE", "QUANTGATE_QUANTIZER_IMAGE", "QUANTGATE_CACHE_PVC",
+                   "QUANTGATE_LAUNCHER_CONFIG", "QUANTGATE_MAX_CONCURRENT_JOBS"):  # fmt: skip
+        assert unused not in env
+    selector = StaticSettings(backend_selector=env["QUANTGATE_BACKEND_SELECTOR"]).labels()
+    assert selector["app.kubernetes.io/instance"] == "qg"  # this release's backends only
+    services = find(objects, "Service", "vllm")
+    backends = values_of(example("single-gpu"))["static"]["backends"]
+    for backend in backends:  # what the gateway lists Services by, for each backend
+        wanted = {**selector, MODEL: backend["model"], VARIANT: backend["variant"]}
+        (service,) = [s for s in services if wanted.items() <= labels(s).items()]
+        (deployment,) = [d for d in find(objects, "Deployment", "vllm")
+                         if d["metadata"]["name"] == service["metadata"]["name"]]  # fmt: skip
+        assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert not selector.items() <= labels(one(objects, "Service", "gateway")).items()
+    granted = rules(one(objects, "Role"))  # what it reads: Services, Deployments, pods, logs
+    assert {"list"} <= granted[("", "services")] and {"get"} <= granted[("apps", "deployments")]
+    assert {"list"} <= granted[("", "pods")] and {"get"} <= granted[("", "pods/log")]
+    # a changed list of backends rolls the gateway: a refused variant is looked up anew
+    annotations = gateway["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/backends" in annotations
 
 
 @pytest.mark.parametrize("name", ["single-gpu", "multi-gpu-tp"])

@@ -25,8 +25,11 @@ from serving.settings import ServingSettings, read_settings
 
 if TYPE_CHECKING:
     import uvicorn
+    from kubernetes.aio.client import ApiClient
 
     from gateway.settings import GatewaySettings
+    from serving.fleet import Scheduled
+    from serving.kube.settings import KubernetesSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +181,7 @@ def _needs_quantizer(model: Model) -> bool:
 async def _fleet(manifest: Manifest, serving: ServingSettings) -> AsyncIterator[Fleet]:
     """The fleet for ``QUANTGATE_LAUNCHER``: child processes here, or pods on Kubernetes."""
     from serving.build import worker_command
-    from serving.fleet import Scheduled, open_fleet
+    from serving.fleet import open_fleet
     from serving.hardware import Hardware
 
     worker = worker_command(
@@ -190,26 +193,40 @@ async def _fleet(manifest: Manifest, serving: ServingSettings) -> AsyncIterator[
             max_concurrent_jobs=serving.max_concurrent_jobs,
         )  # fmt: skip
         return
-    from serving.kube import runtime
     from serving.kube.client import connect
-    from serving.kube.launcher import KubernetesLauncher
     from serving.kube.settings import KubernetesSettings
-    from serving.kube.volume import CacheVolume
 
     kube = read_settings(KubernetesSettings)
     api = await connect()
     try:
-        launcher = KubernetesLauncher(api, kube)
-        volume = CacheVolume(kube.cache_pvc, manifest.cache_dir)
-        scheduled = Scheduled(
-            runtime.launch(launcher, volume, manifest), runtime.remote_job(launcher, volume)
-        )
+        scheduled = _scheduled(serving.launcher, api, kube, manifest)
         yield open_fleet(
             manifest, worker, serving.vllm_python, kube.hardware(),
             max_concurrent_jobs=serving.max_concurrent_jobs, scheduled=scheduled,
         )  # fmt: skip
     finally:
         await api.close()  # type: ignore[no-untyped-call]
+
+
+def _scheduled(
+    launcher: str, api: ApiClient, kube: KubernetesSettings, manifest: Manifest
+) -> Scheduled:
+    """vLLM and jobs on Kubernetes: Deployments and Jobs the gateway creates (``kubernetes``),
+    or the chart's own backends, found and never changed (``kubernetes-static``)."""
+    from serving.fleet import Scheduled
+
+    if launcher == "kubernetes-static":
+        from serving.kube import static
+
+        backends = static.StaticBackends(api, kube, static.StaticSettings().labels())
+        return static.scheduled(backends)
+    from serving.kube import runtime
+    from serving.kube.launcher import KubernetesLauncher
+    from serving.kube.volume import CacheVolume
+
+    dynamic = KubernetesLauncher(api, kube)
+    volume = CacheVolume(kube.cache_pvc, manifest.cache_dir)
+    return Scheduled(runtime.launch(dynamic, volume, manifest), runtime.remote_job(dynamic, volume))
 
 
 def _check(args: argparse.Namespace) -> int:

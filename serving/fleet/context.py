@@ -32,3 +32,4 @@ class FleetContext:
     packages: VllmPackages
     launch: Callable[[LaunchSpec], Server]
     places_gpus: bool  # False where a scheduler (Kubernetes) places pods
+    runs_jobs: bool = True  # False: builds, imports, measures are refused (the chart's backends)

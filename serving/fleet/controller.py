@@ -354,6 +354,9 @@ class VariantController:
         variant = self.variant
         if not variant.measured_when_served or self.ctx.store.report(self.model_name, variant):
             return
+        if not self.ctx.runs_jobs and variant.max_ppl_increase is None:  # no budget to hold
+            log.info("%s: served unmeasured: no job runs here", self.label)
+            return
         served = {"url": server.url, "model": server.spec.served_names[0]}
         log.info("%s: measuring its perplexity through %s before it takes requests",
                  self.label, server.url)  # fmt: skip

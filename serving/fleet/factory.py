@@ -29,6 +29,7 @@ class Scheduled:
 
     launch: Callable[[LaunchSpec], Server]
     remote: RemoteRun
+    runs_jobs: bool = True  # False: ``remote`` refuses every job (Kubernetes static mode)
 
 
 def open_fleet(
@@ -60,6 +61,7 @@ def open_fleet(
         tuning=tuner.KernelTuning(hardware, store, launch, vllm_python, here),
         swaps=SwapDesk(manifest, placement, lambda: fleet.residents(), sleep_mode),
         packages=VllmPackages(vllm_python), launch=launch, places_gpus=here,
+        runs_jobs=scheduled is None or scheduled.runs_jobs,
     )  # fmt: skip
     fleet = Fleet(ctx)
     return fleet

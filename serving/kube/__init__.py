@@ -5,6 +5,9 @@ launcher = KubernetesLauncher(await connect(), settings)
 server = launcher.server(VariantWorkload.of(name, model, variant, folder, volume, quant))
 await server.start(timeout_s)                         # like VllmServer: url, alive(), stop()
 result = await launcher.run_quantization_job(QuantizationWorkload.of(...))
+
+Static mode (the Helm chart runs vLLM; the gateway finds its backends and changes nothing):
+``serving.kube.static``.
 """
 
 from serving.kube.client import connect

@@ -176,15 +176,21 @@ class KubernetesLauncher:
 
     async def wait_ready(self, model: str, variant: str, timeout_s: float) -> None:
         """Return once the variant has a ready replica; raise BackendFailed when it cannot."""
-        name = names.variant_name(model, variant)
-        what = f"vLLM for {model}:{variant}"
+        name, what = names.variant_name(model, variant), f"vLLM for {model}:{variant}"
+        await self.wait_deployment(name, names.selector(model, variant), what, timeout_s)
+
+    async def wait_deployment(
+        self, name: str, selector: dict[str, str], what: str, timeout_s: float
+    ) -> None:
+        """Return once Deployment ``name`` (its pods: ``selector``) has a ready replica of its
+        current spec; raise BackendFailed, saying why ``what`` cannot start, when it cannot."""
         deadline = time.monotonic() + timeout_s
         async with _failing_as(BackendFailed, f"{what}: cannot follow its Deployment {name}"):
             while True:
                 dep = await self._read_deployment(name)
                 if pods.deployment_ready(dep):
                     return
-                found = await self._pods(names.selector(model, variant))
+                found = await self._pods(selector)
                 found.sort(key=lambda pod: pods.pod_problem(pod) is None)  # troubled pods first
                 problem = pods.deployment_problem(dep) or (
                     pods.pod_problem(found[0]) if found else None

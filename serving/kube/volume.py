@@ -1,6 +1,7 @@
 """The cache volume: one claim that the gateway, vLLM pods and quantization Jobs all mount.
 
-The gateway sees the cache at the manifest's ``cache_dir``; pods see the same claim at
+The gateway sees the cache at the manifest's ``cache_dir``, which must be where it mounts the
+claim's root (the chart checks ``cache_dir`` is ``cache.mountPath``); pods see the same claim at
 ``/var/cache/quantgate``. A path is handed to a pod by its place inside the cache, so
 everything a pod reads (a variant, a base checkpoint, a job spec) must live in the cache.
 """

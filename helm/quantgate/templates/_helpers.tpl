@@ -77,7 +77,8 @@ a hash of the full name so that two long names cannot collide.
 
 {{/*
 Checks that need more than the schema: paths on the cache volume, and static backends that
-name a model and variant of the manifest. Included once, from the manifest ConfigMap.
+name a model and variant of the manifest and serve a checkpoint folder. Included once, from the
+manifest ConfigMap.
 */}}
 {{- define "quantgate.validate" -}}
 {{- $g := .Values.gateway }}
@@ -86,8 +87,8 @@ name a model and variant of the manifest. Included once, from the manifest Confi
 {{- fail "more than one gateway pod (gateway.replicas > 1 or gateway.autoscaling.enabled) needs shared state: sharedState.redis.existingSecret (rate limits and quotas in Redis) and sharedState.ledger.existingSecret (the usage ledger in PostgreSQL); without them each pod counts limits on its own and they share one SQLite file" }}
 {{- end }}
 {{- $root := printf "%s/" (trimSuffix "/" .Values.cache.mountPath) }}
-{{- if not (hasPrefix $root (printf "%s/" (trimSuffix "/" .Values.manifest.cache_dir))) }}
-{{- fail (printf "manifest.cache_dir %q must be cache.mountPath (%s) or a folder under it" .Values.manifest.cache_dir .Values.cache.mountPath) }}
+{{- if ne $root (printf "%s/" (trimSuffix "/" .Values.manifest.cache_dir)) }}
+{{- fail (printf "manifest.cache_dir %q must be cache.mountPath (%s): every pod mounts the cache volume's root, and the gateway gives them paths by their place under cache_dir" .Values.manifest.cache_dir .Values.cache.mountPath) }}
 {{- end }}
 {{- range $name, $model := .Values.manifest.models }}
 {{- if and $model.source (not (hasPrefix "hf://" $model.source)) (not (hasPrefix $root $model.source)) }}
@@ -109,6 +110,11 @@ name a model and variant of the manifest. Included once, from the manifest Confi
 {{- end }}
 {{- if and $b.modelDir (not (hasPrefix $root $b.modelDir)) }}
 {{- fail (printf "static.backends[%d].modelDir %q must be under cache.mountPath (%s)" $i $b.modelDir $.Values.cache.mountPath) }}
+{{- end }}
+{{- $source := toString ($model.source | default "") }}
+{{- $fromSource := has (get $variant "method") (list "none" "fp8") }}
+{{- if and $fromSource (not (hasKey $b "modelDir")) (or (hasPrefix "hf://" $source) (hasSuffix ".gguf" (lower $source))) }}
+{{- fail (printf "static.backends[%d] (%s:%s) would serve the model's source %q, which is not a checkpoint folder: static mode prepares no source. Prepare it in dynamic mode first (a Job imports the GGUF file or downloads the repository into %s/.sources/), then set this backend's modelDir to that folder; or make the model's source a checkpoint folder on the volume" $i $b.model $b.variant $source (trimSuffix "/" $.Values.manifest.cache_dir)) }}
 {{- end }}
 {{- $s := include "quantgate.backend" (dict "ctx" $ "backend" $b) | fromJson }}
 {{- if and (gt (int $s.gpus) 0) (lt (int $s.gpus) (int $s.tensorParallelSize)) }}
