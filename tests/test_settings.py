@@ -59,7 +59,12 @@ def test_serve_with_a_bad_port_says_which_variable_and_exits_2(manifest: Path) -
 @pytest.mark.parametrize(
     ("variable", "value", "command", "message"),
     [
-        ("QUANTGATE_LAUNCHER", "mars", ["doctor"], "Input should be 'local' or 'kubernetes'"),
+        (
+            "QUANTGATE_LAUNCHER",
+            "mars",
+            ["doctor"],
+            "Input should be 'local', 'kubernetes' or 'kubernetes-static'",
+        ),
         ("QUANTGATE_MAX_CONCURRENT_JOBS", "x", ["bench", "{manifest}"], INTEGER),
         ("QUANTGATE_MAX_CONCURRENT_JOBS", "x", ["make-model", "{tmp}/out"], INTEGER),
         ("QUANTGATE_PORT", "abc", ["demo", "{manifest}"], INTEGER),
