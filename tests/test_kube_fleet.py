@@ -40,7 +40,8 @@ def kube_fleet(
     launcher = KubernetesLauncher(api, settings, poll_s=0.02)
     volume = CacheVolume("quantgate-cache", cache)
     scheduled = Scheduled(
-        runtime.launch(launcher, volume, manifest), runtime.remote_job(launcher, volume)
+        runtime.launch(launcher, volume, lambda: fleet.manifest),
+        runtime.remote_job(launcher, volume),
     )
     fleet = open_fleet(manifest, lambda spec: [], Path("/unused"), H100, scheduled=scheduled)
     return fleet, fleet.jobs
@@ -113,6 +114,61 @@ models:
     assert container["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
     assert "--quantization" in container["args"] or "--quantization" in container.get("command", [])
     assert out["scaled"]["spec"]["replicas"] == 0  # stop scales to zero, keeps the objects
+
+
+def base_models(cache: Path, **models: str) -> str:
+    """A manifest of base models (``method: none``) on the cache volume, each with the extra
+    YAML lines given (its serve and kubernetes blocks)."""
+    text = f"cache_dir: {cache}\nmodels:\n"
+    for name, extra in models.items():
+        (cache / "models" / name).mkdir(parents=True, exist_ok=True)
+        (cache / "models" / name / "config.json").write_text("{}")
+        text += f"  {name}:\n    source: {cache / 'models' / name}\n    default_variant: base\n"
+        text += f"{extra}    variants:\n      base: {{method: none}}\n"
+    return text
+
+
+async def serve_once(cluster: FakeKubernetes, s: Scene, fleet: Fleet, model: str) -> Any:
+    """Acquire ``model:base`` as the controller marks its Deployment ready; its stored form."""
+    lease = asyncio.create_task(fleet.acquire(model, "base"))
+    deployment = names.variant_name(model, "base")
+    await until_stored(cluster, DEPLOYMENTS, deployment)
+    await s.deployment_status(deployment, replicas=1, readyReplicas=1)
+    (await asyncio.wait_for(lease, 5)).release()
+    return cluster.stored(DEPLOYMENTS, NS, deployment)
+
+
+def test_a_reload_serves_added_and_changed_models_from_their_new_settings(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "cache"
+    before = base_models(cache, tiny="    serve: {max_model_len: 512}\n")
+    after = base_models(
+        cache,
+        tiny="    serve: {max_model_len: 1024}\n",
+        small="    serve: {max_model_len: 2048}\n    kubernetes: {gpus: 1, node_selector: "
+        "{pool: gpu}}\n",
+    )
+    first = parse_manifest(before, tmp_path / "m.yaml")
+
+    async def scenario(cluster: FakeKubernetes) -> list[Any]:
+        async with ApiClient(Configuration(host=cluster.url)) as api:
+            s = Scene(api)
+            fleet, _ = kube_fleet(api, KubernetesSettings(namespace=NS), cache, first)
+            fleet.reload(parse_manifest(after, tmp_path / "m.yaml"))
+            stored = [await serve_once(cluster, s, fleet, m) for m in ("small", "tiny")]
+            await fleet.aclose()
+            return stored
+
+    with FakeKubernetes() as cluster:
+        small, tiny = asyncio.run(scenario(cluster))
+    pod = small["spec"]["template"]["spec"]
+    (vllm,) = pod["containers"]
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert vllm["args"][vllm["args"].index("--max-model-len") + 1] == "2048"
+    (vllm,) = tiny["spec"]["template"]["spec"]["containers"]
+    assert vllm["args"][vllm["args"].index("--max-model-len") + 1] == "1024"
 
 
 def gguf_on_volume(tmp_path: Path) -> tuple[Path, Path]:

@@ -198,13 +198,15 @@ async def _fleet(manifest: Manifest, serving: ServingSettings) -> AsyncIterator[
     try:
         launcher = KubernetesLauncher(api, kube)
         volume = CacheVolume(kube.cache_pvc, manifest.cache_dir)
-        scheduled = Scheduled(
-            runtime.launch(launcher, volume, manifest), runtime.remote_job(launcher, volume)
+        scheduled = Scheduled(  # pods of the manifest the fleet serves now (reloads)
+            runtime.launch(launcher, volume, lambda: fleet.manifest),
+            runtime.remote_job(launcher, volume),
         )
-        yield open_fleet(
+        fleet = open_fleet(
             manifest, worker, serving.vllm_python, kube.hardware(),
             max_concurrent_jobs=serving.max_concurrent_jobs, scheduled=scheduled,
         )  # fmt: skip
+        yield fleet
     finally:
         await api.close()  # type: ignore[no-untyped-call]
 

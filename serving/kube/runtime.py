@@ -77,15 +77,18 @@ class KubeServer:
 
 
 def launch(
-    launcher: KubernetesLauncher, volume: CacheVolume, manifest: Manifest
+    launcher: KubernetesLauncher, volume: CacheVolume, manifest: Callable[[], Manifest]
 ) -> Callable[[LaunchSpec], Server]:
+    """``manifest``: the manifest the fleet serves now (``Fleet.manifest``), so that a model a
+    reload added, or whose settings it changed, starts from the manifest as it is now."""
+
     def make(spec: LaunchSpec) -> Server:
         if spec.replica > 0:
             raise BackendFailed(
                 f"{spec.model}:{spec.variant}: on Kubernetes a variant is one Deployment; "
                 "set serve.replicas to 1 (scale the Deployment's pods with Kubernetes)"
             )
-        model = manifest.models[spec.model]
+        model = manifest().models[spec.model]
         workload = VariantWorkload.of(
             spec.model, model, spec.variant, spec.model_dir, volume, spec.quantization
         )
