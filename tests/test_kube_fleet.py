@@ -57,6 +57,7 @@ models:
   tiny:
     source: {cache / "models" / "tiny"}
     default_variant: gptq
+    serve: {{kernel: MarlinLinearKernel, env: {{VLLM_LOGGING_LEVEL: DEBUG}}}}
     kubernetes: {{gpus: 1}}
     variants:
       gptq: {{method: gptq, bits: 4}}
@@ -107,11 +108,14 @@ models:
     assert described["state"] == "ready"
     assert described["job"]["state"] == "succeeded"
     assert described["report"]["recipe_hash"] == described["recipe_hash"]  # committed here
-    assert described["kernel"]["kernel"] == "MacheteLinearKernel"
+    assert described["kernel"]["kernel"] == "MarlinLinearKernel"  # pinned by serve.kernel
     [replica] = described["replicas"]
     assert replica["url"] == f"http://{names.variant_name('tiny', 'gptq')}.{NS}.svc:8000"
     container = out["stored"]["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
+    env = {e["name"]: e["value"] for e in container["env"]}  # the kernel the admin API says
+    assert env["VLLM_DISABLED_KERNELS"] == "MacheteLinearKernel"
+    assert env["VLLM_LOGGING_LEVEL"] == "DEBUG" and env["NCCL_NVLS_ENABLE"] == "0"
     assert "--quantization" in container["args"] or "--quantization" in container.get("command", [])
     assert out["scaled"]["spec"]["replicas"] == 0  # stop scales to zero, keeps the objects
 

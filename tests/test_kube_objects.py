@@ -11,12 +11,17 @@ import pytest
 from kubernetes.aio.client import ApiClient
 
 from serving.errors import BackendFailed, JobFailed
+from serving.hardware import Gpu, Hardware
+from serving.kernels import choose, planned_scheme
 from serving.kube import names, objects
 from serving.kube.settings import KubernetesSettings
 from serving.kube.volume import CacheVolume
 from serving.kube.workload import QuantizationWorkload, VariantWorkload, quantization_spec
 from serving.manifest import Manifest, parse_manifest
+from serving.placement import Placement
+from serving.specs import CUDA_ENV, LaunchPlanner
 from serving.store import VariantStore
+from serving.tuner import pinned
 
 K8S_VERSIONS = ["1.30.0", "1.37.0"]
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # DNS-1035: also a DNS-1123 label
@@ -220,6 +225,46 @@ def test_tensor_parallel_variant(manifest: Manifest) -> None:
     ]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in vllm["volumeMounts"]
     assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+
+
+PINNED = """\
+cache_dir: /srv/cache
+models:
+  llama:
+    source: /srv/cache/models/llama
+    default_variant: gptq
+    serve:
+      kernel: MarlinLinearKernel
+      env: {VLLM_LOGGING_LEVEL: DEBUG}
+      gpu_memory_utilization: 0.75
+    kubernetes: {gpus: 1}
+    variants:
+      gptq: {method: gptq, bits: 4}
+"""
+
+
+def test_a_pod_gets_the_environment_and_gpu_share_a_local_vllm_would() -> None:
+    """serve.env, the kernel pin and the CUDA settings reach vLLM in its pod; which GPUs it
+    sees is the scheduler's business, and its compile cache is the volume's."""
+    manifest = parse_manifest(PINNED, Path("/m/kube.yaml"))
+    model = manifest.models["llama"]
+    h100 = Hardware("cuda", gpus=(Gpu(0, "NVIDIA H100", 90, 0),))
+    store = VariantStore(Path("/srv/cache"))
+    planner = LaunchPlanner(manifest, store, h100, Placement(h100), "0.0.0.0", False)
+    kernel = pinned(choose(planned_scheme(model.variants["gptq"]), h100), "MarlinLinearKernel")
+    spec = planner.replica("llama", "gptq", 0, kernel)
+    w = VariantWorkload.of(
+        "llama", model, "gptq", spec.model_dir, VOLUME, spec.quantization, spec.env
+    )
+    (vllm,) = _pod(validate(objects.deployment(w, SETTINGS)))["containers"]
+    env = {e["name"]: e["value"] for e in vllm["env"]}
+    assert env["VLLM_DISABLED_KERNELS"] == "MacheteLinearKernel"
+    assert env["VLLM_LOGGING_LEVEL"] == "DEBUG"
+    assert CUDA_ENV.items() <= env.items()
+    assert env["VLLM_CACHE_ROOT"] == "/var/cache/vllm-compile"
+    assert "CUDA_VISIBLE_DEVICES" not in env
+    args = vllm["args"]
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.75"  # serve's
 
 
 def test_service_selects_the_deployments_pods(manifest: Manifest) -> None:

@@ -66,7 +66,7 @@ def vllm_args(w: VariantWorkload) -> list[str]:
         "--disable-uvicorn-access-log",
     ]  # fmt: skip
     if w.kube.gpus or w.kube.gpu_memory_utilization is not None:
-        args += ["--gpu-memory-utilization", str(w.kube.gpu_memory_utilization or 0.9)]
+        args += ["--gpu-memory-utilization", str(gpu_memory_utilization(w))]
     if w.quantization:
         args += ["--quantization", w.quantization]
     if w.serve.enforce_eager:
@@ -74,16 +74,28 @@ def vllm_args(w: VariantWorkload) -> list[str]:
     return [*args, *w.serve.extra_args]
 
 
+def gpu_memory_utilization(w: VariantWorkload) -> float:
+    """The manifest's ``kubernetes.gpu_memory_utilization``, else ``serve``'s."""
+    kube = w.kube.gpu_memory_utilization
+    return kube if kube is not None else w.serve.gpu_memory_utilization
+
+
 COMPILE_CACHE = "/var/cache/vllm-compile"  # the volume's .vllm-cache/<shape-method> folder
+# Right for a vLLM on the gateway's host only: a pod's GPUs are the scheduler's (the device
+# plugin makes them visible), and its compile cache is the volume's folder at COMPILE_CACHE.
+HOST_ONLY = frozenset({"CUDA_VISIBLE_DEVICES", "VLLM_CACHE_ROOT"})
 
 
 def vllm_env(w: VariantWorkload) -> list[V1EnvVar]:
-    env = [V1EnvVar(name="VLLM_CACHE_ROOT", value=COMPILE_CACHE)]
+    """What a local vLLM of the variant gets (serve.env, the kernel choice's
+    VLLM_DISABLED_KERNELS, the CUDA settings), less HOST_ONLY, plus the pod's compile cache."""
+    env = {"VLLM_CACHE_ROOT": COMPILE_CACHE}
+    env |= {name: value for name, value in w.env.items() if name not in HOST_ONLY}
     if w.tensor_parallel_size > 1:  # NVLink multicast (NVLS) fails on many hosts: keep it off
-        env.append(V1EnvVar(name="NCCL_NVLS_ENABLE", value="0"))
+        env.setdefault("NCCL_NVLS_ENABLE", "0")
     if not w.kube.gpus:  # the CPU build sizes its KV cache from this
-        env.append(V1EnvVar(name="VLLM_CPU_KVCACHE_SPACE", value=str(w.serve.cpu_kv_cache_gib)))
-    return env
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(w.serve.cpu_kv_cache_gib))
+    return [V1EnvVar(name=name, value=value) for name, value in env.items()]
 
 
 def resources(kube: KubernetesOptions, gpus: int) -> V1ResourceRequirements:

@@ -90,7 +90,7 @@ def launch(
             )
         model = manifest().models[spec.model]
         workload = VariantWorkload.of(
-            spec.model, model, spec.variant, spec.model_dir, volume, spec.quantization
+            spec.model, model, spec.variant, spec.model_dir, volume, spec.quantization, spec.env
         )
         return KubeServer(launcher.server(workload), spec)
 
