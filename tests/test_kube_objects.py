@@ -8,6 +8,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from kubernetes.aio.client import ApiClient
 
 from serving.errors import BackendFailed, JobFailed
@@ -265,6 +266,122 @@ def test_a_pod_gets_the_environment_and_gpu_share_a_local_vllm_would() -> None:
     assert "CUDA_VISIBLE_DEVICES" not in env
     args = vllm["args"]
     assert args[args.index("--gpu-memory-utilization") + 1] == "0.75"  # serve's
+
+
+CHART_PODS = {  # as the chart renders launcher.yaml
+    "vllm": {
+        "gpus": 1,
+        "gpuResourceName": "nvidia.com/gpu",
+        "gpuMemoryUtilization": 0.85,
+        "extraArgs": ["--enable-prefix-caching"],
+        "env": [{"name": "VLLM_LOGGING_LEVEL", "value": "INFO"},
+                {"name": "VLLM_CACHE_ROOT", "value": "/elsewhere"}],
+        "resources": {"requests": {"cpu": 4, "memory": "32Gi"}, "limits": {"memory": "64Gi"}},
+        "nodeSelector": {"node-pool": "gpu-serving"},
+        "tolerations": [{"key": "node-pool", "operator": "Equal", "value": "gpu-serving",
+                         "effect": "NoSchedule"}],
+        "affinity": {},
+        "runtimeClassName": "nvidia",
+        "priorityClassName": "",
+        "podSecurityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001,
+                               "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "shmSize": "16Gi",
+        "terminationGracePeriodSeconds": 60,
+    },
+    "quantizer": {
+        "gpus": 1,
+        "nodeSelector": {"node-pool": "gpu-batch"},
+        "tolerations": [],
+        "priorityClassName": "batch-low",
+        "podSecurityContext": {"runAsNonRoot": True},
+        "securityContext": {"readOnlyRootFilesystem": False},
+        "activeDeadlineSeconds": 10800,
+        "ttlSecondsAfterFinished": 600,
+    },
+    "imagePullSecrets": [{"name": "registry-creds"}],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def chart_settings(tmp_path_factory: pytest.TempPathFactory) -> KubernetesSettings:
+    path = tmp_path_factory.mktemp("chart") / "launcher.yaml"
+    path.write_text(yaml.safe_dump(CHART_PODS))
+    return KubernetesSettings(namespace="llm", vllm_image=SETTINGS.vllm_image, launcher_config=path)
+
+
+def test_the_charts_pod_settings_reach_pods_the_manifest_says_nothing_of(
+    manifest: Manifest, chart_settings: KubernetesSettings
+) -> None:
+    dep = validate(objects.deployment(workload(manifest, "tiny_v1.5", "gptq"), chart_settings))
+    pod = _pod(dep)
+    (vllm,) = pod["containers"]
+    assert vllm["resources"] == {  # the manifest's cpu and memory, the chart's GPUs
+        "requests": {"cpu": "2", "memory": "4Gi"},
+        "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"},
+    }
+    assert pod["nodeSelector"] == {"node-pool": "gpu-serving"}
+    assert pod["tolerations"] == [
+        {"key": "node-pool", "operator": "Equal", "value": "gpu-serving", "effect": "NoSchedule"}
+    ]
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert vllm["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["runtimeClassName"] == "nvidia" and pod["terminationGracePeriodSeconds"] == 60
+    assert "priorityClassName" not in pod and "affinity" not in pod  # "" and {}: not set
+    args = vllm["args"]
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.85"
+    assert args[-1] == "--enable-prefix-caching"
+    env = {e["name"]: e["value"] for e in vllm["env"]}
+    assert env["VLLM_LOGGING_LEVEL"] == "INFO"
+    assert env["VLLM_CACHE_ROOT"] == "/var/cache/vllm-compile"  # Quantgate's own wins
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env  # a GPU pod now
+
+
+def test_the_manifest_wins_where_it_sets_a_field(
+    manifest: Manifest, chart_settings: KubernetesSettings
+) -> None:
+    pod = _pod(validate(objects.deployment(workload(manifest, "one-gpu", "awq"), chart_settings)))
+    (vllm,) = pod["containers"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert vllm["resources"] == {  # no resources in the manifest: the chart's
+        "requests": {"cpu": "4", "memory": "32Gi"},
+        "limits": {"memory": "64Gi", "nvidia.com/gpu": "1"},
+    }
+    args = vllm["args"]
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.8"  # kubernetes'
+    pod = _pod(validate(objects.deployment(workload(manifest, "two-gpus", "base"), chart_settings)))
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
+    pinned = parse_manifest(PINNED, Path("/m/kube.yaml"))  # serve.gpu_memory_utilization 0.75
+    w = VariantWorkload.of("llama", pinned.models["llama"], "gptq",
+                           Path("/srv/cache/llama/gptq-x"), VOLUME)  # fmt: skip
+    args = _pod(validate(objects.deployment(w, chart_settings)))["containers"][0]["args"]
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.75"
+
+
+def test_jobs_get_the_charts_quantizer_settings(
+    manifest: Manifest, chart_settings: KubernetesSettings
+) -> None:
+    data = validate(objects.quantization_job(job(manifest), chart_settings))
+    assert data["spec"]["activeDeadlineSeconds"] == 10800
+    assert data["spec"]["ttlSecondsAfterFinished"] == 600
+    pod = data["spec"]["template"]["spec"]
+    (worker,) = pod["containers"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"  # the manifest sets no gpus
+    assert pod["nodeSelector"] == {"node-pool": "gpu-batch"}
+    assert "tolerations" not in pod
+    assert pod["priorityClassName"] == "batch-low"
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert pod["securityContext"] == {"runAsNonRoot": True}
+    assert worker["securityContext"] == {"readOnlyRootFilesystem": False}
+    gpu = validate(objects.quantization_job(job(manifest, "one-gpu", "awq"), chart_settings))
+    pod = gpu["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 
 
 def test_service_selects_the_deployments_pods(manifest: Manifest) -> None:
