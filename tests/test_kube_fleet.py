@@ -270,7 +270,29 @@ models:
     assert token.value_from.secret_key_ref.key == "token"
     unset = KubernetesSettings(namespace=NS)  # no Secret configured: a public repository
     env = _job_env(objects.quantization_job(workload, unset))
-    assert [e.name for e in env] == ["PYTHONUNBUFFERED"]
+    # the quantizer image sets HF_HUB_OFFLINE=1 (and TRANSFORMERS_OFFLINE=1): a download undoes it
+    assert {e.name: e.value for e in env} == {
+        "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"
+    }  # fmt: skip
+
+
+def test_only_the_hub_download_job_reaches_the_hub(tmp_path: Path) -> None:
+    text = f"""
+cache_dir: {tmp_path}
+models:
+  tiny:
+    source: {tmp_path / "models" / "tiny"}
+    default_variant: gptq
+    variants:
+      gptq: {{method: gptq, bits: 4}}
+"""
+    manifest = parse_manifest(text, tmp_path / "m.yaml")
+    volume = CacheVolume("quantgate-cache", tmp_path)
+    spec_file = tmp_path / ".jobs" / "j1" / "spec.json"
+    build = QuantizationWorkload.of("j1", "tiny", manifest.models["tiny"], "gptq", spec_file,
+                                    volume)  # fmt: skip
+    env = _job_env(objects.quantization_job(build, KubernetesSettings(namespace=NS)))
+    assert not {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"} & {e.name for e in env}
 
 
 def _job_env(job: V1Job) -> list[V1EnvVar]:

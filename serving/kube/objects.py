@@ -223,11 +223,18 @@ def service(w: VariantWorkload, settings: KubernetesSettings) -> V1Service:
     )
 
 
+# The quantizer image keeps the Hub off (calibration data and checkpoints are local files);
+# a Hub download turns it on, under both names huggingface_hub has read.
+HUB_ONLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
 def quantizer_env(q: QuantizationWorkload, settings: KubernetesSettings) -> list[V1EnvVar]:
-    """Unbuffered output; for a Hub download, the token from the configured Secret (optional:
-    a public repository needs none) under the name the manifest gives it; then the chart's
-    ``quantizer.env``."""
+    """Unbuffered output; for a Hub download, the Hub on and the token from the configured
+    Secret (optional: a public repository needs none) under the name the manifest gives it;
+    then the chart's ``quantizer.env``."""
     env = [V1EnvVar(name="PYTHONUNBUFFERED", value="1")]
+    if q.hub_download:
+        env += [V1EnvVar(name=name, value="0") for name in HUB_ONLINE]
     if q.token_env and settings.hub_token_secret:
         ref = V1SecretKeySelector(name=settings.hub_token_secret, key="token", optional=True)
         env.append(V1EnvVar(name=q.token_env, value_from=V1EnvVarSource(secret_key_ref=ref)))

@@ -120,6 +120,11 @@ class QuantizationWorkload:
     def name(self) -> str:
         return names.job_name(self.job_id)
 
+    @property
+    def hub_download(self) -> bool:
+        """Whether the Job downloads a Hub source (the only Job that reaches the Hub)."""
+        return self.token_env is not None
+
 
 def quantization_spec(
     volume: CacheVolume,
