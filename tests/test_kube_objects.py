@@ -384,6 +384,22 @@ def test_jobs_get_the_charts_quantizer_settings(
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 
 
+@pytest.mark.parametrize("startup_timeout_s", [600, 1800, 45.5])
+def test_the_rollout_deadline_outlasts_the_startup_probe(startup_timeout_s: float) -> None:
+    """A 70B model may take serve.startup_timeout_s to load: the Deployment controller must
+    not declare its rollout stuck (ProgressDeadlineExceeded, a failed start) before that."""
+    timeout = f"startup_timeout_s: {startup_timeout_s}, "
+    text = MANIFEST.replace(
+        "serve: {max_model_len: 1024,", "serve: {" + timeout + "max_model_len: 1024,"
+    )
+    w = workload(parse_manifest(text, Path("/m/kube.yaml")), "tiny_v1.5", "gptq")
+    spec = validate(objects.deployment(w, SETTINGS))["spec"]
+    probe = spec["template"]["spec"]["containers"][0]["startupProbe"]
+    allowed_s = probe["periodSeconds"] * probe["failureThreshold"]
+    assert allowed_s >= startup_timeout_s
+    assert spec["progressDeadlineSeconds"] >= allowed_s + 300  # and time to pull the image
+
+
 def test_service_selects_the_deployments_pods(manifest: Manifest) -> None:
     w = workload(manifest, "tiny_v1.5", "gptq")
     dep = validate(objects.deployment(w, SETTINGS))

@@ -96,6 +96,18 @@ def vllm_env(w: VariantWorkload, pods: VllmPods, gpus: int) -> list[V1EnvVar]:
     return pods.env_after([V1EnvVar(name=name, value=value) for name, value in env.items()])
 
 
+# Beyond what the startup probe allows: scheduling the pod and pulling vLLM's image come first.
+PROGRESS_MARGIN_S = 600
+
+
+def progress_deadline_s(w: VariantWorkload) -> int:
+    """How long the Deployment controller waits for a ready pod before it reports
+    ProgressDeadlineExceeded, which fails the start: longer than the startup probe allows
+    (``serve.startup_timeout_s``), so a slow load is not cut short and the gateway's own
+    timeout, which says what the pod waits for, comes first."""
+    return math.ceil(w.serve.startup_timeout_s) + PROGRESS_MARGIN_S
+
+
 def _health_probe(period_s: int, failures: int) -> V1Probe:
     return V1Probe(
         http_get=V1HTTPGetAction(path="/health", port="http"),
@@ -172,6 +184,7 @@ def deployment(
             replicas=replicas,
             selector=V1LabelSelector(match_labels=names.selector(w.model, w.variant)),
             strategy=V1DeploymentStrategy(type="Recreate"),
+            progress_deadline_seconds=progress_deadline_s(w),
             template=V1PodTemplateSpec(
                 metadata=V1ObjectMeta(
                     labels=labels, annotations=names.exact_names(w.model, w.variant)
