@@ -175,6 +175,52 @@ def test_a_reload_serves_added_and_changed_models_from_their_new_settings(
     assert vllm["args"][vllm["args"].index("--max-model-len") + 1] == "1024"
 
 
+def test_a_jobs_log_and_layer_progress_come_from_its_pod(tmp_path: Path) -> None:
+    """What /admin/jobs shows of a build on Kubernetes: its pod's log, line by line, once, and
+    the layers done as the pod reports them."""
+    cache = tmp_path / "cache"
+    text = base_models(cache, tiny="").replace("base: {method: none}", "gptq: {method: gptq}")
+    manifest = parse_manifest(text.replace("default_variant: base", "default_variant: gptq"),
+                              tmp_path / "m.yaml")  # fmt: skip
+    started = (
+        'loading\nQUANTGATE_PROGRESS {"stage": "quantize", "layers_done": 2, "layers_total": 4}'
+    )
+
+    async def scenario(cluster: FakeKubernetes) -> dict[str, Any]:
+        async with ApiClient(Configuration(host=cluster.url)) as api:
+            s = Scene(api)
+            fleet, _ = kube_fleet(api, KubernetesSettings(namespace=NS), cache, manifest)
+            job = fleet.build("tiny", "gptq", start=False)
+            assert job is not None
+            job_name = names.job_name(job.id)
+            await until_stored(cluster, JOBS, job_name)
+            cluster.serve_log(NS, f"{job_name}-abcde", started)
+            labels = names.job_labels("tiny", "gptq", job.recipe_hash, job.id)
+            await s.pod(f"{job_name}-abcde", labels, {"phase": "Running"})
+            for _ in range(200):
+                if job.layers_done is not None:
+                    break
+                await asyncio.sleep(0.02)
+            running = job.summary()
+            spec = json.loads((job.log_path.parent / "spec.json").read_text())
+            staging = cache / Path(spec["output"]).relative_to("/var/cache/quantgate")
+            staging.mkdir(parents=True)
+            (staging / "config.json").write_text(json.dumps(QUANTIZED))
+            cluster.serve_log(NS, f"{job_name}-abcde", WORKER_LOG)  # the rest, then it ends
+            complete = [{"type": "Complete", "status": "True"}]
+            await s.job_status(job_name, succeeded=1, conditions=complete)
+            await job.wait()
+            await fleet.aclose()
+            return {"running": running, "log": job.log_path.read_text(), "done": job.summary()}
+
+    with FakeKubernetes() as cluster:
+        out = asyncio.run(scenario(cluster))
+    assert out["running"]["stage"] == "quantize"
+    assert out["running"]["progress"] == {"layers_done": 2, "layers_total": 4}
+    assert out["done"]["state"] == "succeeded"
+    assert out["log"].endswith(f"{started}\n{WORKER_LOG}")  # each line once, in order
+
+
 def gguf_on_volume(tmp_path: Path) -> tuple[Path, Path]:
     """A cache folder (the volume) with a GGUF file on it."""
     cache = tmp_path / "cache"
