@@ -350,7 +350,7 @@ def objects_port_name() -> str:
     volume = CacheVolume("cache", manifest.cache_dir)
     model = manifest.models["qwen2.5-7b"]
     workload = VariantWorkload.of("qwen2.5-7b", model, "base", model.source_path, volume)
-    ports = vllm_container(workload, KubernetesSettings()).ports or []
+    ports = vllm_container(workload, KubernetesSettings(), gpus=0).ports or []
     return str(ports[0].name)
 
 

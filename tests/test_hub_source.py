@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -17,6 +18,12 @@ from typing import Any
 import pytest
 from fakes.hub_server import HubRequest, HubServer, add_repo, serve_hub
 
+from serving.job import SOURCE
+from serving.kube import objects
+from serving.kube.settings import KubernetesSettings
+from serving.kube.volume import CacheVolume
+from serving.kube.workload import QuantizationWorkload
+from serving.manifest import parse_manifest
 from serving.worker.protocol import FAILURE, parse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,6 +293,30 @@ def test_offline_the_files_come_from_the_hf_cache(
     assert succeeded(run)["commit"] == commit
     assert downloaded(tmp_path / "dest") == SERVED
     assert hub.requests[seen:] == []
+
+
+def test_a_kubernetes_download_job_reaches_the_hub_from_the_offline_image(
+    python: Path, hub: HubServer, tmp_path: Path
+) -> None:
+    """The quantizer image sets the Hub offline; a download Job's own variables win."""
+    dockerfile = (ROOT / "helm" / "images" / "quantizer.Dockerfile").read_text()
+    image = dict(re.findall(r"\b(\w+_OFFLINE)=(\S+)", dockerfile))
+    assert image["HF_HUB_OFFLINE"] == "1"
+    model = parse_manifest(
+        "cache_dir: /c\nmodels:\n  m:\n    source: hf://org/tiny\n    default_variant: b\n"
+        "    variants: {b: {method: none}}\n",
+        Path("/m.yaml"),
+    ).models["m"]
+    volume = CacheVolume("cache", Path("/c"))
+    job = QuantizationWorkload.of("j1", "m", model, SOURCE, Path("/c/.jobs/j1/spec.json"),
+                                  volume, model.origin.recipe())  # fmt: skip
+    env = objects.quantizer_env(job, KubernetesSettings())
+    commit = publish(hub, tmp_path, "org/tiny", SERVED)
+    run = fetch(
+        python, hub.url, tmp_path, "org/tiny", **(image | {e.name: str(e.value) for e in env})
+    )
+    assert succeeded(run)["commit"] == commit
+    assert downloaded(tmp_path / "dest") == SERVED
 
 
 def closed_port() -> int:

@@ -40,7 +40,8 @@ def kube_fleet(
     launcher = KubernetesLauncher(api, settings, poll_s=0.02)
     volume = CacheVolume("quantgate-cache", cache)
     scheduled = Scheduled(
-        runtime.launch(launcher, volume, manifest), runtime.remote_job(launcher, volume)
+        runtime.launch(launcher, volume, lambda: fleet.manifest),
+        runtime.remote_job(launcher, volume),
     )
     fleet = open_fleet(manifest, lambda spec: [], Path("/unused"), H100, scheduled=scheduled)
     return fleet, fleet.jobs
@@ -56,6 +57,7 @@ models:
   tiny:
     source: {cache / "models" / "tiny"}
     default_variant: gptq
+    serve: {{kernel: MarlinLinearKernel, env: {{VLLM_LOGGING_LEVEL: DEBUG}}}}
     kubernetes: {{gpus: 1}}
     variants:
       gptq: {{method: gptq, bits: 4}}
@@ -106,13 +108,117 @@ models:
     assert described["state"] == "ready"
     assert described["job"]["state"] == "succeeded"
     assert described["report"]["recipe_hash"] == described["recipe_hash"]  # committed here
-    assert described["kernel"]["kernel"] == "MacheteLinearKernel"
+    assert described["kernel"]["kernel"] == "MarlinLinearKernel"  # pinned by serve.kernel
     [replica] = described["replicas"]
     assert replica["url"] == f"http://{names.variant_name('tiny', 'gptq')}.{NS}.svc:8000"
     container = out["stored"]["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
+    env = {e["name"]: e["value"] for e in container["env"]}  # the kernel the admin API says
+    assert env["VLLM_DISABLED_KERNELS"] == "MacheteLinearKernel"
+    assert env["VLLM_LOGGING_LEVEL"] == "DEBUG" and env["NCCL_NVLS_ENABLE"] == "0"
     assert "--quantization" in container["args"] or "--quantization" in container.get("command", [])
     assert out["scaled"]["spec"]["replicas"] == 0  # stop scales to zero, keeps the objects
+
+
+def base_models(cache: Path, **models: str) -> str:
+    """A manifest of base models (``method: none``) on the cache volume, each with the extra
+    YAML lines given (its serve and kubernetes blocks)."""
+    text = f"cache_dir: {cache}\nmodels:\n"
+    for name, extra in models.items():
+        (cache / "models" / name).mkdir(parents=True, exist_ok=True)
+        (cache / "models" / name / "config.json").write_text("{}")
+        text += f"  {name}:\n    source: {cache / 'models' / name}\n    default_variant: base\n"
+        text += f"{extra}    variants:\n      base: {{method: none}}\n"
+    return text
+
+
+async def serve_once(cluster: FakeKubernetes, s: Scene, fleet: Fleet, model: str) -> Any:
+    """Acquire ``model:base`` as the controller marks its Deployment ready; its stored form."""
+    lease = asyncio.create_task(fleet.acquire(model, "base"))
+    deployment = names.variant_name(model, "base")
+    await until_stored(cluster, DEPLOYMENTS, deployment)
+    await s.deployment_status(deployment, replicas=1, readyReplicas=1)
+    (await asyncio.wait_for(lease, 5)).release()
+    return cluster.stored(DEPLOYMENTS, NS, deployment)
+
+
+def test_a_reload_serves_added_and_changed_models_from_their_new_settings(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "cache"
+    before = base_models(cache, tiny="    serve: {max_model_len: 512}\n")
+    after = base_models(
+        cache,
+        tiny="    serve: {max_model_len: 1024}\n",
+        small="    serve: {max_model_len: 2048}\n    kubernetes: {gpus: 1, node_selector: "
+        "{pool: gpu}}\n",
+    )
+    first = parse_manifest(before, tmp_path / "m.yaml")
+
+    async def scenario(cluster: FakeKubernetes) -> list[Any]:
+        async with ApiClient(Configuration(host=cluster.url)) as api:
+            s = Scene(api)
+            fleet, _ = kube_fleet(api, KubernetesSettings(namespace=NS), cache, first)
+            fleet.reload(parse_manifest(after, tmp_path / "m.yaml"))
+            stored = [await serve_once(cluster, s, fleet, m) for m in ("small", "tiny")]
+            await fleet.aclose()
+            return stored
+
+    with FakeKubernetes() as cluster:
+        small, tiny = asyncio.run(scenario(cluster))
+    pod = small["spec"]["template"]["spec"]
+    (vllm,) = pod["containers"]
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert vllm["args"][vllm["args"].index("--max-model-len") + 1] == "2048"
+    (vllm,) = tiny["spec"]["template"]["spec"]["containers"]
+    assert vllm["args"][vllm["args"].index("--max-model-len") + 1] == "1024"
+
+
+def test_a_jobs_log_and_layer_progress_come_from_its_pod(tmp_path: Path) -> None:
+    """What /admin/jobs shows of a build on Kubernetes: its pod's log, line by line, once, and
+    the layers done as the pod reports them."""
+    cache = tmp_path / "cache"
+    text = base_models(cache, tiny="").replace("base: {method: none}", "gptq: {method: gptq}")
+    manifest = parse_manifest(text.replace("default_variant: base", "default_variant: gptq"),
+                              tmp_path / "m.yaml")  # fmt: skip
+    started = (
+        'loading\nQUANTGATE_PROGRESS {"stage": "quantize", "layers_done": 2, "layers_total": 4}'
+    )
+
+    async def scenario(cluster: FakeKubernetes) -> dict[str, Any]:
+        async with ApiClient(Configuration(host=cluster.url)) as api:
+            s = Scene(api)
+            fleet, _ = kube_fleet(api, KubernetesSettings(namespace=NS), cache, manifest)
+            job = fleet.build("tiny", "gptq", start=False)
+            assert job is not None
+            job_name = names.job_name(job.id)
+            await until_stored(cluster, JOBS, job_name)
+            cluster.serve_log(NS, f"{job_name}-abcde", started)
+            labels = names.job_labels("tiny", "gptq", job.recipe_hash, job.id)
+            await s.pod(f"{job_name}-abcde", labels, {"phase": "Running"})
+            for _ in range(200):
+                if job.layers_done is not None:
+                    break
+                await asyncio.sleep(0.02)
+            running = job.summary()
+            spec = json.loads((job.log_path.parent / "spec.json").read_text())
+            staging = cache / Path(spec["output"]).relative_to("/var/cache/quantgate")
+            staging.mkdir(parents=True)
+            (staging / "config.json").write_text(json.dumps(QUANTIZED))
+            cluster.serve_log(NS, f"{job_name}-abcde", WORKER_LOG)  # the rest, then it ends
+            complete = [{"type": "Complete", "status": "True"}]
+            await s.job_status(job_name, succeeded=1, conditions=complete)
+            await job.wait()
+            await fleet.aclose()
+            return {"running": running, "log": job.log_path.read_text(), "done": job.summary()}
+
+    with FakeKubernetes() as cluster:
+        out = asyncio.run(scenario(cluster))
+    assert out["running"]["stage"] == "quantize"
+    assert out["running"]["progress"] == {"layers_done": 2, "layers_total": 4}
+    assert out["done"]["state"] == "succeeded"
+    assert out["log"].endswith(f"{started}\n{WORKER_LOG}")  # each line once, in order
 
 
 def gguf_on_volume(tmp_path: Path) -> tuple[Path, Path]:
@@ -210,7 +316,29 @@ models:
     assert token.value_from.secret_key_ref.key == "token"
     unset = KubernetesSettings(namespace=NS)  # no Secret configured: a public repository
     env = _job_env(objects.quantization_job(workload, unset))
-    assert [e.name for e in env] == ["PYTHONUNBUFFERED"]
+    # the quantizer image sets HF_HUB_OFFLINE=1 (and TRANSFORMERS_OFFLINE=1): a download undoes it
+    assert {e.name: e.value for e in env} == {
+        "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"
+    }  # fmt: skip
+
+
+def test_only_the_hub_download_job_reaches_the_hub(tmp_path: Path) -> None:
+    text = f"""
+cache_dir: {tmp_path}
+models:
+  tiny:
+    source: {tmp_path / "models" / "tiny"}
+    default_variant: gptq
+    variants:
+      gptq: {{method: gptq, bits: 4}}
+"""
+    manifest = parse_manifest(text, tmp_path / "m.yaml")
+    volume = CacheVolume("quantgate-cache", tmp_path)
+    spec_file = tmp_path / ".jobs" / "j1" / "spec.json"
+    build = QuantizationWorkload.of("j1", "tiny", manifest.models["tiny"], "gptq", spec_file,
+                                    volume)  # fmt: skip
+    env = _job_env(objects.quantization_job(build, KubernetesSettings(namespace=NS)))
+    assert not {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"} & {e.name for e in env}
 
 
 def _job_env(job: V1Job) -> list[V1EnvVar]:

@@ -373,20 +373,24 @@ async def job_pod(s: Scene, q: QuantizationWorkload, phase: str) -> None:
 
 def test_job_success(cluster: FakeKubernetes, manifest: Manifest) -> None:
     q = quantization(manifest)
-    cluster.serve_log(NS, f"{q.name}-abcde", WORKER_LOG)
-    stages: list[str] = []
+    first, rest = WORKER_LOG.splitlines()[:2], WORKER_LOG.splitlines()[2:]
+    cluster.serve_log(NS, f"{q.name}-abcde", "\n".join(first))
+    lines: list[str] = []
 
     async def scenario(s: Scene) -> dict[str, Any] | None:
-        running = asyncio.create_task(s.launcher.run_quantization_job(q, on_stage=stages.append))
+        running = asyncio.create_task(s.launcher.run_quantization_job(q, on_line=lines.append))
         await until_stored(cluster, JOBS, q.name)
         await job_pod(s, q, "Running")
+        await soon(running)  # polled many times
+        assert lines == first
+        cluster.serve_log(NS, f"{q.name}-abcde", "\n".join(rest))
         await soon(running)
         complete = {"type": "Complete", "status": "True"}
         await s.job_status(q.name, succeeded=1, conditions=[complete])
         return await asyncio.wait_for(running, 5)
 
     assert play(cluster, scenario) == {"quantize_s": 12.5, "device": "cuda"}
-    assert stages and set(stages) == {"save"}  # the log's last stage, on every poll
+    assert lines == WORKER_LOG.splitlines()  # every line once, in order
     job = cluster.stored(JOBS, NS, q.name)
     assert job is not None  # a finished Job stays until its TTL
     assert job["spec"]["backoffLimit"] == 0

@@ -8,15 +8,21 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from kubernetes.aio.client import ApiClient
 
 from serving.errors import BackendFailed, JobFailed
+from serving.hardware import Gpu, Hardware
+from serving.kernels import choose, planned_scheme
 from serving.kube import names, objects
 from serving.kube.settings import KubernetesSettings
 from serving.kube.volume import CacheVolume
 from serving.kube.workload import QuantizationWorkload, VariantWorkload, quantization_spec
 from serving.manifest import Manifest, parse_manifest
+from serving.placement import Placement
+from serving.specs import CUDA_ENV, LaunchPlanner
 from serving.store import VariantStore
+from serving.tuner import pinned
 
 K8S_VERSIONS = ["1.30.0", "1.37.0"]
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # DNS-1035: also a DNS-1123 label
@@ -220,6 +226,178 @@ def test_tensor_parallel_variant(manifest: Manifest) -> None:
     ]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in vllm["volumeMounts"]
     assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+
+
+PINNED = """\
+cache_dir: /srv/cache
+models:
+  llama:
+    source: /srv/cache/models/llama
+    default_variant: gptq
+    serve:
+      kernel: MarlinLinearKernel
+      env: {VLLM_LOGGING_LEVEL: DEBUG}
+      gpu_memory_utilization: 0.75
+    kubernetes: {gpus: 1}
+    variants:
+      gptq: {method: gptq, bits: 4}
+"""
+
+
+def test_a_pod_gets_the_environment_and_gpu_share_a_local_vllm_would() -> None:
+    """serve.env, the kernel pin and the CUDA settings reach vLLM in its pod; which GPUs it
+    sees is the scheduler's business, and its compile cache is the volume's."""
+    manifest = parse_manifest(PINNED, Path("/m/kube.yaml"))
+    model = manifest.models["llama"]
+    h100 = Hardware("cuda", gpus=(Gpu(0, "NVIDIA H100", 90, 0),))
+    store = VariantStore(Path("/srv/cache"))
+    planner = LaunchPlanner(manifest, store, h100, Placement(h100), "0.0.0.0", False)
+    kernel = pinned(choose(planned_scheme(model.variants["gptq"]), h100), "MarlinLinearKernel")
+    spec = planner.replica("llama", "gptq", 0, kernel)
+    w = VariantWorkload.of(
+        "llama", model, "gptq", spec.model_dir, VOLUME, spec.quantization, spec.env
+    )
+    (vllm,) = _pod(validate(objects.deployment(w, SETTINGS)))["containers"]
+    env = {e["name"]: e["value"] for e in vllm["env"]}
+    assert env["VLLM_DISABLED_KERNELS"] == "MacheteLinearKernel"
+    assert env["VLLM_LOGGING_LEVEL"] == "DEBUG"
+    assert CUDA_ENV.items() <= env.items()
+    assert env["VLLM_CACHE_ROOT"] == "/var/cache/vllm-compile"
+    assert "CUDA_VISIBLE_DEVICES" not in env
+    args = vllm["args"]
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.75"  # serve's
+
+
+CHART_PODS = {  # as the chart renders launcher.yaml
+    "vllm": {
+        "gpus": 1,
+        "gpuResourceName": "nvidia.com/gpu",
+        "gpuMemoryUtilization": 0.85,
+        "extraArgs": ["--enable-prefix-caching"],
+        "env": [{"name": "VLLM_LOGGING_LEVEL", "value": "INFO"},
+                {"name": "VLLM_CACHE_ROOT", "value": "/elsewhere"}],
+        "resources": {"requests": {"cpu": 4, "memory": "32Gi"}, "limits": {"memory": "64Gi"}},
+        "nodeSelector": {"node-pool": "gpu-serving"},
+        "tolerations": [{"key": "node-pool", "operator": "Equal", "value": "gpu-serving",
+                         "effect": "NoSchedule"}],
+        "affinity": {},
+        "runtimeClassName": "nvidia",
+        "priorityClassName": "",
+        "podSecurityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001,
+                               "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "shmSize": "16Gi",
+        "terminationGracePeriodSeconds": 60,
+    },
+    "quantizer": {
+        "gpus": 1,
+        "nodeSelector": {"node-pool": "gpu-batch"},
+        "tolerations": [],
+        "priorityClassName": "batch-low",
+        "podSecurityContext": {"runAsNonRoot": True},
+        "securityContext": {"readOnlyRootFilesystem": False},
+        "activeDeadlineSeconds": 10800,
+        "ttlSecondsAfterFinished": 600,
+    },
+    "imagePullSecrets": [{"name": "registry-creds"}],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def chart_settings(tmp_path_factory: pytest.TempPathFactory) -> KubernetesSettings:
+    path = tmp_path_factory.mktemp("chart") / "launcher.yaml"
+    path.write_text(yaml.safe_dump(CHART_PODS))
+    return KubernetesSettings(namespace="llm", vllm_image=SETTINGS.vllm_image, launcher_config=path)
+
+
+def test_the_charts_pod_settings_reach_pods_the_manifest_says_nothing_of(
+    manifest: Manifest, chart_settings: KubernetesSettings
+) -> None:
+    dep = validate(objects.deployment(workload(manifest, "tiny_v1.5", "gptq"), chart_settings))
+    pod = _pod(dep)
+    (vllm,) = pod["containers"]
+    assert vllm["resources"] == {  # the manifest's cpu and memory, the chart's GPUs
+        "requests": {"cpu": "2", "memory": "4Gi"},
+        "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"},
+    }
+    assert pod["nodeSelector"] == {"node-pool": "gpu-serving"}
+    assert pod["tolerations"] == [
+        {"key": "node-pool", "operator": "Equal", "value": "gpu-serving", "effect": "NoSchedule"}
+    ]
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert vllm["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["runtimeClassName"] == "nvidia" and pod["terminationGracePeriodSeconds"] == 60
+    assert "priorityClassName" not in pod and "affinity" not in pod  # "" and {}: not set
+    args = vllm["args"]
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.85"
+    assert args[-1] == "--enable-prefix-caching"
+    env = {e["name"]: e["value"] for e in vllm["env"]}
+    assert env["VLLM_LOGGING_LEVEL"] == "INFO"
+    assert env["VLLM_CACHE_ROOT"] == "/var/cache/vllm-compile"  # Quantgate's own wins
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env  # a GPU pod now
+
+
+def test_the_manifest_wins_where_it_sets_a_field(
+    manifest: Manifest, chart_settings: KubernetesSettings
+) -> None:
+    pod = _pod(validate(objects.deployment(workload(manifest, "one-gpu", "awq"), chart_settings)))
+    (vllm,) = pod["containers"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert vllm["resources"] == {  # no resources in the manifest: the chart's
+        "requests": {"cpu": "4", "memory": "32Gi"},
+        "limits": {"memory": "64Gi", "nvidia.com/gpu": "1"},
+    }
+    args = vllm["args"]
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.8"  # kubernetes'
+    pod = _pod(validate(objects.deployment(workload(manifest, "two-gpus", "base"), chart_settings)))
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
+    pinned = parse_manifest(PINNED, Path("/m/kube.yaml"))  # serve.gpu_memory_utilization 0.75
+    w = VariantWorkload.of("llama", pinned.models["llama"], "gptq",
+                           Path("/srv/cache/llama/gptq-x"), VOLUME)  # fmt: skip
+    args = _pod(validate(objects.deployment(w, chart_settings)))["containers"][0]["args"]
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.75"
+
+
+def test_jobs_get_the_charts_quantizer_settings(
+    manifest: Manifest, chart_settings: KubernetesSettings
+) -> None:
+    data = validate(objects.quantization_job(job(manifest), chart_settings))
+    assert data["spec"]["activeDeadlineSeconds"] == 10800
+    assert data["spec"]["ttlSecondsAfterFinished"] == 600
+    pod = data["spec"]["template"]["spec"]
+    (worker,) = pod["containers"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"  # the manifest sets no gpus
+    assert pod["nodeSelector"] == {"node-pool": "gpu-batch"}
+    assert "tolerations" not in pod
+    assert pod["priorityClassName"] == "batch-low"
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert pod["securityContext"] == {"runAsNonRoot": True}
+    assert worker["securityContext"] == {"readOnlyRootFilesystem": False}
+    gpu = validate(objects.quantization_job(job(manifest, "one-gpu", "awq"), chart_settings))
+    pod = gpu["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+
+@pytest.mark.parametrize("startup_timeout_s", [600, 1800, 45.5])
+def test_the_rollout_deadline_outlasts_the_startup_probe(startup_timeout_s: float) -> None:
+    """A 70B model may take serve.startup_timeout_s to load: the Deployment controller must
+    not declare its rollout stuck (ProgressDeadlineExceeded, a failed start) before that."""
+    timeout = f"startup_timeout_s: {startup_timeout_s}, "
+    text = MANIFEST.replace(
+        "serve: {max_model_len: 1024,", "serve: {" + timeout + "max_model_len: 1024,"
+    )
+    w = workload(parse_manifest(text, Path("/m/kube.yaml")), "tiny_v1.5", "gptq")
+    spec = validate(objects.deployment(w, SETTINGS))["spec"]
+    probe = spec["template"]["spec"]["containers"][0]["startupProbe"]
+    allowed_s = probe["periodSeconds"] * probe["failureThreshold"]
+    assert allowed_s >= startup_timeout_s
+    assert spec["progressDeadlineSeconds"] >= allowed_s + 300  # and time to pull the image
 
 
 def test_service_selects_the_deployments_pods(manifest: Manifest) -> None:

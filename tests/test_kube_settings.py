@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -37,4 +40,38 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         ServingSettings()
     monkeypatch.setenv("QUANTGATE_NAMESPACE", "Not_A_Namespace")
     with pytest.raises(ValidationError):
+        KubernetesSettings()
+
+
+def test_the_charts_launcher_config_is_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "launcher.yaml"
+    path.write_text(
+        "vllm: {gpus: 2, nodeSelector: {pool: gpu}, shmSize: 8Gi}\n"
+        "quantizer: {activeDeadlineSeconds: 7200, ttlSecondsAfterFinished: 86400}\n"
+        "imagePullSecrets: [{name: creds}]\n"
+    )
+    monkeypatch.setenv("QUANTGATE_LAUNCHER_CONFIG", str(path))
+    settings = KubernetesSettings()
+    assert settings.pods.vllm.gpus == 2 and settings.pods.vllm.node_selector == {"pool": "gpu"}
+    assert [s.name for s in settings.pods.image_pull_secrets] == ["creds"]
+    assert (settings.job_deadline_s, settings.job_ttl_s) == (7200, 86400)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("vllm: {gpu: 1}\n", "vllm.gpu: Extra inputs are not permitted"),
+        ("quantizer: {tolerations: [{key: a, operatr: Exists}]}\n", "quantizer.tolerations.0"),
+        ("vllm: {gpus: [1\n", "cannot read the launcher config"),
+    ],
+)
+def test_a_bad_launcher_config_names_the_file_and_the_field(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str, where: str
+) -> None:
+    path = tmp_path / "launcher.yaml"
+    path.write_text(text)
+    monkeypatch.setenv("QUANTGATE_LAUNCHER_CONFIG", str(path))
+    with pytest.raises(ValidationError, match=rf"{path}: .*{re.escape(where)}"):
         KubernetesSettings()

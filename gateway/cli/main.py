@@ -199,17 +199,23 @@ async def _fleet(manifest: Manifest, serving: ServingSettings) -> AsyncIterator[
     kube = read_settings(KubernetesSettings)
     api = await connect()
     try:
-        scheduled = _scheduled(serving.launcher, api, kube, manifest)
-        yield open_fleet(
+        # pods of the manifest the fleet serves now (a reload's), not of the first one
+        scheduled = _scheduled(serving.launcher, api, kube, manifest, lambda: fleet.manifest)
+        fleet = open_fleet(
             manifest, worker, serving.vllm_python, kube.hardware(),
             max_concurrent_jobs=serving.max_concurrent_jobs, scheduled=scheduled,
         )  # fmt: skip
+        yield fleet
     finally:
         await api.close()  # type: ignore[no-untyped-call]
 
 
 def _scheduled(
-    launcher: str, api: ApiClient, kube: KubernetesSettings, manifest: Manifest
+    launcher: str,
+    api: ApiClient,
+    kube: KubernetesSettings,
+    manifest: Manifest,
+    current: Callable[[], Manifest],
 ) -> Scheduled:
     """vLLM and jobs on Kubernetes: Deployments and Jobs the gateway creates (``kubernetes``),
     or the chart's own backends, found and never changed (``kubernetes-static``)."""
@@ -226,7 +232,7 @@ def _scheduled(
 
     dynamic = KubernetesLauncher(api, kube)
     volume = CacheVolume(kube.cache_pvc, manifest.cache_dir)
-    return Scheduled(runtime.launch(dynamic, volume, manifest), runtime.remote_job(dynamic, volume))
+    return Scheduled(runtime.launch(dynamic, volume, current), runtime.remote_job(dynamic, volume))
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -33,7 +33,8 @@ RUN groupadd --gid 10001 quantgate \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/quantgate \
       --shell /usr/sbin/nologin quantgate
 COPY --from=build /opt/quantgate /opt/quantgate
-# Calibration text and checkpoints are local files: no hub, no dataset downloads.
+# Calibration text and checkpoints are local files: no hub, no dataset downloads (the Job
+# that downloads an hf:// source sets HF_HUB_OFFLINE=0 for itself).
 ENV PATH=/opt/quantgate/bin:$PATH \
     HOME=/home/quantgate \
     PYTHONUNBUFFERED=1 \

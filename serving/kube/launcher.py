@@ -3,9 +3,10 @@
 A variant is a Deployment and a Service of the same name; it is ready when the Deployment
 reports a ready replica of its current spec, and stopped by scaling it to zero (the objects
 stay, so the next start reuses them). A quantization job is a Job that runs the worker on a
-spec in the cache volume; its outcome is read from the Job's status, and a failure is
-reported with the tail of its pod's log. Every API error becomes a BackendFailed (variants)
-or a JobFailed (jobs), so the fleet records it like a local failure.
+spec in the cache volume; its outcome is read from the Job's status, its pod's log is followed
+line by line (``pod_log``), and a failure is reported with the tail of that log. Every API
+error becomes a BackendFailed (variants) or a JobFailed (jobs), so the fleet records it like a
+local failure.
 
 Objects are written with server-side apply (field manager ``quantgate``), which creates
 them, or updates them and drops fields an earlier version set. An API server that
@@ -33,19 +34,20 @@ from kubernetes.aio.client import (
 from kubernetes.aio.client.exceptions import ApiException
 
 from serving.errors import BackendFailed, JobFailed
-from serving.kube import names, objects, pods
+from serving.kube import names, objects, pod_log, pods
 from serving.kube.settings import KubernetesSettings
 from serving.kube.workload import QuantizationWorkload, VariantWorkload
-from serving.worker.protocol import PROGRESS, RESULT
+from serving.worker.protocol import RESULT
 
 FIELD_MANAGER = "quantgate"
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 CALL_TIMEOUT_S = 30
 LOG_LINES = 20
+FOLLOW_LINES = 1000  # a Job pod's log is read this much at a time while it runs
 API_ERRORS = (ApiException, aiohttp.ClientError, TimeoutError)
 
-OnStage = Callable[[str], None]
+OnLine = Callable[[str], None]
 ApiCall = Callable[..., Awaitable[object]]
 
 
@@ -217,9 +219,10 @@ class KubernetesLauncher:
 
     # -- quantization jobs -----------------------------------------------------------------
     async def run_quantization_job(
-        self, q: QuantizationWorkload, on_stage: OnStage | None = None
+        self, q: QuantizationWorkload, on_line: OnLine | None = None
     ) -> dict[str, Any] | None:
         """Run the worker as a Job and wait for it; return its QUANTGATE_RESULT (or None).
+        ``on_line`` gets each line of the pod's log, once, as the Job runs.
 
         Raises JobFailed with the pod's log tail when the Job fails or outlives its deadline.
         A Job of the same id already there (a restarted gateway) is followed, not recreated.
@@ -229,7 +232,7 @@ class KubernetesLauncher:
         async with _failing_as(JobFailed, f"{what}: cannot run"):
             await self._create_job(q)
             try:
-                return await self._follow_job(q, what, on_stage)
+                return await self._follow_job(q, what, on_line)
             except (asyncio.CancelledError, JobOverdue):
                 with contextlib.suppress(*API_ERRORS):
                     await self._delete_job(q.name)
@@ -248,22 +251,20 @@ class KubernetesLauncher:
                 raise
 
     async def _follow_job(
-        self, q: QuantizationWorkload, what: str, on_stage: OnStage | None
+        self, q: QuantizationWorkload, what: str, on_line: OnLine | None
     ) -> dict[str, Any] | None:
         # The Job's activeDeadlineSeconds fails it first; this bounds a Job nobody runs.
         deadline = time.monotonic() + self.settings.job_deadline_s + 120
         selector = {names.INSTANCE: q.name}
+        follower = pod_log.LogFollower()
         while True:
             job = await self._batch.read_namespaced_job(
                 q.name, self.namespace, _request_timeout=CALL_TIMEOUT_S
             )
             outcome = pods.job_outcome(job)
             found = await self._pods(selector)
-            if outcome is not None or on_stage is not None:
-                log = await self._log_tail(found, objects.QUANTIZER_CONTAINER, lines=50)
-                stage = pods.last_marked(log, PROGRESS)
-                if on_stage is not None and stage and stage.get("stage"):
-                    on_stage(str(stage["stage"]))
+            if outcome is not None or on_line is not None:
+                log = await self._job_log(found, follower, on_line)
             if outcome is not None:
                 succeeded, why = outcome
                 if succeeded:
@@ -275,6 +276,18 @@ class KubernetesLauncher:
                     log_tail=_last_lines(await self._log_tail(found, objects.QUANTIZER_CONTAINER)),
                 )
             await asyncio.sleep(self._poll_s)
+
+    async def _job_log(
+        self, found: list[V1Pod], follower: pod_log.LogFollower, on_line: OnLine | None
+    ) -> str:
+        """The tail of the Job pod's log; with ``on_line``, each line not seen before goes to it."""
+        container = objects.QUANTIZER_CONTAINER
+        if on_line is None:
+            return await self._log_tail(found, container, lines=50)
+        stamped = await self._log_tail(found, container, FOLLOW_LINES, timestamps=True)
+        for line in follower.new_lines(stamped, FOLLOW_LINES):
+            on_line(line)
+        return pod_log.unstamped(stamped)
 
     async def _delete_job(self, name: str) -> None:
         await self._batch.delete_namespaced_job(
@@ -289,8 +302,11 @@ class KubernetesLauncher:
         )
         return list(found.items)
 
-    async def _log_tail(self, found: list[V1Pod], container: str, lines: int = LOG_LINES) -> str:
-        """The last lines of the first pod's log (of its crashed run, if it restarted)."""
+    async def _log_tail(
+        self, found: list[V1Pod], container: str, lines: int = LOG_LINES, timestamps: bool = False
+    ) -> str:
+        """The last lines of the first pod's log (of its crashed run, if it restarted), each
+        after its time with ``timestamps``."""
         for pod in found:
             if pod.metadata is None or pod.metadata.name is None:
                 continue
@@ -300,6 +316,7 @@ class KubernetesLauncher:
                     self.namespace,
                     container=container,
                     tail_lines=lines,
+                    timestamps=timestamps or None,
                     previous=pods.restarted(pod, container),
                     _request_timeout=CALL_TIMEOUT_S,
                 )

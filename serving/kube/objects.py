@@ -4,7 +4,9 @@ Pure functions of a workload and the settings: no API calls, so every object can
 against the Kubernetes schemas offline. vLLM runs as ``vllm serve`` on the variant's folder in
 the cache volume, answers ``/health`` on port 8000, and gets GPUs as ``nvidia.com/gpu``
 limits. One replica per variant and GPUs are scarce, so a changed variant is replaced
-(``Recreate``) rather than rolled with a surge pod that may never fit.
+(``Recreate``) rather than rolled with a surge pod that may never fit. The chart's pod
+settings (``settings.pods``: GPUs, placement, security contexts, pull secrets) fill in what
+the manifest's ``kubernetes:`` block leaves out.
 """
 
 from __future__ import annotations
@@ -24,20 +26,20 @@ from kubernetes.aio.client import (
     V1Job,
     V1JobSpec,
     V1LabelSelector,
+    V1LocalObjectReference,
     V1ObjectMeta,
     V1PodSpec,
     V1PodTemplateSpec,
     V1Probe,
-    V1ResourceRequirements,
     V1SecretKeySelector,
     V1Service,
     V1ServicePort,
     V1ServiceSpec,
-    V1Toleration,
     V1Volume,
 )
 
 from serving.kube import names
+from serving.kube.pod_defaults import PodDefaults, VllmPods
 from serving.kube.settings import KubernetesSettings
 from serving.kube.volume import cache_mount, cache_volume, compile_cache_mount, shared_memory
 from serving.kube.workload import QuantizationWorkload, VariantWorkload
@@ -47,13 +49,13 @@ from serving.worker.protocol import GGUF_FILE
 KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
 KEDA_PAUSED = "autoscaling.keda.sh/paused-replicas"  # KEDA holds the target at this count
 PORT = 8000
-GPU = "nvidia.com/gpu"
 VLLM_CONTAINER = "vllm"
 QUANTIZER_CONTAINER = "quantize"
 
 
-def vllm_args(w: VariantWorkload) -> list[str]:
-    """Arguments of ``vllm serve``, the same settings the local launcher passes."""
+def vllm_args(w: VariantWorkload, pods: VllmPods, gpus: int) -> list[str]:
+    """Arguments of ``vllm serve``, the same settings the local launcher passes, then the
+    chart's ``vllm.extraArgs``; ``gpus``: the pod's."""
     model = [str(w.model_path / GGUF_FILE), "--tokenizer", str(w.model_path)] if w.gguf else []
     args = [
         *(model or [str(w.model_path)]),
@@ -65,44 +67,45 @@ def vllm_args(w: VariantWorkload) -> list[str]:
         "--tensor-parallel-size", str(w.tensor_parallel_size),
         "--disable-uvicorn-access-log",
     ]  # fmt: skip
-    if w.kube.gpus or w.kube.gpu_memory_utilization is not None:
-        args += ["--gpu-memory-utilization", str(w.kube.gpu_memory_utilization or 0.9)]
+    if gpus or w.kube.gpu_memory_utilization is not None:
+        share = pods.gpu_memory_utilization_for(w.kube, w.serve)
+        args += ["--gpu-memory-utilization", str(share)]
     if w.quantization:
         args += ["--quantization", w.quantization]
     if w.serve.enforce_eager:
         args.append("--enforce-eager")
-    return [*args, *w.serve.extra_args]
+    return [*args, *w.serve.extra_args, *pods.extra_args]
 
 
 COMPILE_CACHE = "/var/cache/vllm-compile"  # the volume's .vllm-cache/<shape-method> folder
+# Right for a vLLM on the gateway's host only: a pod's GPUs are the scheduler's (the device
+# plugin makes them visible), and its compile cache is the volume's folder at COMPILE_CACHE.
+HOST_ONLY = frozenset({"CUDA_VISIBLE_DEVICES", "VLLM_CACHE_ROOT"})
 
 
-def vllm_env(w: VariantWorkload) -> list[V1EnvVar]:
-    env = [V1EnvVar(name="VLLM_CACHE_ROOT", value=COMPILE_CACHE)]
+def vllm_env(w: VariantWorkload, pods: VllmPods, gpus: int) -> list[V1EnvVar]:
+    """What a local vLLM of the variant gets (serve.env, the kernel choice's
+    VLLM_DISABLED_KERNELS, the CUDA settings), less HOST_ONLY, plus the pod's compile cache;
+    then the chart's ``vllm.env`` where it names other variables."""
+    env = {"VLLM_CACHE_ROOT": COMPILE_CACHE}
+    env |= {name: value for name, value in w.env.items() if name not in HOST_ONLY}
     if w.tensor_parallel_size > 1:  # NVLink multicast (NVLS) fails on many hosts: keep it off
-        env.append(V1EnvVar(name="NCCL_NVLS_ENABLE", value="0"))
-    if not w.kube.gpus:  # the CPU build sizes its KV cache from this
-        env.append(V1EnvVar(name="VLLM_CPU_KVCACHE_SPACE", value=str(w.serve.cpu_kv_cache_gib)))
-    return env
+        env.setdefault("NCCL_NVLS_ENABLE", "0")
+    if not gpus:  # the CPU build sizes its KV cache from this
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(w.serve.cpu_kv_cache_gib))
+    return pods.env_after([V1EnvVar(name=name, value=value) for name, value in env.items()])
 
 
-def resources(kube: KubernetesOptions, gpus: int) -> V1ResourceRequirements:
-    """Requests and limits of the manifest, plus ``gpus`` GPUs (a limit: requests follow)."""
-    wanted = kube.resources
-    requests = {k: v for k, v in wanted.requests.model_dump().items() if v is not None}
-    limits = {k: v for k, v in wanted.limits.model_dump().items() if v is not None}
-    if gpus:
-        limits[GPU] = str(gpus)
-    return V1ResourceRequirements(requests=requests or None, limits=limits or None)
+# Beyond what the startup probe allows: scheduling the pod and pulling vLLM's image come first.
+PROGRESS_MARGIN_S = 600
 
 
-def tolerations(kube: KubernetesOptions) -> list[V1Toleration] | None:
-    if not kube.tolerations:
-        return None
-    return [
-        V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect)
-        for t in kube.tolerations
-    ]
+def progress_deadline_s(w: VariantWorkload) -> int:
+    """How long the Deployment controller waits for a ready pod before it reports
+    ProgressDeadlineExceeded, which fails the start: longer than the startup probe allows
+    (``serve.startup_timeout_s``), so a slow load is not cut short and the gateway's own
+    timeout, which says what the pod waits for, comes first."""
+    return math.ceil(w.serve.startup_timeout_s) + PROGRESS_MARGIN_S
 
 
 def _health_probe(period_s: int, failures: int) -> V1Probe:
@@ -114,40 +117,47 @@ def _health_probe(period_s: int, failures: int) -> V1Probe:
     )
 
 
-def vllm_container(w: VariantWorkload, settings: KubernetesSettings) -> V1Container:
+def vllm_container(w: VariantWorkload, settings: KubernetesSettings, gpus: int) -> V1Container:
+    pods = settings.pods.vllm
     mounts = [cache_mount(read_only=True), compile_cache_mount(w.compile_key, COMPILE_CACHE)]
     if w.tensor_parallel_size > 1:
-        mounts.append(shared_memory()[1])
+        mounts.append(shared_memory(pods.shm_size)[1])
     return V1Container(
         name=VLLM_CONTAINER,
         image=settings.vllm_image,
         command=["vllm", "serve"],
-        args=vllm_args(w),
+        args=vllm_args(w, pods, gpus),
         ports=[V1ContainerPort(name="http", container_port=PORT, protocol="TCP")],
-        env=vllm_env(w),
-        resources=resources(w.kube, w.kube.gpus),
+        env=vllm_env(w, pods, gpus),
+        resources=pods.resources_for(w.kube, gpus),
         volume_mounts=mounts,
         # Loading may take long: liveness waits for the first success of the startup probe.
         startup_probe=_health_probe(10, math.ceil(w.serve.startup_timeout_s / 10) + 1),
         readiness_probe=_health_probe(5, 3),
         liveness_probe=_health_probe(15, 4),
+        security_context=pods.security_context,
     )
 
 
 def _pod_spec(
     kube: KubernetesOptions,
+    pods: PodDefaults,
+    pull_secrets: tuple[V1LocalObjectReference, ...],
     container: V1Container,
     volumes: list[V1Volume],
-    restart_policy: str | None = None,
 ) -> V1PodSpec:
-    """Every pod Quantgate makes: one container, the manifest's node selector and
-    tolerations, no service-account token (neither vLLM nor the quantizer calls the API)."""
+    """Every pod Quantgate makes: one container, the manifest's node selector and tolerations
+    (else the chart's), the chart's pull secrets, pod security context, affinity and priority
+    class, no service-account token (neither vLLM nor the quantizer calls the API)."""
     return V1PodSpec(
         containers=[container],
-        restart_policy=restart_policy,
         volumes=volumes,
-        node_selector=dict(kube.node_selector) or None,
-        tolerations=tolerations(kube),
+        node_selector=pods.node_selector_for(kube),
+        tolerations=pods.tolerations_for(kube),
+        image_pull_secrets=list(pull_secrets) or None,
+        security_context=pods.pod_security_context,
+        affinity=pods.affinity,
+        priority_class_name=pods.priority_class_name,
         automount_service_account_token=False,
     )
 
@@ -157,10 +167,15 @@ def deployment(
 ) -> V1Deployment:
     """``replicas`` None: left out, for the autoscaler to own (``scaled_object``)."""
     labels = names.variant_labels(w.model, w.variant, w.recipe_hash)
+    pods = settings.pods.vllm
+    gpus = pods.gpus_for(w.kube, w.tensor_parallel_size)
     volumes = [cache_volume(settings.cache_pvc)]
     if w.tensor_parallel_size > 1:
-        volumes.append(shared_memory()[0])
-    pod = _pod_spec(w.kube, vllm_container(w, settings), volumes)
+        volumes.append(shared_memory(pods.shm_size)[0])
+    container = vllm_container(w, settings, gpus)
+    pod = _pod_spec(w.kube, pods, settings.pods.image_pull_secrets, container, volumes)
+    pod.runtime_class_name = pods.runtime_class_name
+    pod.termination_grace_period_seconds = pods.termination_grace_period_seconds
     return V1Deployment(
         api_version="apps/v1",
         kind="Deployment",
@@ -169,6 +184,7 @@ def deployment(
             replicas=replicas,
             selector=V1LabelSelector(match_labels=names.selector(w.model, w.variant)),
             strategy=V1DeploymentStrategy(type="Recreate"),
+            progress_deadline_seconds=progress_deadline_s(w),
             template=V1PodTemplateSpec(
                 metadata=V1ObjectMeta(
                     labels=labels, annotations=names.exact_names(w.model, w.variant)
@@ -220,28 +236,40 @@ def service(w: VariantWorkload, settings: KubernetesSettings) -> V1Service:
     )
 
 
+# The quantizer image keeps the Hub off (calibration data and checkpoints are local files);
+# a Hub download turns it on, under both names huggingface_hub has read.
+HUB_ONLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
 def quantizer_env(q: QuantizationWorkload, settings: KubernetesSettings) -> list[V1EnvVar]:
-    """Unbuffered output; for a Hub download, the token from the configured Secret (optional:
-    a public repository needs none) under the name the manifest gives it."""
+    """Unbuffered output; for a Hub download, the Hub on and the token from the configured
+    Secret (optional: a public repository needs none) under the name the manifest gives it;
+    then the chart's ``quantizer.env``."""
     env = [V1EnvVar(name="PYTHONUNBUFFERED", value="1")]
+    if q.hub_download:
+        env += [V1EnvVar(name=name, value="0") for name in HUB_ONLINE]
     if q.token_env and settings.hub_token_secret:
         ref = V1SecretKeySelector(name=settings.hub_token_secret, key="token", optional=True)
         env.append(V1EnvVar(name=q.token_env, value_from=V1EnvVarSource(secret_key_ref=ref)))
-    return env
+    return settings.pods.quantizer.env_after(env)
 
 
 def quantization_job(q: QuantizationWorkload, settings: KubernetesSettings) -> V1Job:
     """One try (``backoffLimit: 0``): a failed quantization is reported, not retried."""
     labels = names.job_labels(q.model, q.variant, q.recipe_hash, q.job_id)
+    pods = settings.pods.quantizer
     container = V1Container(
         name=QUANTIZER_CONTAINER,
         image=settings.quantizer_image,
         command=["python", "-m", "serving.worker.quantize", str(q.spec_path)],
         env=quantizer_env(q, settings),
-        resources=resources(q.kube, 1 if q.kube.gpus else 0),  # the worker uses one device
+        resources=pods.resources_for(q.kube, pods.gpus_for(q.kube)),
         volume_mounts=[cache_mount(read_only=False)],
+        security_context=pods.security_context,
     )
-    pod = _pod_spec(q.kube, container, [cache_volume(settings.cache_pvc)], restart_policy="Never")
+    volumes = [cache_volume(settings.cache_pvc)]
+    pod = _pod_spec(q.kube, pods, settings.pods.image_pull_secrets, container, volumes)
+    pod.restart_policy = "Never"
     return V1Job(
         api_version="batch/v1",
         kind="Job",

@@ -2,7 +2,8 @@
 
 ``launch`` turns a LaunchSpec into a ``KubeServer`` (a Deployment + Service that the replica
 supervisor drives like a local process); ``remote_job`` runs a quantization job as a Job, and
-the import or download of a model's GGUF or Hub source too, into the shared cache volume.
+the import or download of a model's GGUF or Hub source too, into the shared cache volume, and
+copies its pod's log into the job's log as a local worker's output would be, progress and all.
 Kubernetes restarts crashed pods and schedules GPUs itself, so the fleet neither restarts nor
 places them (``open_fleet(scheduled=...)``). A variant is one Deployment: replica 0.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, TextIO
 
 from serving.build import BuildSpec, OnProgress
 from serving.errors import BackendFailed
@@ -22,6 +24,7 @@ from serving.kube.volume import CacheVolume
 from serving.kube.workload import QuantizationWorkload, VariantWorkload, quantization_spec
 from serving.launcher import LaunchSpec, Server
 from serving.manifest import Manifest, Model
+from serving.worker import protocol
 
 NO_SLEEP_ON_KUBERNETES = (
     "sleep mode is driven only for local vLLM processes: on Kubernetes each variant's pod has "
@@ -77,17 +80,20 @@ class KubeServer:
 
 
 def launch(
-    launcher: KubernetesLauncher, volume: CacheVolume, manifest: Manifest
+    launcher: KubernetesLauncher, volume: CacheVolume, manifest: Callable[[], Manifest]
 ) -> Callable[[LaunchSpec], Server]:
+    """``manifest``: the manifest the fleet serves now (``Fleet.manifest``), so that a model a
+    reload added, or whose settings it changed, starts from the manifest as it is now."""
+
     def make(spec: LaunchSpec) -> Server:
         if spec.replica > 0:
             raise BackendFailed(
                 f"{spec.model}:{spec.variant}: on Kubernetes a variant is one Deployment; "
                 "set serve.replicas to 1 (scale the Deployment's pods with Kubernetes)"
             )
-        model = manifest.models[spec.model]
+        model = manifest().models[spec.model]
         workload = VariantWorkload.of(
-            spec.model, model, spec.variant, spec.model_dir, volume, spec.quantization
+            spec.model, model, spec.variant, spec.model_dir, volume, spec.quantization, spec.env
         )
         return KubeServer(launcher.server(workload), spec)
 
@@ -111,6 +117,19 @@ def remote_job(launcher: KubernetesLauncher, volume: CacheVolume) -> Any:
         workload = QuantizationWorkload.of(
             job.id, job.model, model, job.variant, spec_file, volume, recipe
         )
-        return await launcher.run_quantization_job(workload, lambda s: on_progress({"stage": s}))
+        with build.log_path.open("a", encoding="utf-8") as log:
+            return await launcher.run_quantization_job(workload, partial(_take, log, on_progress))
 
     return run
+
+
+def _take(log: TextIO, on_progress: OnProgress, line: str) -> None:
+    """A line of the Job pod's log: into the job's log; its progress, if it is some, to the job."""
+    log.write(line + "\n")
+    log.flush()
+    try:
+        message = protocol.parse(line)
+    except ValueError:  # a progress line cut short: text like any other
+        return
+    if message is not None and message[0] == "progress":
+        on_progress(message[1])

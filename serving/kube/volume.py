@@ -61,7 +61,9 @@ def compile_cache_mount(key: str, mount_path: str) -> V1VolumeMount:
     )
 
 
-def shared_memory() -> tuple[V1Volume, V1VolumeMount]:
-    """A memory-backed /dev/shm: NCCL between tensor-parallel workers outgrows the default."""
-    volume = V1Volume(name=SHM_VOLUME, empty_dir=V1EmptyDirVolumeSource(medium="Memory"))
+def shared_memory(size: str | None = None) -> tuple[V1Volume, V1VolumeMount]:
+    """A memory-backed /dev/shm: NCCL between tensor-parallel workers outgrows the default;
+    ``size``: its limit (counted against the pod's memory), if any."""
+    source = V1EmptyDirVolumeSource(medium="Memory", size_limit=size)
+    volume = V1Volume(name=SHM_VOLUME, empty_dir=source)
     return volume, V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm")

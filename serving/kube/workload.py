@@ -6,7 +6,7 @@ Plain values read off the manifest, with every path already translated into the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -32,6 +32,7 @@ class VariantWorkload:
     quantization: str | None = None
     compile_key: str = "unknown"  # vLLM's compile cache: <cache>/.vllm-cache/<key> on the volume
     gguf: bool = False  # model_path holds model.gguf (vLLM's image needs vllm-gguf-plugin)
+    env: dict[str, str] = field(default_factory=dict)  # what a local vLLM of it would get
 
     @classmethod
     def of(
@@ -42,8 +43,10 @@ class VariantWorkload:
         model_dir: Path,
         volume: CacheVolume,
         quantization: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> VariantWorkload:
-        """The workload of ``model_name:variant`` served from ``model_dir`` (a cache path).
+        """The workload of ``model_name:variant`` served from ``model_dir`` (a cache path);
+        ``env``: the launch spec's (serve.env, the kernel choice's, the CUDA settings).
 
         Raises BackendFailed when ``model_dir`` is outside the cache (e.g. a base model's
         ``source`` elsewhere on the gateway's disk).
@@ -66,6 +69,7 @@ class VariantWorkload:
             quantization=quantization,
             compile_key=compile_key(model_dir),
             gguf=planned_scheme(model.variants[variant]).format == "gguf",
+            env=dict(env or {}),
         )
 
     @property
@@ -115,6 +119,11 @@ class QuantizationWorkload:
     @property
     def name(self) -> str:
         return names.job_name(self.job_id)
+
+    @property
+    def hub_download(self) -> bool:
+        """Whether the Job downloads a Hub source (the only Job that reaches the Hub)."""
+        return self.token_env is not None
 
 
 def quantization_spec(

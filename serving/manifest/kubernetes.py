@@ -82,6 +82,10 @@ class KubernetesOptions(Strict):
     resources: Resources = Resources()
     tensor_parallel_size: int | None = Field(None, ge=1, description="default 1; or under serve")
     gpu_memory_utilization: float | None = Field(
-        None, gt=0, le=1, description="vLLM --gpu-memory-utilization (vLLM's default: 0.9)"
+        None,
+        gt=0,
+        le=1,
+        description="vLLM --gpu-memory-utilization; unset: serve's if set there, else the "
+        "chart's vllm.gpuMemoryUtilization, else serve's default",
     )
     autoscaling: Autoscaling | None = None

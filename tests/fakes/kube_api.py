@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import kmock
@@ -20,6 +22,8 @@ class FakeKubernetes:
         # kmock lists only resources it knows of: declare pods before any exists.
         self.emulator.resources["v1/pods"] = kmock.ResourceInfo()
         self.url = ""
+        self._logs: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self._clock = datetime(2026, 12, 5, 9, 0, 0)
         self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -44,9 +48,27 @@ class FakeKubernetes:
         self._thread.join(10)
 
     def serve_log(self, namespace: str, pod: str, text: str) -> None:
-        """Answer the pod's log endpoint with ``text`` (kmock has no logs of its own)."""
-        path = f"get /api/v1/namespaces/{namespace}/pods/{pod}/log"
-        self.emulator[path] << kmock.headers({"Content-Type": "text/plain"}) << text.encode()
+        """Add ``text``'s lines to the pod's log, which its log endpoint answers with (kmock
+        has no logs of its own) as the kubelet does: the last ``tailLines`` lines, each after
+        the time it was added at with ``timestamps=true``."""
+        key = (namespace, pod)
+        if key not in self._logs:
+            self._logs[key] = []
+            path = f"get /api/v1/namespaces/{namespace}/pods/{pod}/log"
+            reply = partial(self._log, self._logs[key])
+            self.emulator[path] << kmock.headers({"Content-Type": "text/plain"}) << reply
+        for line in text.splitlines():
+            self._clock += timedelta(microseconds=1500)  # times that share a second too
+            self._logs[key].append((self._clock.isoformat(timespec="microseconds"), line))
+
+    @staticmethod
+    def _log(lines: list[tuple[str, str]], request: kmock.Request) -> bytes:
+        tail = (
+            lines[-int(request.params["tailLines"]) :] if "tailLines" in request.params else lines
+        )
+        stamped = request.params.get("timestamps") == "true"
+        text = "".join(f"{when}Z {line}\n" if stamped else f"{line}\n" for when, line in tail)
+        return text.encode()
 
     def requests(self) -> list[kmock.Request]:
         """Every request the fake has answered, in order."""

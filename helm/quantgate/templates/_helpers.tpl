@@ -181,3 +181,14 @@ match). Call with (dict "resources" <map> "gpus" <int> "name" "nvidia.com/gpu").
 {{- end }}
 {{- toYaml $res }}
 {{- end }}
+
+{{/*
+The launcher.yaml of dynamic mode (the ConfigMap's key; QUANTGATE_LAUNCHER_CONFIG): the vllm
+and quantizer values that shape the pods the gateway creates, and imagePullSecrets. The gateway
+reads it at start (serving/kube/pod_defaults.py) and refuses an unknown key.
+*/}}
+{{- define "quantgate.launcherConfig" -}}
+{{- $vllm := pick .Values.vllm "gpus" "gpuResourceName" "gpuMemoryUtilization" "extraArgs" "env" "resources" "nodeSelector" "tolerations" "affinity" "runtimeClassName" "priorityClassName" "podSecurityContext" "securityContext" "shmSize" "terminationGracePeriodSeconds" }}
+{{- $quantizer := pick .Values.quantizer "gpus" "gpuResourceName" "env" "resources" "nodeSelector" "tolerations" "affinity" "priorityClassName" "podSecurityContext" "securityContext" "activeDeadlineSeconds" "ttlSecondsAfterFinished" }}
+{{- toYaml (dict "vllm" $vllm "quantizer" $quantizer "imagePullSecrets" .Values.imagePullSecrets) }}
+{{- end }}
