@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import signal
 import socket
@@ -290,3 +291,21 @@ def run_locust(host: str, out: Path, *args: str, users: int = 2, duration: str =
     with (out / "stats_stats.csv").open() as f:
         stats = {(row["Type"], row["Name"]): row for row in csv.DictReader(f)}
     return LocustRun(done.returncode, done.stdout + done.stderr, stats, out)
+
+
+@pytest.fixture
+def logging_kept() -> Iterator[None]:
+    """uvicorn's loggers as a fresh ``quantgate serve`` process has them (servers that other
+    tests ran configured them); afterwards, the process's logging as it was (pytest's own)."""
+    root = logging.getLogger()
+    kept = root.handlers[:], root.level
+    names = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+    loggers = [logging.getLogger(n) for n in names]
+    states = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.handlers[:], lg.level, lg.propagate = [], logging.NOTSET, True
+    yield
+    logging.captureWarnings(False)
+    root.handlers[:], root.level = kept
+    for lg, (handlers, level, propagate) in zip(loggers, states, strict=True):
+        lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate

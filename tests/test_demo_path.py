@@ -160,7 +160,7 @@ def test_bad_input_gets_clear_errors_and_serving_goes_on(gateway: Gateway) -> No
     )
     assert r.status_code == 503
     error = r.json()["error"]
-    assert error["code"] == "variant_build_failed"
+    assert error["code"] == "invalid_recipe"  # refused by its check, before any work
     assert "does-not-exist is not a model folder" in error["message"]
     r = httpx.post(
         gateway.url + "/v1/completions", json={"model": "badarg", "prompt": "x"}, timeout=300

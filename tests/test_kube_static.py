@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,7 +27,7 @@ from kubernetes.aio.client import (
 from pydantic import ValidationError
 from test_kube_launcher import NS
 
-from conftest import FAKES, LLAMA_CONFIG, free_port
+from conftest import LLAMA_CONFIG, fake_upstream, free_port
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from serving.errors import BackendFailed, JobFailed
@@ -56,23 +53,8 @@ def cluster() -> Iterator[FakeKubernetes]:
 @pytest.fixture
 def vllm() -> Iterator[str]:
     """The fake vLLM server, started as the chart starts tiny:base's backend."""
-    port = free_port()
-    args = ["--model", "x", "--served-model-name", "tiny:base", "tiny", "--port", str(port)]
-    env = {"PYTHONPATH": str(FAKES), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args],
-                            env=env)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, "the fake vLLM server did not start"
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with fake_upstream("tiny:base", "tiny") as url:
+        yield url
 
 
 def manifest(tmp_path: Path) -> Manifest:

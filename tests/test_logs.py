@@ -5,11 +5,9 @@ plain."""
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,24 +47,6 @@ def test_serve_with_json_logs_writes_only_json_lines(tmp_path: Path) -> None:
     assert "Application startup complete." in uvicorn_said
     assert any(m.startswith("Finished server process") for m in uvicorn_said)
     assert {"time", "level", "logger", "message"} <= set(lines[0])
-
-
-@pytest.fixture
-def logging_kept() -> Iterator[None]:
-    """uvicorn's loggers as a fresh ``quantgate serve`` process has them (servers that other
-    tests ran configured them); afterwards, the process's logging as it was (pytest's own)."""
-    root = logging.getLogger()
-    kept = root.handlers[:], root.level
-    names = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
-    loggers = [logging.getLogger(n) for n in names]
-    states = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
-    for lg in loggers:
-        lg.handlers[:], lg.level, lg.propagate = [], logging.NOTSET, True
-    yield
-    logging.captureWarnings(False)
-    root.handlers[:], root.level = kept
-    for lg, (handlers, level, propagate) in zip(loggers, states, strict=True):
-        lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
 
 
 async def broken_app(scope: Scope, receive: Any, send: Any) -> None:

@@ -100,6 +100,7 @@ def test_quantize_refuses_a_bad_setting(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.usefixtures("logging_kept")  # serve in this process configures logging
 def test_the_kubernetes_launcher_refuses_a_bad_namespace(
     manifest: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

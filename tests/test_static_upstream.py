@@ -13,31 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import FAKES, free_port, gateway_on
+from conftest import fake_upstream, free_port, gateway_on
 from serving.manifest import parse_manifest
 
 
 @pytest.fixture
 def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    port = free_port()
     monkeypatch.setenv("UPSTREAM_KEY", "k-123")
-    env = {"PYTHONPATH": str(FAKES), "FAKE_API_KEY": "k-123", "PATH": "/usr/bin:/bin"}
-    args = ["--model", "x", "--served-model-name", "real-name", "--port", str(port)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args], env=env
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with fake_upstream("real-name", FAKE_API_KEY="k-123") as url:
+        yield url
 
 
 def test_static_upstream_is_routed_renamed_keyed_and_metered(
