@@ -58,6 +58,8 @@ def test_killed_replica_is_restarted_and_no_request_fails(
     monkeypatch.setenv("FAKE_TTFT_S", "0.05")
     server = gateway(serve=", replicas: 2")
     assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    # the first answer needs one ready replica; the claim is about a second one taking over
+    wait_for(lambda: [r["state"] for r in backends(server)] == ["ready", "ready"])
     victim = backends(server)[0]
 
     async def load() -> list[int]:
