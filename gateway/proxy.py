@@ -276,7 +276,12 @@ class Proxy:
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             tail = watcher.flush()
-            if not watcher.done:
+            if watcher.failed is not None:  # in-band: the client has the backend's own event
+                status = 502
+                self._metrics.children(call.model, call.variant).upstream_errors.inc()
+                log.warning("%s:%s: the backend reported an error in the stream: %s",
+                            call.model, call.variant, watcher.failed)  # fmt: skip
+            elif not watcher.done:
                 status = 502
                 self._metrics.children(call.model, call.variant).upstream_errors.inc()
                 tail += watcher.error_event(f"the backend ended the stream before {watcher.ending}")

@@ -20,12 +20,14 @@ from gateway.usage import Usage
 
 DONE = b"data: [DONE]"
 EMPTY = b'"content":""'  # vLLM's first chat chunk carries only the role
+ERROR_DATA = (b'data: {"error"', b'data: {"object": "error"', b'data: {"object":"error"')
 RESPONSE_ENDS = frozenset({b"response.completed", b"response.failed", b"response.incomplete"})
 
 
 class StreamWatcher:
-    """Passes SSE bytes through, noting the first token, the usage and whether the stream
-    reached its end (``done``)."""
+    """Passes SSE bytes through, noting the first token, the usage, whether the stream
+    reached its end (``done``) and whether the backend reported an error in it (``failed``:
+    its message; the client gets the backend's event as it is)."""
 
     ending = ""  # what a whole stream ends with: named in the error event of one cut short
 
@@ -35,6 +37,7 @@ class StreamWatcher:
         self.last_token_at: float | None = None
         self.usage: Usage | None = None
         self.done = False
+        self.failed: str | None = None
         self._pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -86,6 +89,9 @@ class CompletionStream(StreamWatcher):
         if event.startswith(DONE):
             self.done = True
             return True
+        if event.startswith(ERROR_DATA):  # vLLM's error mid-stream; its [DONE] follows
+            self.failed = error_message(json.loads(event.partition(b"data:")[2]))
+            return True
         if b'"usage":{' in event or b'"usage": {' in event:
             payload = json.loads(event.partition(b"data:")[2])
             self.usage = Usage.from_json(payload.get("usage")) or self.usage
@@ -114,13 +120,27 @@ class ResponseStream(StreamWatcher):
         kind = event_type(event)
         if kind.endswith(b".delta"):
             self._token()
+        elif kind == b"error":  # the backend's own error: the stream's last event
+            self.done = True
+            self.failed = error_message(json.loads(event.partition(b"data:")[2]))
         elif kind in RESPONSE_ENDS:
             self.done = True
             payload = json.loads(event.partition(b"data:")[2])
             response = payload.get("response") if isinstance(payload, dict) else None
             if isinstance(response, dict):
                 self.usage = Usage.from_json(response.get("usage")) or self.usage
+                if kind == b"response.failed":
+                    self.failed = error_message(response)
         return True
+
+
+def error_message(payload: object) -> str:
+    """The message of an error a backend sent in a stream (OpenAI's ``{"error": {...}}``,
+    an ``error`` event's own ``message``, or a failed response's ``error``)."""
+    found = payload.get("error", payload) if isinstance(payload, dict) else None
+    if isinstance(found, dict) and found.get("message"):
+        return str(found["message"])
+    return "the backend reported an error"
 
 
 def event_type(event: bytes) -> bytes:

@@ -17,9 +17,9 @@ from serving.replica import (
     Replica,
     ReplicaState,
     RestartPolicy,
-    StaticReplica,
     unlaunchable,
 )
+from serving.static_replica import StaticReplica
 
 SpecFactory = Callable[[int], LaunchSpec]
 log = logging.getLogger("serving.fleet")

@@ -14,15 +14,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NoReturn
-
-import httpx
 
 from serving.circuit import Circuit
 from serving.errors import BackendFailed
 from serving.launcher import LaunchSpec, Server
+from serving.liveness import HealthProbe, until_hung
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ class ReplicaState(StrEnum):
 
 
 ASLEEP_STATES = (ReplicaState.SLEEPING, ReplicaState.ASLEEP, ReplicaState.WAKING)
-MODELS_RETRY_S = 10.0  # an upstream whose /v1/models could not be read is asked again after
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,7 @@ class RestartPolicy:
     backoff_s: float = 1.0
     backoff_max_s: float = 30.0
     startup_timeout_s: float = 600.0
+    health: HealthProbe | None = field(default_factory=HealthProbe)  # None: exits only
 
 
 class Replica:
@@ -168,10 +167,11 @@ class Replica:
         log.info("vLLM %s ready in %.1f s (pid %s)", self.label, took, self.server.pid)
 
     async def _watch(self) -> None:
-        """Wait for the process to exit; unless we stopped it, restart it with backoff."""
+        """Wait for the process to exit (or hang); unless we stopped it, restart it with
+        backoff."""
         while True:
             assert self.server is not None
-            code = await self.server.wait()
+            code = await self._exit_or_hang(self.server)
             if self.state in (ReplicaState.DRAINING, ReplicaState.STOPPED):
                 return
             if self.state in ASLEEP_STATES:  # it held no GPU memory: the next wake starts it
@@ -183,6 +183,30 @@ class Replica:
             await self.server.stop(grace_s=0)  # reap what is left of its process group
             if not await self._restart():
                 return
+
+    async def _exit_or_hang(self, server: Server) -> int:
+        """The server's exit code. A local server that stops answering ``/health`` is killed
+        first: a hung vLLM takes connections and never answers, a crash in all but name.
+        (Servers with no local process, on Kubernetes, are left to its liveness probes.)"""
+        probe = self._policy.health
+        if probe is None or server.pid is None:
+            return await server.wait()
+        exited = asyncio.create_task(server.wait())
+        hung = asyncio.create_task(until_hung(server.url, probe, self._serving))
+        try:
+            await asyncio.wait({exited, hung}, return_when=asyncio.FIRST_COMPLETED)
+            if not exited.done():
+                self.error = hung.result()
+                log.warning("vLLM %s: %s; killing it (pid %s) to restart it", self.label,
+                            self.error, server.pid)  # fmt: skip
+                await server.stop(grace_s=0)
+            return await exited
+        finally:
+            for task in (exited, hung):
+                task.cancel()
+
+    def _serving(self) -> bool:
+        return self.state is ReplicaState.READY
 
     async def _restart(self) -> bool:
         policy = self._policy
@@ -330,53 +354,6 @@ class Replica:
             "log": str(server.spec.log_path) if server else None,
             "error": self.error,
         }
-
-
-class StaticReplica(Replica):
-    """An upstream that is already running: always routable, never started or stopped."""
-
-    def __init__(self, url: str, label: str = "") -> None:
-        super().__init__(0, unlaunchable, unlaunchable, RestartPolicy(), label=label)
-        self._url = url.rstrip("/")
-        self.state = ReplicaState.READY
-        self._served: str | None = None
-        self._unread_until = 0.0  # after a failed ask: not asked again before then
-
-    async def served_model(self, headers: dict[str, str]) -> str | None:
-        """The one model its ``/v1/models`` lists (asked once, then kept); None while it cannot
-        be read (the request goes on as sent; asked again ``MODELS_RETRY_S`` later, not on every
-        request). Raises BackendFailed when it lists several or none: the manifest's
-        ``upstream.model`` must say which."""
-        if self._served is not None or time.monotonic() < self._unread_until:
-            return self._served
-        try:
-            async with httpx.AsyncClient(timeout=5) as client:
-                answer = await client.get(self._url + "/v1/models", headers=headers)
-            names = [str(card["id"]) for card in answer.raise_for_status().json()["data"]]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            log.warning("%s: its /v1/models could not be read (%s); asked again in %.0f s",
-                        self.label, exc, MODELS_RETRY_S)  # fmt: skip
-            self._unread_until = time.monotonic() + MODELS_RETRY_S
-            return None
-        if len(names) != 1:
-            listed = ", ".join(names) or "no model"
-            raise BackendFailed(f"the upstream {self._url} serves {listed}: set upstream.model")
-        log.info("%s serves %s: requests are renamed to it", self.label, names[0])
-        self._served = names[0]
-        return self._served
-
-    @property
-    def url(self) -> str:
-        return self._url
-
-    async def start(self) -> None:
-        self.state = ReplicaState.READY
-
-    async def stop(self, drain_s: float = 30.0) -> None:
-        return None
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "url": self._url, "state": self.state.value}
 
 
 def unlaunchable(*_: object) -> NoReturn:

@@ -49,7 +49,12 @@ models:
     source: {MODEL}
     default_variant: gptq-w4a8
     on_missing: {{action: wait, max_wait_s: 900}}
-    serve: {{max_model_len: 512, startup_timeout_s: 600}}
+    serve:
+      max_model_len: 512
+      startup_timeout_s: 600
+      # asked every second all through this module, under load too: a probe that fails on a
+      # busy vLLM would restart it and show in the restart counts the tests check
+      health_check: {{interval_s: 1, timeout_s: 5, failures: 3}}
     variants:
       base: {{method: none}}
       gptq-w4a8:
@@ -225,6 +230,26 @@ def test_replica_killed_under_load_is_restarted_and_no_request_fails(gateway: Ga
     _wait_for(lambda: not _group_alive(victim["pid"]), timeout=60)  # its engine processes too
     assert gateway.metric("quantgate_upstream_retries_total", model="tiny") >= 1
     assert httpx.post(scale, json={"replicas": 1}, timeout=120).json()["state"] == "ready"
+
+
+def test_a_hung_replica_is_restarted(gateway: Gateway) -> None:
+    """A stopped vLLM API server takes connections and never answers: its /health goes
+    unanswered 3 times, it is killed with its engine and restarted, and serving goes on."""
+    (victim,) = _backends(gateway, "tiny")
+    os.kill(victim["pid"], signal.SIGSTOP)
+    try:
+        _wait_for(lambda: _backends(gateway, "tiny")[0]["restarts"] > victim["restarts"], 60)
+        _wait_for(lambda: _backends(gateway, "tiny")[0]["state"] == "ready", timeout=600)
+    finally:
+        if _group_alive(victim["pid"]):
+            os.killpg(victim["pid"], signal.SIGCONT)
+    (row,) = _backends(gateway, "tiny")
+    assert row["restarts"] == victim["restarts"] + 1 and row["pid"] != victim["pid"]
+    assert "/health went unanswered 3 times in a row" in row["error"]
+    _wait_for(lambda: not _group_alive(victim["pid"]), timeout=60)
+    reply = gateway.client().completions.create(model=VARIANT, prompt="The module", max_tokens=4)
+    assert reply.usage is not None and reply.usage.completion_tokens == 4
+    assert "killing it" in gateway.log.read_text()
 
 
 def test_idle_variant_stops_then_cold_starts_on_the_next_request(gateway: Gateway) -> None:

@@ -91,6 +91,28 @@ def test_a_responses_stream_cut_short_ends_with_an_error_event(
     assert (row["endpoint"], row["status"], row["errors"]) == ("responses", 502, 1)
 
 
+def test_the_backends_own_error_in_a_stream_is_passed_on_once_and_recorded(
+    gateway: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's in-band error ends a Responses stream: the client gets it, with no second error
+    event of the gateway's, and the ledger and metrics record a failed request."""
+    monkeypatch.setenv("FAKE_FAIL_AFTER", "2")
+    server = gateway()
+    got = events(server, {**RESPONSES, "stream": True})
+    errors = [data for kind, data in got if kind == "error"]
+    assert len(errors) == 1 and got[-1][0] == "error"
+    assert json.loads(errors[0])["code"] == "InternalServerError"
+    assert "stream_interrupted" not in errors[0]
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json={**CHAT, "stream": True},
+                      timeout=30) as r:  # fmt: skip
+        chat = r.read().decode()
+    assert chat.count('"error"') == 1 and chat.endswith("data: [DONE]\n\n")
+    rows = {row["endpoint"]: row for row in ledger(server)}
+    assert [(e, rows[e]["status"], rows[e]["errors"]) for e in ("chat", "responses")] == [
+        ("chat", 502, 1), ("responses", 502, 1)]  # fmt: skip
+    assert sample(server, "quantgate_upstream_errors_total", **TINY) == 2
+
+
 @pytest.fixture
 def aliased(tmp_path: Path, model_dir: Path, live_gateway: ServeFleet) -> LiveServer:
     """A gateway whose manifest names ``tiny`` and ``tiny:auto`` under other names."""

@@ -178,7 +178,7 @@ def test_an_unreadable_model_list_is_not_asked_for_on_every_request() -> None:
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from serving.replica import StaticReplica
+    from serving.static_replica import StaticReplica
 
     asked: list[str] = []
 

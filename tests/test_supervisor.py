@@ -1,11 +1,12 @@
 """Replicas under supervision, on real sockets: the fake vLLM started by the real launcher.
 
-The same behaviours are shown on real vLLM in tests/test_replicas_real.py.
+The same behaviours are shown on real vLLM in tests/test_demo_path.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -317,3 +318,54 @@ def test_a_start_cancelled_by_a_stopping_gateway_is_no_failure(
     assert replica.state is ReplicaState.STOPPED and replica.error is None
     assert servers[0].pid is not None and not servers[0].alive()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_hung_replica_is_restarted(gateway: Start, caplog: pytest.LogCaptureFixture) -> None:
+    """A stopped process takes connections and never answers, as a wedged vLLM does: its
+    /health goes unanswered, the replica is killed and restarted, and requests succeed."""
+    server = gateway(serve=", health_check: {interval_s: 0.2, timeout_s: 0.5, failures: 2}")
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    (victim,) = backends(server)
+    pid = int(str(victim["pid"]))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: backends(server)[0]["restarts"] == 1, timeout=30)
+        wait_for(lambda: backends(server)[0]["state"] == "ready", timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    (row,) = backends(server)
+    assert row["pid"] != pid and not running(pid)
+    assert "/health went unanswered 2 times in a row" in str(row["error"])
+    assert httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=30).is_success
+    assert any("killing it" in r.getMessage() for r in caplog.records)
+
+
+def test_a_replica_not_serving_is_not_probed() -> None:
+    """Asleep, waking or draining, a replica that does not answer is not counted hung."""
+    from serving.liveness import HealthProbe, until_hung
+
+    async def scenario() -> tuple[bool, str]:
+        done = asyncio.Event()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await done.wait()  # takes the connection, never answers
+            writer.close()
+
+        listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+        probe = HealthProbe(interval_s=0.05, timeout_s=0.1, failures=2)
+        serving = [False]
+        task = asyncio.create_task(until_hung(url, probe, lambda: serving[0]))
+        await asyncio.sleep(0.6)
+        asleep_hung = task.done()
+        serving[0] = True
+        found = await asyncio.wait_for(task, 5)
+        done.set()
+        listener.close()
+        await asyncio.sleep(0.1)
+        return asleep_hung, found
+
+    asleep_hung, found = asyncio.run(scenario())
+    assert not asleep_hung
+    assert found.startswith("/health went unanswered 2 times in a row (ReadTimeout")

@@ -30,6 +30,7 @@ from serving.fleet.status import VariantState
 from serving.fleet.swaps import resident_of
 from serving.job import Job
 from serving.launcher import LaunchSpec, Server
+from serving.liveness import HealthProbe
 from serving.manifest import Model, Variant
 from serving.pool import VariantPool
 from serving.quality import over_budget
@@ -318,10 +319,14 @@ class VariantController:
         if upstream is not None:
             return VariantPool.static(self.label, upstream.url)
         opts = self.model.serve
+        check = opts.health_check
         policy = RestartPolicy(
             max_restarts=opts.max_restarts,
             restart_window_s=opts.restart_window_s,
             startup_timeout_s=opts.startup_timeout_s,
+            health=HealthProbe(check.interval_s, check.timeout_s, check.failures)
+            if check.enabled
+            else None,
         )
         return VariantPool(
             self.label, self._launch_spec, self._adopt_or_launch, policy, prepare=self._warm

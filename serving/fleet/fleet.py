@@ -31,7 +31,8 @@ from serving.jobs import JobRunner
 from serving.manifest import Manifest, split_model_name
 from serving.placement import Placement
 from serving.reload import ManifestChange, compare, restart_needed
-from serving.replica import Replica, StaticReplica
+from serving.replica import Replica
+from serving.static_replica import StaticReplica
 from serving.swapping import Resident, SwapEvent, residency
 
 JSON_HEADERS = {"content-type": "application/json"}

@@ -38,6 +38,19 @@ class Routing(Strict):
     open_s: float = Field(10.0, gt=0, description="how long an open circuit keeps a replica out")
 
 
+class HealthCheck(Strict):
+    """While a replica serves, its ``/health`` is asked every ``interval_s``; ``failures``
+    unanswered in a row (no 200 within ``timeout_s``) and it is killed and restarted as a
+    crash would be. A hung vLLM accepts connections and never answers; without this, requests
+    would keep going to it and wait out their timeouts. Local replicas only: on Kubernetes,
+    the pods' liveness probes do this."""
+
+    enabled: bool = True
+    interval_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(5.0, gt=0)
+    failures: int = Field(3, ge=1, description="unanswered probes in a row that restart it")
+
+
 class KernelSwitch(Strict):
     """``optimize_for: auto``: when a variant changes kernel for the load it sees. A switch
     starts a replica with the new kernel beside each old one, then drains the old (room for one
@@ -78,6 +91,9 @@ class ServeOptions(Strict):
     max_restarts: int = Field(5, ge=0, description="crash restarts allowed within restart_window_s")
     restart_window_s: float = Field(600.0, gt=0)
     drain_s: float = Field(30.0, ge=0, description="on stop: wait this long for in-flight requests")
+    health_check: HealthCheck = Field(
+        default_factory=HealthCheck, description="a replica that stops answering is restarted"
+    )
     extra_args: tuple[str, ...] = ()
     tensor_parallel_size: int | None = Field(
         None, ge=1, description="vLLM --tensor-parallel-size (default 1); or under kubernetes"

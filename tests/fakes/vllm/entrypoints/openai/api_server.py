@@ -7,6 +7,7 @@ Never proof that serving works (the slow tests use real vLLM); it lets gateway t
 real sockets through the real launcher in a second. Knobs (environment variables):
 FAKE_TTFT_S, FAKE_ITL_S (stream pacing), FAKE_EXIT_AT_START=1 (die while starting),
 FAKE_BREAK_AFTER=N (end a stream after N tokens, without [DONE] or response.completed),
+FAKE_FAIL_AFTER=N (after N tokens, the engine's error in the stream, as vLLM sends it, and the end),
 FAKE_API_KEY (required key), FAKE_REPLY (the answer's text, a token per space-separated word,
 instead of the Greek letters),
 FAKE_START_DELAY_S (slow start-up), FAKE_LINGER_S (keep a stream open after [DONE]),
@@ -90,6 +91,7 @@ def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
     state = {"sleeping": 0, "active": 0}
     itl_alone, itl_per_stream = _itl(_kernel())
     break_after = int(os.environ.get("FAKE_BREAK_AFTER", "-1"))
+    fail_after = int(os.environ.get("FAKE_FAIL_AFTER", "-1"))
 
     async def health(request: Request) -> Response:
         return Response(status_code=200)
@@ -154,6 +156,8 @@ def make_app(names: list[str], sleep_mode: bool = False) -> Starlette:
             chunks = _response_events(body["model"], words, n_prompt)
         else:
             chunks = _completion_events(kind, body["model"], words, n_prompt, include)
+        if fail_after >= 0:
+            chunks = _failing(kind, chunks, fail_after)
 
         async def events() -> AsyncIterator[bytes]:
             state["active"] += 1
@@ -301,6 +305,25 @@ def _response_events(model: str, words: list[str], n_prompt: int) -> Chunks:
     yield event("response.output_text.done", text=text, logprobs=[], **where), False
     final = _response(model, "incomplete", text, _response_usage(n_prompt, len(words)))
     yield event("response.completed", response=final), False
+
+
+def _failing(kind: str, chunks: Chunks, after: int) -> Chunks:
+    """``chunks`` up to token ``after``, then the engine's error as vLLM streams it: an error
+    body then ``[DONE]`` (completions), or an ``error`` event that ends the stream."""
+    tokens = 0
+    for chunk, token in chunks:
+        if token and tokens == after:
+            break
+        tokens += token
+        yield chunk, token
+    message = "Request failed with an internal error during generation"
+    if kind == "responses":
+        event = {"type": "error", "code": "InternalServerError", "message": message, "param": None}
+        yield f"event: error\ndata: {json.dumps(event)}\n\n".encode(), False
+        return
+    error = {"message": message, "type": "InternalServerError", "param": None, "code": 500}
+    yield f"data: {json.dumps({'error': error})}\n\n".encode(), False
+    yield b"data: [DONE]\n\n", False
 
 
 async def _paced(chunks: Chunks, ttft: float, itl: float, break_after: int) -> AsyncIterator[bytes]:
