@@ -1,5 +1,5 @@
 """Model sources: parsing, where a GGUF or Hub source is prepared, and the jobs that prepare it
-(with the fake worker: job logic only; real imports and downloads are in test_source_real.py
+(with the fake worker: job logic only; real imports and downloads are in test_sources_served.py
 and test_hub_source.py)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import AVX512, LiveServer, ServeFleet, fake_worker, manifest_errors
+from conftest import AVX512, LiveServer, ServeFleet, fake_worker, manifest_errors, write_manifest
 from gateway.settings import GatewaySettings
 from serving.errors import InvalidRecipe, JobFailed
 from serving.job import SOURCE, JobState
@@ -195,3 +195,47 @@ def test_a_group_size_the_imported_layers_refuse_fails_after_the_import(tmp_path
 
     asyncio.run(scenario())
     assert runner.source_ready(model)  # the import stays; only the recipe was refused
+
+
+def test_a_local_source_folder_that_is_gone_is_refused_at_once(
+    tmp_path: Path, live_gateway: ServeFleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Served from a folder that is not there: the request is refused with the path, in far
+    less than its wait, and the refusal is a log line (before, requests waited it out)."""
+    gone = tmp_path / "gone"
+    manifest = write_manifest(tmp_path, gone)
+    server: LiveServer = live_gateway(manifest, AVX512, GatewaySettings())
+    body = {"model": "tiny:base", "messages": [{"role": "user", "content": "hi"}]}
+    t0 = time.monotonic()
+    reply = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert time.monotonic() - t0 < 10
+    assert reply.status_code == 503 and reply.json()["error"]["code"] == "invalid_recipe"
+    assert f"source {gone} does not exist" in reply.json()["error"]["message"]
+    assert any("tiny:base not brought up" in r.getMessage() for r in caplog.records)
+    again = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert again.json()["error"]["code"] == "invalid_recipe"
+
+
+def test_an_unexpected_fault_in_a_bring_up_is_said_once_and_not_retried(
+    tmp_path: Path, model_dir: Path, live_gateway: ServeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault of ours while bringing a variant up (not one of the product's errors) fails
+    the request at once with what happened; requests do not each try again."""
+    from serving import kernels
+
+    calls: list[Path] = []
+
+    def broken(checkpoint: Path, at_load: object) -> object:
+        calls.append(checkpoint)
+        raise RuntimeError("unreadable checkpoint")
+
+    monkeypatch.setattr(kernels, "checkpoint_scheme", broken)
+    server: LiveServer = live_gateway(
+        write_manifest(tmp_path, model_dir), AVX512, GatewaySettings()
+    )
+    body = {"model": "tiny:base", "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(3):
+        reply = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+        assert reply.status_code == 502, reply.text
+        assert "could not be brought up: RuntimeError('unreadable checkpoint')" in reply.text
+    assert len(calls) == 1

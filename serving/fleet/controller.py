@@ -33,6 +33,7 @@ from serving.launcher import LaunchSpec, Server
 from serving.liveness import HealthProbe
 from serving.manifest import Model, Variant
 from serving.pool import VariantPool
+from serving.precheck import check_source
 from serving.quality import over_budget
 from serving.replica import Replica, RestartPolicy
 from serving.swapping import SwapEvent
@@ -234,8 +235,7 @@ class VariantController:
                 await self._tune()
                 await self._start(replicas or self.model.serve.replicas)
         except VariantUnavailable:
-            # swapping's "try again" (a variant on the GPU still streams): no failure to
-            # remember; pause before waiting requests start the next attempt
+            # swapping's "try again" (the GPU's variant still streams): pause, no failure
             assert self.ctx.swaps.swapper is not None
             await asyncio.sleep(min(1.0, self.ctx.swaps.swapper.policy.drain_timeout_s))
             raise
@@ -243,6 +243,10 @@ class VariantController:
             self.failure = exc
             log.warning("%s not brought up (%s): %s", self.label, self.state().value, exc)
             raise
+        except Exception as exc:  # a fault of ours: said once, not retried by every request
+            self.failure = BackendFailed(f"{self.label} could not be brought up: {exc!r}")
+            log.exception("%s not brought up: unexpected %r", self.label, exc)
+            raise self.failure from exc
         finally:
             parked, self._parked = self._parked, None  # not adopted: stop it
             if parked is not None:
@@ -273,7 +277,9 @@ class VariantController:
 
     def _check_servable(self) -> None:
         """A built variant may still not be served: no kernel here (built for a quality study),
-        or over its quality budget once measured."""
+        or over its quality budget once measured, or its local source folder gone."""
+        if not self.variant.needs_job and self.model.source and self.model.origin.prepared_here:
+            check_source(self.model.origin)  # served from a local folder: is it (still) there?
         unsupported = self.ctx.hardware.unsupported(self.variant)
         if unsupported:
             raise VariantUnsupported(f"{self.label} cannot be served here: {unsupported}")
@@ -346,16 +352,15 @@ class VariantController:
         return self.ctx.launch(spec)
 
     async def _warm(self, server: Server) -> None:
-        """Before a new server takes requests: its first measure (FP8), swapping's warm cycle
-        (``Swapper.warm``)."""
+        """Before a new server takes requests: its first measure (FP8), swapping's warm cycle."""
         await self._measure_served(server)
         swapper = self.ctx.swaps.swapper
         if swapper is not None and self.takes_turns():
             await swapper.warm(self.model_name, self.name, server)
 
     async def _measure_served(self, server: Server) -> None:
-        """A variant vLLM quantizes at load with no measure yet: measured through this server
-        (a job, in /admin/jobs), then refused if over its quality budget."""
+        """Quantized by vLLM at load, not measured yet: measured through it (a job), then
+        refused if over its quality budget."""
         variant = self.variant
         if not variant.measured_when_served or self.ctx.store.report(self.model_name, variant):
             return
@@ -363,8 +368,7 @@ class VariantController:
             log.info("%s: served unmeasured: no job runs here", self.label)
             return
         served = {"url": server.url, "model": server.spec.served_names[0]}
-        log.info("%s: measuring its perplexity through %s before it takes requests",
-                 self.label, server.url)  # fmt: skip
+        log.info("%s: measuring its perplexity through %s first", self.label, server.url)
         await self.ctx.jobs.submit(self.model_name, self.model, self.name, served).wait()
         self._check_servable()
 
