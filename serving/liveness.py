@@ -2,30 +2,22 @@
 
 A hung vLLM (a wedged engine, a stopped process) takes connections and never answers; its
 process does not exit, so only asking tells. ``until_hung`` returns once ``failures`` probes in
-a row went unanswered while the replica was ready to serve (a replica asleep, waking or
-draining is not counted); the replica then treats it as a crash (``serving.replica``).
+a row (the manifest's ``serve.health_check``) went unanswered while the replica was ready to
+serve (a replica asleep, waking or draining is not counted); the replica then treats it as a
+crash (``serving.replica``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import httpx
 
-
-@dataclass(frozen=True)
-class HealthProbe:
-    """The manifest's ``serve.health_check``: every ``interval_s``, no 200 within
-    ``timeout_s`` is a miss; ``failures`` misses in a row and the replica is hung."""
-
-    interval_s: float = 10.0
-    timeout_s: float = 5.0
-    failures: int = 3
+from serving.manifest.serve import HealthCheck
 
 
-async def until_hung(url: str, probe: HealthProbe, serving: Callable[[], bool]) -> str:
+async def until_hung(url: str, probe: HealthCheck, serving: Callable[[], bool]) -> str:
     """Return, with what the last probe got, once ``url``'s ``/health`` went unanswered
     ``probe.failures`` times in a row while ``serving()`` held before and after each probe."""
     missed, why = 0, ""

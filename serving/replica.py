@@ -21,7 +21,8 @@ from typing import Any, NoReturn
 from serving.circuit import Circuit
 from serving.errors import BackendFailed
 from serving.launcher import LaunchSpec, Server
-from serving.liveness import HealthProbe, until_hung
+from serving.liveness import until_hung
+from serving.manifest.serve import HealthCheck
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class RestartPolicy:
     backoff_s: float = 1.0
     backoff_max_s: float = 30.0
     startup_timeout_s: float = 600.0
-    health: HealthProbe | None = field(default_factory=HealthProbe)  # None: exits only
+    health: HealthCheck = field(default_factory=HealthCheck)  # disabled: exits only
 
 
 class Replica:
@@ -189,7 +190,7 @@ class Replica:
         first: a hung vLLM takes connections and never answers, a crash in all but name.
         (Servers with no local process, on Kubernetes, are left to its liveness probes.)"""
         probe = self._policy.health
-        if probe is None or server.pid is None:
+        if not probe.enabled or server.pid is None:
             return await server.wait()
         exited = asyncio.create_task(server.wait())
         hung = asyncio.create_task(until_hung(server.url, probe, self._serving))

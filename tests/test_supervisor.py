@@ -343,7 +343,8 @@ def test_a_hung_replica_is_restarted(gateway: Start, caplog: pytest.LogCaptureFi
 
 def test_a_replica_not_serving_is_not_probed() -> None:
     """Asleep, waking or draining, a replica that does not answer is not counted hung."""
-    from serving.liveness import HealthProbe, until_hung
+    from serving.liveness import until_hung
+    from serving.manifest.serve import HealthCheck
 
     async def scenario() -> tuple[bool, str]:
         done = asyncio.Event()
@@ -354,7 +355,7 @@ def test_a_replica_not_serving_is_not_probed() -> None:
 
         listener = await asyncio.start_server(silent, "127.0.0.1", 0)
         url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
-        probe = HealthProbe(interval_s=0.05, timeout_s=0.1, failures=2)
+        probe = HealthCheck(interval_s=0.05, timeout_s=0.1, failures=2)
         serving = [False]
         task = asyncio.create_task(until_hung(url, probe, lambda: serving[0]))
         await asyncio.sleep(0.6)

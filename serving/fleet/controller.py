@@ -30,7 +30,6 @@ from serving.fleet.status import VariantState
 from serving.fleet.swaps import resident_of
 from serving.job import Job
 from serving.launcher import LaunchSpec, Server
-from serving.liveness import HealthProbe
 from serving.manifest import Model, Variant
 from serving.pool import VariantPool
 from serving.precheck import check_source
@@ -325,14 +324,11 @@ class VariantController:
         if upstream is not None:
             return VariantPool.static(self.label, upstream.url)
         opts = self.model.serve
-        check = opts.health_check
         policy = RestartPolicy(
             max_restarts=opts.max_restarts,
             restart_window_s=opts.restart_window_s,
             startup_timeout_s=opts.startup_timeout_s,
-            health=HealthProbe(check.interval_s, check.timeout_s, check.failures)
-            if check.enabled
-            else None,
+            health=opts.health_check,
         )
         return VariantPool(
             self.label, self._launch_spec, self._adopt_or_launch, policy, prepare=self._warm
