@@ -1,7 +1,7 @@
 """bf16 and W4A16 (Machete, Marlin) in one run on one GPU: the W4A16/bf16 table without the
 run-to-run spread of separate runs.
 
-    python3 benchmarks/gpu/side_by_side.py --work /tmp/qg --out $OUT [--waves 4] [--budget-s 540]
+    python3 benchmarks/gpu/side_by_side.py --work /tmp/qg --out $OUT [--waves 4] [--budget-s 900]
         [--dry-run]
 
 Writes the 8B-shape bf16 and GPTQ-format checkpoints (make_models.py, random weights: speed and
@@ -116,7 +116,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/qg-out")))
     ap.add_argument("--waves", type=int, default=4)
     ap.add_argument("--share", type=float, default=0.28, help="gpu_memory_utilization per server")
-    ap.add_argument("--budget-s", type=float, default=540)
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=900,
+        help="no wave starts after budget - 60 s (the 8B starts take ~8 min)",
+    )
     ap.add_argument("--dry-run", action="store_true", help="on a CPU, against stand-ins")
     a = ap.parse_args()
     t0 = time.monotonic()
