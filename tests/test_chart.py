@@ -495,6 +495,25 @@ def test_static_backends_serve_a_built_variant_by_its_name(name: str) -> None:
         assert str(want) in served[key], (key, served[key])  # the gateway keeps that link
 
 
+def test_pod_labels_join_the_charts_own_which_win_a_clash(tmp_path: Path) -> None:
+    """A podLabels key the chart also sets keeps the chart's value: the Deployments select
+    their pods by those labels, and the gateway finds its backends by them."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({
+        "gateway": {"podLabels": {"team": "gw", "app.kubernetes.io/component": "mine"}},
+        "vllm": {"podLabels": {"team": "llm", "quantgate.io/model": "mine"}},
+    }))  # fmt: skip
+    deployments = find(render(example("single-gpu"), values), "Deployment")
+    assert len(deployments) == 3  # the gateway and two backends
+    for dep in deployments:
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert dep["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        assert pod_labels["team"] in ("gw", "llm") and "mine" not in pod_labels.values()
+        assert (
+            labels(dep)["app.kubernetes.io/component"] == pod_labels["app.kubernetes.io/component"]
+        )
+
+
 @pytest.mark.parametrize("path", BROKEN, ids=lambda p: p.stem)
 def test_broken_values_fail_with_a_clear_message(path: Path) -> None:
     (expect,) = re.findall(r"^# expect: (.+)$", path.read_text(), re.MULTILINE)

@@ -114,6 +114,41 @@ def test_pull_secrets_reach_the_pods_and_a_changed_config_rolls_the_gateway(
     assert checksum(rendered) != checksum(render(example("dynamic")))
 
 
+def test_pod_labels_annotations_and_pull_policy_reach_the_pods_the_gateway_makes(
+    tmp_path: Path,
+) -> None:
+    """The chart's podLabels, podAnnotations and image.pullPolicy reach dynamic mode's pods and
+    the demo model's Job; a label the chart shares with Quantgate's own keeps Quantgate's, so
+    the Deployment still selects its pods."""
+    extra = tmp_path / "values.yaml"
+    clash = "app.kubernetes.io/instance"
+    extra.write_text(yaml.safe_dump({
+        "vllm": {"image": {"pullPolicy": "Always"},
+                 "podLabels": {"team": "llm", clash: "mine"},
+                 "podAnnotations": {"sidecar.istio.io/inject": "false"}},
+        "quantizer": {"image": {"pullPolicy": "Never"}, "podLabels": {"team": "batch"},
+                      "podAnnotations": {"karpenter.sh/do-not-disrupt": "true"}},
+        "demoModel": {"enabled": True},
+    }))  # fmt: skip
+    rendered = render(example("dynamic"), extra)
+    settings, manifest = gateway_reads(rendered, tmp_path)
+    deployment, job = pods(settings, manifest, "qwen2.5-7b")
+    meta = deployment["spec"]["template"]["metadata"]
+    assert meta["labels"]["team"] == "llm"
+    assert meta["labels"][clash] != "mine"
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= meta["labels"].items()
+    assert meta["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert meta["annotations"]["quantgate.io/model"] == "qwen2.5-7b"  # Quantgate's own kept
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "Always"
+    meta = job["spec"]["template"]["metadata"]
+    assert meta["labels"]["team"] == "batch"
+    assert meta["annotations"] == {"karpenter.sh/do-not-disrupt": "true"}
+    assert job["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "Never"
+    demo = one(rendered, "Job", "demo-model")["spec"]["template"]
+    assert demo["metadata"]["labels"]["team"] == "batch"
+    assert demo["metadata"]["annotations"] == {"karpenter.sh/do-not-disrupt": "true"}
+
+
 @pytest.mark.parametrize("name", ["single-gpu", "multi-gpu-tp"])
 def test_static_mode_has_no_launcher_config(name: str) -> None:
     rendered = render(example(name))

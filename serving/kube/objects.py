@@ -5,8 +5,8 @@ against the Kubernetes schemas offline. vLLM runs as ``vllm serve`` on the varia
 the cache volume, answers ``/health`` on port 8000, and gets GPUs as ``nvidia.com/gpu``
 limits. One replica per variant and GPUs are scarce, so a changed variant is replaced
 (``Recreate``) rather than rolled with a surge pod that may never fit. The chart's pod
-settings (``settings.pods``: GPUs, placement, security contexts, pull secrets) fill in what
-the manifest's ``kubernetes:`` block leaves out.
+settings (``settings.pods``: GPUs, placement, security contexts, pull secrets and policy, pod
+labels and annotations) fill in what the manifest's ``kubernetes:`` block leaves out.
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def vllm_container(w: VariantWorkload, settings: KubernetesSettings, gpus: int) 
     return V1Container(
         name=VLLM_CONTAINER,
         image=settings.vllm_image,
+        image_pull_policy=pods.image_pull_policy,
         command=["vllm", "serve"],
         args=vllm_args(w, pods, gpus),
         ports=[V1ContainerPort(name="http", container_port=PORT, protocol="TCP")],
@@ -186,9 +187,7 @@ def deployment(
             strategy=V1DeploymentStrategy(type="Recreate"),
             progress_deadline_seconds=progress_deadline_s(w),
             template=V1PodTemplateSpec(
-                metadata=V1ObjectMeta(
-                    labels=labels, annotations=names.exact_names(w.model, w.variant)
-                ),
+                metadata=pods.pod_metadata(labels, names.exact_names(w.model, w.variant)),
                 spec=pod,
             ),
         ),
@@ -261,6 +260,7 @@ def quantization_job(q: QuantizationWorkload, settings: KubernetesSettings) -> V
     container = V1Container(
         name=QUANTIZER_CONTAINER,
         image=settings.quantizer_image,
+        image_pull_policy=pods.image_pull_policy,
         command=["python", "-m", "serving.worker.quantize", str(q.spec_path)],
         env=quantizer_env(q, settings),
         resources=pods.resources_for(q.kube, pods.gpus_for(q.kube)),
@@ -278,7 +278,7 @@ def quantization_job(q: QuantizationWorkload, settings: KubernetesSettings) -> V
             backoff_limit=0,
             ttl_seconds_after_finished=settings.job_ttl_s,
             active_deadline_seconds=settings.job_deadline_s,
-            template=V1PodTemplateSpec(metadata=V1ObjectMeta(labels=labels), spec=pod),
+            template=V1PodTemplateSpec(metadata=pods.pod_metadata(labels, {}), spec=pod),
         ),
     )
 

@@ -6,20 +6,22 @@ creates, and ``imagePullSecrets``, into ``/etc/quantgate/launcher.yaml``
 model's ``kubernetes:`` block: where the manifest sets ``gpus``, ``node_selector``,
 ``tolerations`` or ``resources``, or a ``gpu_memory_utilization`` (under ``kubernetes`` or
 ``serve``), the manifest's value wins. Pull secrets, security contexts, affinity, priority and
-runtime classes and the Jobs' deadline and TTL come from here only. Without the file a pod gets
-the manifest's settings alone (a CPU pod unless the manifest asks for GPUs).
+runtime classes, the image pull policy, the pods' extra labels and annotations (Quantgate's own
+win where a key is the same) and the Jobs' deadline and TTL come from here only. Without the
+file a pod gets the manifest's settings alone (a CPU pod unless the manifest asks for GPUs).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from kubernetes.aio.client import (
     V1Affinity,
     V1EnvVar,
     V1LocalObjectReference,
+    V1ObjectMeta,
     V1PodSecurityContext,
     V1ResourceRequirements,
     V1SecurityContext,
@@ -84,6 +86,9 @@ class PodDefaults(_Values):
     priority_class_name: Annotated[str | None, Unset] = None
     pod_security_context: Annotated[V1PodSecurityContext | None, Unset] = None
     security_context: Annotated[V1SecurityContext | None, Unset] = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    pod_labels: dict[str, str] = Field(default_factory=dict)
 
     def node_selector_for(self, kube: KubernetesOptions) -> dict[str, str] | None:
         chosen = kube.node_selector if _set(kube, "node_selector") else self.node_selector
@@ -110,6 +115,14 @@ class PodDefaults(_Values):
         if gpus:
             limits[self.gpu_resource_name] = str(gpus)
         return V1ResourceRequirements(requests=requests or None, limits=limits or None)
+
+    def pod_metadata(self, labels: dict[str, str], notes: dict[str, str]) -> V1ObjectMeta:
+        """A pod template's labels and annotations: the chart's, then Quantgate's own, which
+        win (the selectors and the gateway's bookkeeping rely on them)."""
+        return V1ObjectMeta(
+            labels={**self.pod_labels, **labels},
+            annotations={**self.pod_annotations, **notes} or None,
+        )
 
     def env_after(self, env: list[V1EnvVar]) -> list[V1EnvVar]:
         """``env``, then the chart's variables that it does not set."""

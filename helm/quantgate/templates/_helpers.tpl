@@ -86,6 +86,9 @@ manifest ConfigMap.
 {{- if and (or (gt (int $g.replicas) 1) $g.autoscaling.enabled) (not (and $shared.redis.existingSecret $shared.ledger.existingSecret)) }}
 {{- fail "more than one gateway pod (gateway.replicas > 1 or gateway.autoscaling.enabled) needs shared state: sharedState.redis.existingSecret (rate limits and quotas in Redis) and sharedState.ledger.existingSecret (the usage ledger in PostgreSQL); without them each pod counts limits on its own and they share one SQLite file" }}
 {{- end }}
+{{- if and (eq .Values.mode "dynamic") (or (gt (int $g.replicas) 1) $g.autoscaling.enabled) }}
+{{- fail "mode dynamic runs one gateway pod: it owns the Jobs and vLLM Deployments it starts, and a second one would start its own and stop the first one's on its way out. Keep gateway.replicas 1 and gateway.autoscaling.enabled false (static mode scales the gateway)" }}
+{{- end }}
 {{- $root := printf "%s/" (trimSuffix "/" .Values.cache.mountPath) }}
 {{- if ne $root (printf "%s/" (trimSuffix "/" .Values.manifest.cache_dir)) }}
 {{- fail (printf "manifest.cache_dir %q must be cache.mountPath (%s): every pod mounts the cache volume's root, and the gateway gives them paths by their place under cache_dir" .Values.manifest.cache_dir .Values.cache.mountPath) }}
@@ -184,11 +187,14 @@ match). Call with (dict "resources" <map> "gpus" <int> "name" "nvidia.com/gpu").
 
 {{/*
 The launcher.yaml of dynamic mode (the ConfigMap's key; QUANTGATE_LAUNCHER_CONFIG): the vllm
-and quantizer values that shape the pods the gateway creates, and imagePullSecrets. The gateway
+and quantizer values that shape the pods the gateway creates (image.pullPolicy as
+imagePullPolicy), and imagePullSecrets. The gateway
 reads it at start (serving/kube/pod_defaults.py) and refuses an unknown key.
 */}}
 {{- define "quantgate.launcherConfig" -}}
-{{- $vllm := pick .Values.vllm "gpus" "gpuResourceName" "gpuMemoryUtilization" "extraArgs" "env" "resources" "nodeSelector" "tolerations" "affinity" "runtimeClassName" "priorityClassName" "podSecurityContext" "securityContext" "shmSize" "terminationGracePeriodSeconds" }}
-{{- $quantizer := pick .Values.quantizer "gpus" "gpuResourceName" "env" "resources" "nodeSelector" "tolerations" "affinity" "priorityClassName" "podSecurityContext" "securityContext" "activeDeadlineSeconds" "ttlSecondsAfterFinished" }}
+{{- $vllm := pick .Values.vllm "gpus" "gpuResourceName" "gpuMemoryUtilization" "extraArgs" "env" "resources" "nodeSelector" "tolerations" "affinity" "runtimeClassName" "priorityClassName" "podSecurityContext" "securityContext" "shmSize" "terminationGracePeriodSeconds" "podAnnotations" "podLabels" }}
+{{- $_ := set $vllm "imagePullPolicy" .Values.vllm.image.pullPolicy }}
+{{- $quantizer := pick .Values.quantizer "gpus" "gpuResourceName" "env" "resources" "nodeSelector" "tolerations" "affinity" "priorityClassName" "podSecurityContext" "securityContext" "activeDeadlineSeconds" "ttlSecondsAfterFinished" "podAnnotations" "podLabels" }}
+{{- $_ := set $quantizer "imagePullPolicy" .Values.quantizer.image.pullPolicy }}
 {{- toYaml (dict "vllm" $vllm "quantizer" $quantizer "imagePullSecrets" .Values.imagePullSecrets) }}
 {{- end }}
