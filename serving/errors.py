@@ -15,6 +15,8 @@ QuantgateError
 ├── PlacementError           the variant's replicas cannot fit on this machine's GPUs
 ├── JobFailed                the quantization job for the variant failed (cause, log tail)
 └── BackendFailed            vLLM exited or never became healthy (cause, log tail)
+    └── BackendNotReady      a backend something else runs (a chart's Deployment) is not
+                             ready; asked again after retry_after_s
 
 Each class carries the HTTP status and the OpenAI ``type``, ``code`` and ``param`` it answers
 with; the gateway writes the body from them in one place (``gateway.errors.error_response``).
@@ -22,7 +24,10 @@ with; the gateway writes the body from them in one place (``gateway.errors.error
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
+from typing import TypeVar
 
 
 class QuantgateError(Exception):
@@ -144,3 +149,27 @@ class JobFailed(_WithLogTail, _NotServable):
 
 class BackendFailed(_WithLogTail):
     status, type, code = 502, "upstream_error", "backend_failed"
+
+
+class BackendNotReady(BackendFailed):
+    """A backend that something else runs and restarts (a chart's Deployment on Kubernetes)
+    was not ready: that keeps trying, so the failure holds only until ``retry_after_s`` has
+    passed, and the next request then asks again (``still_holds``)."""
+
+    status, type, code, param = 503, "service_unavailable", "backend_not_ready", "model"
+
+    def __init__(self, message: str, log_tail: str = "", retry_after_s: float = 30.0) -> None:
+        super().__init__(message, log_tail)
+        self.ask_again_at = time.monotonic() + retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.ask_again_at - time.monotonic())))}
+
+
+E = TypeVar("E", bound=QuantgateError)
+
+
+def still_holds(failure: E | None) -> E | None:
+    """``failure``, or None once it is a BackendNotReady whose time to ask again has come."""
+    due = isinstance(failure, BackendNotReady) and time.monotonic() >= failure.ask_again_at
+    return None if due else failure

@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from serving.errors import BackendFailed, QuantgateError
+from serving.errors import BackendFailed, QuantgateError, still_holds
 from serving.launcher import LaunchSpec, Server
 from serving.replica import (
     ASLEEP_STATES,
@@ -106,7 +106,9 @@ class VariantPool:
         if not self.failed():
             return None
         last = self.replicas[-1]
-        return last.failure or BackendFailed(last.error or "the replica failed")
+        if last.failure is not None:  # a backend not ready holds until it is asked again
+            return still_holds(last.failure)
+        return BackendFailed(last.error or "the replica failed")
 
     def any_failed(self) -> bool:
         return any(r.state is ReplicaState.FAILED for r in self.replicas)

@@ -98,14 +98,15 @@ async def chart_backend(
     await apps.patch_namespaced_deployment_status(name, NS, {"status": status})
 
 
-def backends(api: ApiClient, upstream: str | None = None) -> static.StaticBackends:
+def backends(
+    api: ApiClient, upstream: str | None = None, retry_s: float = static.RETRY_S
+) -> static.StaticBackends:
     """Static mode's finder; ``upstream``: where the test's fake vLLM listens, standing in for
     the Service's cluster address."""
     selector = static.StaticSettings(backend_selector=SELECTOR).labels()
     settings = KubernetesSettings(namespace=NS)
-    if upstream is None:
-        return static.StaticBackends(api, settings, selector, poll_s=0.02)
-    return static.StaticBackends(api, settings, selector, poll_s=0.02, address=lambda _: upstream)
+    address = None if upstream is None else (lambda _: upstream)
+    return static.StaticBackends(api, settings, selector, 0.02, address, retry_s)
 
 
 @asynccontextmanager
@@ -258,6 +259,52 @@ def test_a_backend_is_ready_once_its_deployment_has_a_ready_replica(
     url, alive, after = asyncio.run(scenario())
     assert url == f"http://qg-quantgate-tiny-base.{NS}.svc:8000"  # the Service's cluster name
     assert alive and not after
+
+
+def test_a_backend_not_ready_in_time_is_asked_again_by_a_later_request(
+    cluster: FakeKubernetes, vllm: str, tmp_path: Path
+) -> None:
+    """Kubernetes keeps restarting a backend's pods: one not ready within the start timeout
+    answers 503 with Retry-After, not a 502 that holds until an admin rebuilds it; the first
+    request after the retry time asks again and is served once the backend is ready."""
+    source = manifest(tmp_path).models["tiny"].source
+    m = parse_manifest(f"""
+cache_dir: {tmp_path / "cache"}
+models:
+  tiny:
+    source: {source}
+    default_variant: base
+    serve: {{startup_timeout_s: 0.5}}
+    variants:
+      base: {{method: none}}
+""", tmp_path / "m.yaml")  # fmt: skip
+
+    async def scenario() -> list[httpx.Response]:
+        async with ApiClient(Configuration(host=cluster.url)) as api:
+            found = backends(api, vllm, retry_s=1.5)
+            await chart_backend(api, "qg-quantgate-tiny-base", "tiny", "base", ready=0)
+            async with (
+                static_gateway(found, m) as url,
+                httpx.AsyncClient(base_url=url, timeout=30) as client,
+            ):
+                answers = [await client.post("/v1/chat/completions", json=chat("tiny"))]
+                await AppsV1Api(api).patch_namespaced_deployment_status(
+                    "qg-quantgate-tiny-base", NS, {"status": {"readyReplicas": 1}}
+                )
+                answers.append(await client.post("/v1/chat/completions", json=chat("tiny")))
+                await asyncio.sleep(1.6)
+                answers.append(await client.post("/v1/chat/completions", json=chat("tiny")))
+            return answers
+
+    not_ready, held, served = asyncio.run(scenario())
+    for answer in (not_ready, held):
+        assert answer.status_code == 503, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "backend_not_ready" and error["param"] == "model"
+        assert "was not ready within 0 s" in error["message"]
+        assert "the next request after 2 s asks again" in error["message"]
+        assert 1 <= int(answer.headers["Retry-After"]) <= 2
+    assert served.status_code == 200, served.text
 
 
 def test_one_backend_per_variant_and_one_replica(cluster: FakeKubernetes) -> None:

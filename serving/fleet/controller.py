@@ -1,11 +1,11 @@
 """One variant's controller: its lifecycle from missing to ready, and the requests waiting on it.
 
 missing -> building -> built -> starting -> ready <-> asleep -> stopped, or failed (with its
-cause, until an admin retries). One bring-up at a time builds the variant if it is missing (one
-job, however many requests wait), picks its kernel, makes room on swap-managed GPUs, and starts
-its replicas; waiting requests wake when its replicas change (``VariantPool.changed``), not on a
-timer. A variant this machine cannot serve, or over its quality budget once measured, is refused
-with the reason and never started.
+cause, until an admin retries; a backend not ready, until a request asks again in time). One
+bring-up at a time builds the variant if missing (one job, however many requests wait), picks
+its kernel, makes room on swap-managed GPUs, and starts its replicas; waiting requests wake when
+its replicas change (``VariantPool.changed``), not on a timer. A variant this machine cannot
+serve, or over its quality budget once measured, is refused with the reason, never started.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from collections.abc import AsyncIterator
 from serving import kernels
 from serving.errors import (
     BackendFailed,
+    BackendNotReady,
     QuantgateError,
     VariantOverBudget,
     VariantUnavailable,
     VariantUnsupported,
+    still_holds,
 )
 from serving.fleet.context import FleetContext
 from serving.fleet.status import VariantState
@@ -135,6 +137,7 @@ class VariantController:
         refusal = self.over_budget()
         if refusal:
             raise VariantOverBudget(refusal)
+        self.failure = still_holds(self.failure)  # a backend not ready: asked again in time
         if self.failure is not None:
             raise self.failure
         failure = self.pool.failure()  # every replica crashed past its restarts
@@ -200,6 +203,8 @@ class VariantController:
             raise self._failed(failure)
 
     def _failed(self, failure: BackendFailed) -> BackendFailed:
+        if isinstance(failure, BackendNotReady):
+            return failure  # says when it is asked again
         return BackendFailed(
             f"every replica of {self.label} has failed: {failure}; "
             f"POST /admin/variants/{self.model_name}/{self.name}/build retries it",
@@ -279,11 +284,9 @@ class VariantController:
         or over its quality budget once measured, or its local source folder gone."""
         if not self.variant.needs_job and self.model.source and self.model.origin.prepared_here:
             check_source(self.model.origin)  # served from a local folder: is it (still) there?
-        unsupported = self.ctx.hardware.unsupported(self.variant)
-        if unsupported:
+        if unsupported := self.ctx.hardware.unsupported(self.variant):
             raise VariantUnsupported(f"{self.label} cannot be served here: {unsupported}")
-        refusal = self.over_budget()
-        if refusal:
+        if refusal := self.over_budget():
             raise VariantOverBudget(refusal)
 
     async def _tune(self) -> None:

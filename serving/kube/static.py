@@ -5,7 +5,9 @@ The chart (``mode: static``) renders a Deployment and a Service of the same name
 gives the gateway a Role that only reads. With ``QUANTGATE_LAUNCHER=kubernetes-static`` a
 variant's one replica is its backend's Service, found by those labels and the release's own
 (``QUANTGATE_BACKEND_SELECTOR``) in the namespace, and ready once the Deployment reports a ready
-replica of its current spec (its readiness probe is vLLM's ``/health``). Nothing is created,
+replica of its current spec (its readiness probe is vLLM's ``/health``); one that is not ready
+in time, or cannot start, answers 503 ``backend_not_ready`` until the first request after
+``RETRY_S`` asks again, while Kubernetes keeps restarting its pods. Nothing is created,
 scaled or deleted: stopping a variant (idle, reload, shutdown) only stops routing to it. A
 variant without a backend is refused, naming the entry to add; a job (a build, a source to
 import or download) is refused instead of started: static mode serves what the chart runs. FP8,
@@ -27,7 +29,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.build import BuildSpec, OnProgress
-from serving.errors import BackendFailed, JobFailed, VariantUnsupported
+from serving.errors import BackendFailed, BackendNotReady, JobFailed, VariantUnsupported
 from serving.fleet import Scheduled
 from serving.job import SOURCE, Job
 from serving.kube import names, pods
@@ -37,6 +39,7 @@ from serving.launcher import LaunchSpec, Server
 from serving.manifest import Model
 
 LABEL = r"[A-Za-z0-9][-A-Za-z0-9_./]*=[-A-Za-z0-9_.]*"
+RETRY_S = 30.0  # a backend not ready (or not found by the API) is asked again after this
 NO_SLEEP = (
     "sleep mode is driven only for local vLLM processes: a static backend's pods are the "
     "chart's, and keep their GPUs"
@@ -61,7 +64,9 @@ class StaticSettings(BaseSettings):
 class StaticBackends:
     """The chart's vLLM backends in the gateway's namespace: found and followed, never changed.
 
-    ``address``: how the gateway reaches a backend's Service (default: its cluster DNS name).
+    ``address``: how the gateway reaches a backend's Service (default: its cluster DNS name);
+    ``retry_s``: how long a backend that could not be used stays failed before a request asks
+    again (Kubernetes keeps restarting its pods meanwhile).
     """
 
     def __init__(
@@ -71,8 +76,10 @@ class StaticBackends:
         selector: dict[str, str],
         poll_s: float = 2.0,
         address: Callable[[V1Service], str] | None = None,
+        retry_s: float = RETRY_S,
     ) -> None:
         self.namespace = settings.namespace
+        self.retry_s = retry_s
         self._core = CoreV1Api(api)
         self._follow = KubernetesLauncher(api, settings, poll_s)  # reads Deployments and pods
         self._selector = selector
@@ -146,9 +153,14 @@ class StaticServer:
         model, variant = self.spec.model, self.spec.variant
         self.started_at, self.ready_at = time.time(), None
         self._stopped.clear()
-        service = await self._backends.find(model, variant)
-        what = f"vLLM for {model}:{variant} (backend {_name(service)})"
-        await self._backends.wait_ready(service, what, timeout_s)
+        try:
+            service = await self._backends.find(model, variant)
+            what = f"vLLM for {model}:{variant} (backend {_name(service)})"
+            await self._backends.wait_ready(service, what, timeout_s)
+        except BackendFailed as exc:  # the chart's pods, which Kubernetes keeps restarting
+            retry_s = self._backends.retry_s
+            raise BackendNotReady(f"{exc}; the next request after {retry_s:.0f} s asks again",
+                                  exc.log_tail, retry_s) from exc  # fmt: skip
         self._url, self.ready_at = self._backends.address(service), time.time()
 
     async def wait(self) -> int:
