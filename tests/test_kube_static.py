@@ -57,7 +57,8 @@ def vllm() -> Iterator[str]:
         yield url
 
 
-def manifest(tmp_path: Path) -> Manifest:
+def manifest(tmp_path: Path, serve: str = "{}") -> Manifest:
+    """``serve``: tiny's serve options, as YAML."""
     source = tmp_path / "cache" / "models" / "tiny"
     source.mkdir(parents=True)
     (source / "config.json").write_text(json.dumps(LLAMA_CONFIG))
@@ -68,6 +69,7 @@ models:
     source: {source}
     default_variant: base
     on_missing: {{action: wait, max_wait_s: 20}}
+    serve: {serve}
     variants:
       base: {{method: none}}
       gptq: {{method: gptq, bits: 4}}
@@ -267,17 +269,7 @@ def test_a_backend_not_ready_in_time_is_asked_again_by_a_later_request(
     """Kubernetes keeps restarting a backend's pods: one not ready within the start timeout
     answers 503 with Retry-After, not a 502 that holds until an admin rebuilds it; the first
     request after the retry time asks again and is served once the backend is ready."""
-    source = manifest(tmp_path).models["tiny"].source
-    m = parse_manifest(f"""
-cache_dir: {tmp_path / "cache"}
-models:
-  tiny:
-    source: {source}
-    default_variant: base
-    serve: {{startup_timeout_s: 0.5}}
-    variants:
-      base: {{method: none}}
-""", tmp_path / "m.yaml")  # fmt: skip
+    m = manifest(tmp_path, serve="{startup_timeout_s: 0.5}")
 
     async def scenario() -> list[httpx.Response]:
         async with ApiClient(Configuration(host=cluster.url)) as api:
