@@ -12,6 +12,7 @@ from typing import Any
 
 from serving.errors import BackendFailed, QuantgateError, still_holds
 from serving.launcher import LaunchSpec, Server
+from serving.manifest import HealthCheck, Upstream
 from serving.replica import (
     ASLEEP_STATES,
     Replica,
@@ -61,10 +62,10 @@ class VariantPool:
         self.changed = Changed()
 
     @classmethod
-    def static(cls, name: str, url: str) -> VariantPool:
-        """A pool of one already-running upstream."""
+    def static(cls, name: str, upstream: Upstream, check: HealthCheck) -> VariantPool:
+        """A pool of one already-running upstream (asked its health path, if it has one)."""
         pool = cls(name, unlaunchable, unlaunchable, RestartPolicy())
-        pool.replicas = [StaticReplica(url, f"{name} upstream")]
+        pool.replicas = [StaticReplica(upstream.url, f"{name} upstream", upstream, check)]
         return pool
 
     @property
@@ -209,10 +210,9 @@ class VariantPool:
         return time.monotonic() - max(r.last_used for r in self.replicas)
 
     async def stop(self, drain_s: float = 30.0) -> None:
-        if self.static_upstream:
-            return
         await asyncio.gather(*(r.stop(drain_s) for r in self.replicas))
-        self.replicas = []
+        if not self.static_upstream:  # an upstream keeps running, and stays its replica
+            self.replicas = []
 
     def describe(self) -> list[dict[str, Any]]:
         return [r.describe() for r in self.replicas]

@@ -143,6 +143,13 @@ def serve_manifest(manifest: Path, log: Path, *args: str) -> Iterator[ServedGate
 def fake_upstream(*names: str, **env: str) -> Iterator[str]:
     """The fake OpenAI server as an already-running upstream serving ``names``, with knobs
     ``env`` (``FAKE_REPLY``, ``FAKE_API_KEY``, ...); its base URL, stopped afterwards."""
+    with fake_upstream_process(*names, **env) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def fake_upstream_process(*names: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``fake_upstream``, with its process (to stop it with a signal)."""
     port = free_port()
     args = ["--model", "x", "--served-model-name", *names, "--port", str(port)]
     environ = {"PYTHONPATH": str(FAKES), "PATH": "/usr/bin:/bin", **env}
@@ -160,7 +167,7 @@ def fake_upstream(*names: str, **env: str) -> Iterator[str]:
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "the fake upstream did not come up"
                 time.sleep(0.1)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         process.wait(10)

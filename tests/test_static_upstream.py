@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import fake_upstream, free_port, gateway_on
+from conftest import fake_upstream, fake_upstream_process, free_port, gateway_on
 from serving.manifest import parse_manifest
 
 
@@ -206,3 +208,52 @@ def test_an_unreadable_model_list_is_not_asked_for_on_every_request() -> None:
     finally:
         http.shutdown()
         http.server_close()
+
+
+def test_an_upstream_that_stops_answering_its_health_path_leaves_routing_until_it_answers(
+    tmp_path: Path, fake_vllm_python: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hung upstream takes connections and never answers: with ``health_path`` its requests
+    get a 503 at once instead of each waiting out a timeout, and it serves again once its
+    health path answers."""
+    caplog.set_level(logging.INFO, "serving.replica")
+    body = {"model": "ext", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    with fake_upstream_process("ext") as (url, process):
+        text = f"""
+cache_dir: {tmp_path}
+models:
+  ext:
+    default_variant: main
+    serve: {{health_check: {{interval_s: 0.2, timeout_s: 0.3, failures: 2}}}}
+    variants:
+      main: {{method: none, upstream: {{url: "{url}", health_path: /health}}}}
+"""
+        with (
+            gateway_on(text, tmp_path / "m.yaml", fake_vllm_python) as server,
+            httpx.Client(base_url=server.url, timeout=60) as client,
+        ):
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
+            os.kill(process.pid, signal.SIGSTOP)  # hung: connections taken, never answered
+            try:
+                wait_for(lambda: "went unanswered 2 times in a row" in caplog.text, 10)
+                t0 = time.perf_counter()
+                refused = client.post("/v1/chat/completions", json=body)
+                took = time.perf_counter() - t0
+                card = client.get("/v1/models").json()["data"][0]
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+            wait_for(lambda: "answers again; back in routing" in caplog.text, 10)
+            served = client.post("/v1/chat/completions", json=body)
+    assert refused.status_code == 503, refused.text
+    assert took < 1.0, took
+    assert "unreachable" in refused.json()["error"]["message"]
+    assert card["quantgate"]["state"] == "unreachable"
+    assert f"{url}/health went unanswered 2 times in a row (ReadTimeout" in caplog.text
+    assert served.status_code == 200, served.text
+
+
+def wait_for(done: Callable[[], bool], within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

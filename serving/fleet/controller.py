@@ -134,8 +134,7 @@ class VariantController:
         kernel = self.kernel()
         if not kernel.supported:
             raise VariantUnsupported(f"{self.label} cannot be served here: {kernel.reason}")
-        refusal = self.over_budget()
-        if refusal:
+        if refusal := self.over_budget():
             raise VariantOverBudget(refusal)
         self.failure = still_holds(self.failure)  # a backend not ready: asked again in time
         if self.failure is not None:
@@ -148,7 +147,8 @@ class VariantController:
             now = "one request is trying it now" if closed_in == 0 else (
                 f"the next try in {closed_in:.1f} s")  # fmt: skip
             raise VariantUnavailable(
-                f"{self.label} is unreachable: its requests failed and its circuit is open; {now}",
+                f"{self.label} is unreachable: its circuit is open (failed requests or health "
+                f"checks); {now}",
                 max(1, math.ceil(closed_in)),
             )
 
@@ -325,7 +325,7 @@ class VariantController:
     def _new_pool(self) -> VariantPool:
         upstream = self.variant.upstream
         if upstream is not None:
-            return VariantPool.static(self.label, upstream.url)
+            return VariantPool.static(self.label, upstream, self.model.serve.health_check)
         opts = self.model.serve
         policy = RestartPolicy(
             max_restarts=opts.max_restarts,

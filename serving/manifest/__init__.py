@@ -19,14 +19,21 @@ from serving.manifest.kubernetes import (
 )
 from serving.manifest.loader import key_lines, load_manifest, parse_manifest
 from serving.manifest.recipes import recipe_hash, writes_weights
-from serving.manifest.serve import KernelSwitch, OnMissing, Routing, ServeOptions, Swapping
+from serving.manifest.serve import (
+    HealthCheck,
+    KernelSwitch,
+    OnMissing,
+    Routing,
+    ServeOptions,
+    Swapping,
+)
 from serving.manifest.variants import Calibration, Upstream, Variant
 from serving.methods import NOT_OFFERED, Backend, GgufType, Method
 
 __all__ = [
     "NAME_PATTERN", "NOT_OFFERED", "ApiKey", "Auth", "Autoscaling", "Backend",
-    "Calibration", "GgufType", "KernelSwitch", "KubernetesOptions", "Manifest", "Method",
-    "Model", "OnMissing",
+    "Calibration", "GgufType", "HealthCheck", "KernelSwitch", "KubernetesOptions", "Manifest",
+    "Method", "Model", "OnMissing",
     "ResourceAmounts", "Resources", "Routing", "ServeOptions", "Strict", "Swapping",
     "Toleration", "Upstream", "Variant", "key_lines", "load_manifest", "parse_manifest",
     "recipe_hash", "split_model_name", "writes_weights",

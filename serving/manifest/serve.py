@@ -42,8 +42,9 @@ class HealthCheck(Strict):
     """While a replica serves, its ``/health`` is asked every ``interval_s``; ``failures``
     unanswered in a row (no 200 within ``timeout_s``) and it is killed and restarted as a
     crash would be. A hung vLLM accepts connections and never answers; without this, requests
-    would keep going to it and wait out their timeouts. Local replicas only: on Kubernetes,
-    the pods' liveness probes do this."""
+    would keep going to it and wait out their timeouts. Local replicas (on Kubernetes the
+    pods' liveness probes do this), and upstreams with ``health_path``, which are taken out of
+    routing instead, until they answer again."""
 
     enabled: bool = True
     interval_s: float = Field(10.0, gt=0)

@@ -66,6 +66,15 @@ class Upstream(Strict):
         None,
         description="Model name it serves; default: the one its /v1/models lists (asked once)",
     )
+    health_path: str | None = Field(
+        None,
+        pattern=r"^/",
+        description="A path asked every serve.health_check.interval_s while the gateway uses "
+        "it (vLLM: /health; most OpenAI-compatible servers: /v1/models, with api_key_env's "
+        "key); serve.health_check.failures unanswered asks in a row (no 2xx) take it out of "
+        "routing (503 at once, or the model's fallback) until one is answered. Unset: not "
+        "asked",
+    )
 
     def auth_headers(self) -> dict[str, str]:
         """The Authorization header its key gives (none without ``api_key_env``)."""
