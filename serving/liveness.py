@@ -27,10 +27,16 @@ async def until_hung(url: str, probe: HealthCheck, serving: Callable[[], bool]) 
             if not serving():
                 missed = 0
                 continue
-            try:
-                status = (await client.get(url + "/health")).status_code
-                why = f"answered {status}"
-            except httpx.HTTPError as exc:
-                status, why = 0, f"{type(exc).__name__} within {probe.timeout_s:g} s"
+            status, why = await ask(client, url + "/health")
             missed = 0 if status == 200 or not serving() else missed + 1
     return f"/health went unanswered {missed} times in a row ({why})"
+
+
+async def ask(client: httpx.AsyncClient, url: str) -> tuple[int, str]:
+    """One probe of ``url``: its status (0: no answer within the client's timeout) and what it
+    got, in words for a log line."""
+    try:
+        status = (await client.get(url)).status_code
+    except httpx.HTTPError as exc:
+        return 0, f"{type(exc).__name__} within {client.timeout.read:g} s"
+    return status, f"answered {status}"

@@ -65,7 +65,7 @@ class VariantPool:
     def static(cls, name: str, upstream: Upstream, check: HealthCheck) -> VariantPool:
         """A pool of one already-running upstream (asked its health path, if it has one)."""
         pool = cls(name, unlaunchable, unlaunchable, RestartPolicy())
-        pool.replicas = [StaticReplica(upstream.url, f"{name} upstream", upstream, check)]
+        pool.replicas = [StaticReplica(upstream, f"{name} upstream", check)]
         return pool
 
     @property

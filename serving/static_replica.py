@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from serving.errors import BackendFailed
+from serving.liveness import ask
 from serving.manifest import HealthCheck, Upstream
 from serving.replica import Replica, ReplicaState, RestartPolicy, unlaunchable
 
@@ -25,21 +26,21 @@ MODELS_RETRY_S = 10.0  # an upstream whose /v1/models could not be read is asked
 
 
 class StaticReplica(Replica):
-    """An upstream that is already running: always routable, never started or stopped."""
+    """An upstream that is already running: never started or stopped; routable unless its
+    health path goes unanswered."""
 
     def __init__(
-        self, url: str, label: str = "", upstream: Upstream | None = None,
-        check: HealthCheck | None = None,
-    ) -> None:  # fmt: skip
+        self, upstream: Upstream, label: str = "", check: HealthCheck | None = None
+    ) -> None:
         super().__init__(0, unlaunchable, unlaunchable, RestartPolicy(), label=label)
-        self._url = url.rstrip("/")
+        self._url = upstream.url
         self.state = ReplicaState.READY
         self._served: str | None = None
         self._unread_until = 0.0  # after a failed ask: not asked again before then
-        path = upstream.health_path if upstream is not None else None
-        self._check = check if path and check is not None and check.enabled else None
-        self._health_url = f"{self._url}{path}"
-        self._headers = upstream.auth_headers() if upstream is not None else {}
+        asked = upstream.health_path is not None and check is not None and check.enabled
+        self._check = check if asked else None
+        self._health_url = self._url + (upstream.health_path or "")
+        self._headers = upstream.auth_headers()
         self._probing: asyncio.Task[None] | None = None
         self._answering = True  # until its health path goes unanswered
         self._next_ask = 0.0
@@ -66,11 +67,7 @@ class StaticReplica(Replica):
         missed = 0
         async with httpx.AsyncClient(timeout=check.timeout_s, headers=self._headers) as client:
             while True:
-                try:
-                    status = (await client.get(self._health_url)).status_code
-                    why = f"answered {status}"
-                except httpx.HTTPError as exc:
-                    status, why = 0, f"{type(exc).__name__} within {check.timeout_s:g} s"
+                status, why = await ask(client, self._health_url)
                 missed = 0 if 200 <= status < 300 else missed + 1
                 self._next_ask = time.monotonic() + check.interval_s
                 self._answered(missed < check.failures, f"{missed} times in a row ({why})")

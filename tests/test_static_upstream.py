@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from conftest import fake_upstream, fake_upstream_process, free_port, gateway_on
-from serving.manifest import parse_manifest
+from serving.manifest import Upstream, parse_manifest
 
 
 @pytest.fixture
@@ -198,7 +198,8 @@ def test_an_unreadable_model_list_is_not_asked_for_on_every_request() -> None:
     http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=http.serve_forever, daemon=True).start()
     try:
-        replica = StaticReplica(f"http://127.0.0.1:{http.server_address[1]}", "ext:main upstream")
+        upstream = Upstream(url=f"http://127.0.0.1:{http.server_address[1]}")
+        replica = StaticReplica(upstream, "ext:main upstream")
 
         async def ask_three_times() -> list[str | None]:
             return [await replica.served_model({}) for _ in range(3)]

@@ -188,8 +188,8 @@ match). Call with (dict "resources" <map> "gpus" <int> "name" "nvidia.com/gpu").
 {{/*
 The launcher.yaml of dynamic mode (the ConfigMap's key; QUANTGATE_LAUNCHER_CONFIG): the vllm
 and quantizer values that shape the pods the gateway creates (image.pullPolicy as
-imagePullPolicy), and imagePullSecrets. The gateway
-reads it at start (serving/kube/pod_defaults.py) and refuses an unknown key.
+imagePullPolicy), and imagePullSecrets. The gateway reads it at start
+(serving/kube/pod_defaults.py) and refuses an unknown key.
 */}}
 {{- define "quantgate.launcherConfig" -}}
 {{- $vllm := pick .Values.vllm "gpus" "gpuResourceName" "gpuMemoryUtilization" "extraArgs" "env" "resources" "nodeSelector" "tolerations" "affinity" "runtimeClassName" "priorityClassName" "podSecurityContext" "securityContext" "shmSize" "terminationGracePeriodSeconds" "podAnnotations" "podLabels" }}
